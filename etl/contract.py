@@ -27,6 +27,7 @@ class Column:
     type: str            # as written in the contract, e.g. VARCHAR(16), NUMERIC(16,2), TIMESTAMP
     not_null: bool
     comment: str
+    default: str | None = None   # the DDL default, as SQL text (e.g. 0, 1)
 
     @property
     def base_type(self) -> str:
@@ -102,7 +103,9 @@ def parse_contract(text: str) -> Contract:
                         raise ValueError(f"sources.sql:{i + 1}: cannot read column line {body!r}")
                     rest = cm.group(3)
                     comment = body.split("--", 1)[1].strip() if "--" in body else ""
-                    cols.append(Column(cm.group(1), cm.group(2).replace(" ", ""), "NOT NULL" in rest, comment))
+                    dm = re.search(r"DEFAULT\s+('[^']*'|[-\w.]+)", rest)
+                    cols.append(Column(cm.group(1), cm.group(2).replace(" ", ""), "NOT NULL" in rest,
+                                       comment, dm.group(1) if dm else None))
                     if "PRIMARY KEY" in rest:
                         key = (cm.group(1),)
                 i += 1

@@ -1,0 +1,127 @@
+"""KpiDef -> DuckDB SQL (pure text, no connection).
+
+A definition's `facts` query returns one row per fact and period: `pid` (the period from the
+`_periods` table it belongs to), `org_no` (attribution), `grid_no`, `num`, `den` and optionally
+`num_key`/`den_key` (distinct counts), `sample` (the minimum-sample basis when it is not the
+denominator), `pending` (a resolved-or-due item still open) and `item_key` (the source record).
+The compiled statement rolls those facts up through every ancestor in one pass (numerators and
+denominators are summed, never ratios averaged), adds the grids, and fills every unit of the
+KPI's levels for every period so that empty populations come out as 0 or no_data.
+"""
+from __future__ import annotations
+
+from kpis.spec import KpiDef
+from kpis.thresholds import breach_sql, parse_threshold
+
+PERIODS_DDL = ("CREATE OR REPLACE TEMP TABLE _periods (pid INTEGER, grain VARCHAR, ws TIMESTAMP, "
+               "we TIMESTAMP, te TIMESTAMP, as_of TIMESTAMP, hours DOUBLE)")
+
+
+def _num_agg(k: KpiDef) -> str:
+    if k.num_agg == "count_distinct":
+        return "COUNT(DISTINCT num_key)"
+    if k.num_agg == "max":
+        return "MAX(num)"
+    if k.num_agg == "quantile":
+        return f"quantile_cont(num, {float(k.quantile or 0.5)!r})"
+    return "SUM(num)"
+
+
+def _den_agg(k: KpiDef) -> str:
+    if k.kind in ("max", "quantile"):
+        return "COUNT(num)"
+    return "COUNT(DISTINCT den_key)" if k.den_agg == "count_distinct" else "SUM(den)"
+
+
+def value_sql(k: KpiDef) -> str:
+    """The value from the rolled-up num and den (NULL when it cannot be computed)."""
+    if k.kind in ("count", "sum"):
+        return "num"
+    if k.kind == "ratio":
+        return f"{float(k.scale)!r} * num / NULLIF(den, 0)"
+    if k.kind == "mean":
+        return "num / NULLIF(den, 0)"
+    if k.kind in ("max", "quantile"):
+        return "CASE WHEN den > 0 THEN num END"
+    assert k.value is not None
+    return f"CASE WHEN den IS NOT NULL AND den <> 0 THEN ({k.value}) END"
+
+
+def status_sql(k: KpiDef) -> str:
+    """CONVENTIONS.md §7 order: no_data, insufficient_sample, critical, warning, ok."""
+    warn, crit = parse_threshold(k.warning), parse_threshold(k.critical)
+    rel = warn.relative or crit.relative
+    parts = ["CASE WHEN value IS NULL THEN 'no_data'"]
+    if rel:
+        parts.append("WHEN baseline IS NULL OR baseline = 0 THEN 'no_data'")
+    if k.min_sample is not None:
+        parts.append(f"WHEN COALESCE(sample, 0) < {int(k.min_sample)} THEN 'insufficient_sample'")
+    parts.append(f"WHEN {breach_sql(crit, k.direction)} THEN 'critical'")
+    parts.append(f"WHEN {breach_sql(warn, k.direction)} THEN 'warning'")
+    parts.append("ELSE 'ok' END")
+    return " ".join(parts)
+
+
+def is_relative(k: KpiDef) -> bool:
+    return parse_threshold(k.warning).relative or parse_threshold(k.critical).relative
+
+
+def compile_kpi(k: KpiDef, fact_columns: set[str]) -> str:
+    """The statement producing kpi_value-shaped rows for every unit and period in _periods."""
+    levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels)
+    org_levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels if lvl != "grid") or "NULL"
+    has = fact_columns.__contains__
+    sample = "SUM(sample)" if has("sample") else _den_agg(k)
+    pending = "BOOL_OR(pending)" if has("pending") else "FALSE"
+    aggs = f"{_num_agg(k)} AS num, {_den_agg(k)} AS den, {sample} AS sample, {pending} AS pending"
+    counting = k.kind in ("count", "sum")
+    presence = (f"SELECT DISTINCT pid FROM ({k.presence})" if k.presence
+                else "SELECT pid FROM _periods")
+    num_out = "COALESCE(a.num, 0)" if counting or k.kind in ("ratio", "mean", "value") else "a.num"
+    den_out = "NULL" if counting else ("COALESCE(a.den, 0)" if k.kind in ("ratio", "mean", "value")
+                                       else "a.den")
+    grid_part = ""
+    if "grid" in k.org_levels:
+        grid_part = f"""
+    UNION ALL
+    SELECT fa.pid, fa.attr_grid AS unit_no, {aggs}
+    FROM fa WHERE fa.attr_grid IS NOT NULL GROUP BY fa.pid, fa.attr_grid"""
+    return f"""
+WITH f AS (
+{k.facts}
+),
+fa AS (
+    SELECT f.*, COALESCE(ko.unit_no, (SELECT unit_no FROM k_root)) AS attr_org,
+           kg.unit_no AS attr_grid
+    FROM f
+    LEFT JOIN k_org ko ON ko.unit_no = f.org_no AND ko.unit_level <> 'grid'
+    LEFT JOIN k_org kg ON kg.unit_no = f.grid_no AND kg.unit_level = 'grid'
+),
+agg AS (
+    SELECT fa.pid, an.ancestor_no AS unit_no, {aggs}
+    FROM fa JOIN k_org_ancestor an ON an.unit_no = fa.attr_org
+    WHERE an.ancestor_level IN ({org_levels})
+    GROUP BY fa.pid, an.ancestor_no{grid_part}
+),
+present AS ({presence}),
+rolled AS (
+    SELECT p.pid, p.grain, p.ws, p.we, p.te, p.as_of, u.unit_no, u.unit_level,
+           CASE WHEN pr.pid IS NULL THEN NULL ELSE {num_out} END AS num,
+           CASE WHEN pr.pid IS NULL THEN NULL ELSE {den_out} END AS den,
+           a.sample, COALESCE(a.pending, FALSE) AS pending
+    FROM _periods p
+    CROSS JOIN (SELECT unit_no, unit_level FROM k_org WHERE unit_level IN ({levels})) u
+    LEFT JOIN agg a ON a.pid = p.pid AND a.unit_no = u.unit_no
+    LEFT JOIN present pr ON pr.pid = p.pid
+),
+valued AS (
+    SELECT *, CAST({value_sql(k)} AS DOUBLE) AS value, CAST(NULL AS DOUBLE) AS baseline FROM rolled
+)
+SELECT '{k.id}' AS kpi_id, '{k.theme}' AS theme, unit_no AS org_no, unit_level AS org_level,
+       grain, ws AS period_start, CASE WHEN grain = 'near-real-time' THEN as_of ELSE we END AS period_end,
+       value, CAST(num AS DOUBLE) AS numerator, CAST(den AS DOUBLE) AS denominator, baseline,
+       {status_sql(k)} AS status,
+       (grain = 'near-real-time' OR (te >= we AND NOT pending)) AS is_final,
+       CAST(sample AS DOUBLE) AS sample
+FROM valued
+"""

@@ -1,0 +1,340 @@
+"""Evaluation: run compiled KPI SQL for periods and write kpi_value, baselines and revisions."""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import duckdb
+
+from kpis.compile import PERIODS_DDL, compile_kpi, is_relative, status_sql
+from kpis.periods import Period, day, days_of, hours_of, month, snapshot
+from kpis.prelude import apply_prelude
+from kpis.registry import Registry
+from kpis.spec import KpiDef
+
+log = logging.getLogger(__name__)
+
+VALUE_COLUMNS = ("kpi_id", "theme", "org_no", "org_level", "grain", "period_start", "period_end",
+                 "value", "numerator", "denominator", "baseline", "status", "is_final",
+                 "computed_at", "watermarks")
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS kpi_value (
+        kpi_id VARCHAR, theme VARCHAR, org_no VARCHAR, org_level VARCHAR, grain VARCHAR,
+        period_start TIMESTAMP, period_end TIMESTAMP, value DOUBLE, numerator DOUBLE,
+        denominator DOUBLE, baseline DOUBLE, status VARCHAR, is_final BOOLEAN,
+        computed_at TIMESTAMP, watermarks VARCHAR, sample DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS kpi_value_revision (
+        kpi_id VARCHAR, org_no VARCHAR, grain VARCHAR, period_start TIMESTAMP,
+        old_value DOUBLE, new_value DOUBLE, old_status VARCHAR, new_status VARCHAR,
+        old_computed_at TIMESTAMP, revised_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS kpi_def (
+        kpi_id VARCHAR, name_zh VARCHAR, name_en VARCHAR, theme VARCHAR, unit VARCHAR,
+        direction VARCHAR, grain VARCHAR, warning VARCHAR, critical VARCHAR, clear VARCHAR,
+        org_levels VARCHAR, min_sample INTEGER, tier VARCHAR, sources VARCHAR,
+        definition VARCHAR, formula VARCHAR, baseline VARCHAR, sort_no INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS kpi_eval_state (
+        id INTEGER, last_dirty_run_id VARCHAR, last_full_at TIMESTAMP, last_eval_at TIMESTAMP)""",
+]
+
+
+@dataclass
+class EvalSummary:
+    rows: int = 0
+    kpis: int = 0
+    periods: int = 0
+    changed: list[tuple[str, str, str, datetime]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    for stmt in SCHEMA:
+        con.execute(stmt)
+
+
+def write_registry_table(con: duckdb.DuckDBPyConnection, registry: Registry) -> None:
+    con.execute("DELETE FROM kpi_def")
+    rows = [(k.id, k.name_zh, k.name_en, k.theme, k.unit, k.direction, k.grain, k.warning,
+             k.critical, k.clear, ";".join(k.org_levels), k.min_sample, k.tier,
+             ";".join(k.sources), k.definition, k.formula, k.baseline, i)
+            for i, k in enumerate(registry.kpis.values())]
+    con.executemany("INSERT INTO kpi_def VALUES (" + ", ".join("?" * 18) + ")", rows)
+
+
+def select_kpis(registry: Registry, pattern: str | None) -> list[KpiDef]:
+    kpis = list(registry.kpis.values())
+    if pattern:
+        kpis = [k for k in kpis if fnmatch.fnmatchcase(k.id, pattern)]
+    return kpis
+
+
+def periods_for(k: KpiDef, requested: Iterable[Period], as_of: datetime) -> list[Period]:
+    """The periods a KPI is evaluated for, given the requested ones (CONVENTIONS.md §2)."""
+    if k.grain == "near-real-time":
+        return [snapshot(as_of)]
+    out = []
+    for p in requested:
+        if p.grain == "near-real-time":
+            continue
+        if k.complete_months_only and (p.grain != "monthly" or p.we > as_of):
+            continue
+        if p.grain == "hourly" and k.grain != "hourly":
+            continue
+        if p.ws > as_of:
+            continue
+        out.append(p)
+    return sorted(set(out))
+
+
+def _load_periods(con: duckdb.DuckDBPyConnection, periods: Sequence[Period], as_of: datetime) -> None:
+    con.execute(PERIODS_DDL)
+    con.executemany("INSERT INTO _periods VALUES (?, ?, ?, ?, ?, ?, ?)", [
+        (i, p.grain, p.ws, p.we, p.te(as_of), as_of, (p.we - p.ws).total_seconds() / 3600)
+        for i, p in enumerate(periods)])
+
+
+def fact_columns(con: duckdb.DuckDBPyConnection, k: KpiDef) -> set[str]:
+    """The columns the facts query returns (binds the SQL against the warehouse schema)."""
+    con.execute(PERIODS_DDL)
+    rows = con.execute(f"DESCRIBE SELECT * FROM ({k.facts}) AS f").fetchall()
+    return {r[0] for r in rows}
+
+
+def compute(con: duckdb.DuckDBPyConnection, k: KpiDef, periods: Sequence[Period],
+            as_of: datetime) -> duckdb.DuckDBPyRelation | None:
+    """Compute the KPI for the periods into the temp table _result; returns row count."""
+    if not periods:
+        return None
+    cols = fact_columns(con, k)
+    _load_periods(con, periods, as_of)
+    con.execute("CREATE OR REPLACE TEMP TABLE _result AS " + compile_kpi(k, cols))
+    return None
+
+
+_SNAPSHOT_OFFSETS = {
+    "snapshot_same_time_4w": ((7, 14, 21, 28), True),
+    "snapshot_same_time_7d": ((1, 2, 3, 4, 5, 6, 7), False),
+    "snapshot_7_days_earlier": ((7,), True),
+}
+
+_OFFSETS = {
+    "same_day_prev_month": {"daily": ["1 month"], "monthly": ["1 month"]},
+    "previous_period": {"hourly": ["1 hour"], "daily": ["1 day"], "monthly": ["1 month"]},
+    "same_weekday_4w": {"hourly": ["7 days", "14 days", "21 days", "28 days"],
+                        "daily": ["7 days", "14 days", "21 days", "28 days"]},
+    "same_hour_weekday_4w": {"hourly": ["7 days", "14 days", "21 days", "28 days"],
+                             "daily": ["7 days", "14 days", "21 days", "28 days"]},
+    "value_7_days_earlier": {"hourly": ["7 days"], "daily": ["7 days"]},
+    "same_month_last_year": {"hourly": ["1 year"], "daily": ["1 year"], "monthly": ["1 year"]},
+    "mean_prev_3_months": {"hourly": ["1 hour", "2 hours", "3 hours"],
+                           "daily": ["1 day", "2 days", "3 days"],
+                           "monthly": ["1 month", "2 months", "3 months"]},
+}
+
+
+def _apply_baselines(con: duckdb.DuckDBPyConnection, k: KpiDef) -> None:
+    """Fill `baseline` of the rows in _result from stored values, then recompute status."""
+    if k.baseline is None or not is_relative(k):
+        return
+    if k.baseline in _SNAPSHOT_OFFSETS:
+        days, need_all = _SNAPSHOT_OFFSETS[k.baseline]
+        need = f"= {len(days)}" if need_all else ">= 1"
+        values = ", ".join(f"({d})" for d in days)
+        # A snapshot counts for a day when one was taken within 5 minutes of the same clock time.
+        con.execute(f"""
+            UPDATE _result r SET baseline = b.base FROM (
+                SELECT org_no, period_start,
+                       CASE WHEN COUNT(v) {need} THEN AVG(v) END AS base
+                FROM (SELECT r.org_no, r.period_start, o.n, AVG(h.value) AS v
+                      FROM _result r
+                      CROSS JOIN (VALUES {values}) o(n)
+                      LEFT JOIN kpi_value h ON h.kpi_id = r.kpi_id AND h.org_no = r.org_no
+                           AND h.grain = 'near-real-time' AND h.value IS NOT NULL
+                           AND h.period_start BETWEEN r.period_start - to_days(o.n) - INTERVAL 5 MINUTE
+                                                  AND r.period_start - to_days(o.n) + INTERVAL 5 MINUTE
+                      GROUP BY r.org_no, r.period_start, o.n)
+                GROUP BY org_no, period_start) b
+            WHERE r.org_no = b.org_no AND r.period_start = b.period_start""")
+    else:
+        for grain, offsets in _OFFSETS[k.baseline].items():
+            values = ", ".join(f"(INTERVAL '{o}')" for o in offsets)
+            # Values of the same batch count too (a backfill computes many days at once).
+            con.execute(f"""
+                UPDATE _result r SET baseline = b.base FROM (
+                    SELECT r.org_no, r.period_start,
+                           CASE WHEN COUNT(h.value) = {len(offsets)} THEN AVG(h.value) END AS base
+                    FROM _result r
+                    CROSS JOIN (VALUES {values}) o(off)
+                    LEFT JOIN (
+                        SELECT org_no, period_start, value FROM _result WHERE grain = $grain
+                        UNION ALL
+                        SELECT v.org_no, v.period_start, v.value FROM kpi_value v
+                        WHERE v.kpi_id = $kpi AND v.grain = $grain
+                          AND NOT EXISTS (SELECT 1 FROM _result x WHERE x.grain = $grain
+                                          AND x.period_start = v.period_start)
+                    ) h ON h.org_no = r.org_no AND h.period_start = r.period_start - o.off
+                    WHERE r.grain = $grain
+                    GROUP BY r.org_no, r.period_start) b
+                WHERE r.grain = $grain AND r.org_no = b.org_no AND r.period_start = b.period_start""",
+                        {"grain": grain, "kpi": k.id})
+    con.execute(f"UPDATE _result SET status = {status_sql(k)}")
+
+
+def _ordered_for_baselines(periods: Sequence[Period]) -> list[list[Period]]:
+    return [list(periods)]
+
+
+def evaluate_kpi(con: duckdb.DuckDBPyConnection, k: KpiDef, periods: Sequence[Period],
+                 as_of: datetime, level: str | None = None) -> list[tuple]:
+    """Compute and return rows without storing them (CLI, tests)."""
+    if not periods:
+        return []
+    compute(con, k, periods, as_of)
+    _apply_baselines(con, k)
+    where = "WHERE org_level = $level" if level else ""
+    return con.execute(
+        f"SELECT kpi_id, org_no, org_level, grain, period_start, period_end, value, numerator, "
+        f"denominator, baseline, status, is_final FROM _result {where} "
+        f"ORDER BY period_start, org_level, org_no", {"level": level} if level else {}).fetchall()
+
+
+def _watermarks(con: duckdb.DuckDBPyConnection) -> str:
+    try:
+        rows = con.execute("SELECT source, CAST(last_good_high AS VARCHAR) FROM etl_freshness").fetchall()
+    except duckdb.CatalogException:
+        return "{}"
+    return json.dumps({s: h for s, h in rows}, ensure_ascii=False)
+
+
+def store(con: duckdb.DuckDBPyConnection, k: KpiDef, computed_at: datetime, watermarks: str,
+          summary: EvalSummary) -> None:
+    """Replace the stored values of the computed periods; record changed past values."""
+    changed = con.execute("""
+        SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.value, n.value, o.status, n.status,
+               o.computed_at, o.is_final
+        FROM _result n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
+             AND o.grain = n.grain AND o.period_start = n.period_start
+        WHERE o.value IS DISTINCT FROM n.value OR o.status IS DISTINCT FROM n.status""").fetchall()
+    revisions = [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], computed_at)
+                 for r in changed if r[9]]   # a final value that changes is a restatement
+    if revisions:
+        con.executemany("INSERT INTO kpi_value_revision VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        revisions)
+    con.execute("""DELETE FROM kpi_value v USING (SELECT DISTINCT kpi_id, grain, period_start
+                                                   FROM _result) r
+                   WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
+                     AND v.period_start = r.period_start""")
+    con.execute("""INSERT INTO kpi_value SELECT kpi_id, theme, org_no, org_level, grain,
+                   period_start, period_end, value, numerator, denominator, baseline, status,
+                   is_final, $at, $wm, sample FROM _result""", {"at": computed_at, "wm": watermarks})
+    summary.rows += con.execute("SELECT COUNT(*) FROM _result").fetchone()[0]
+    summary.changed.extend((r[0], r[1], r[2], r[3]) for r in changed)
+
+
+def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
+                       requested: Sequence[Period], as_of: datetime,
+                       kpis: Sequence[KpiDef] | None = None,
+                       computed_at: datetime | None = None, prelude: bool = True) -> EvalSummary:
+    """Evaluate the KPIs for the requested periods and store them (the worker's path)."""
+    ensure_schema(con)
+    if prelude:
+        apply_prelude(con)
+    summary = EvalSummary()
+    computed_at = computed_at or datetime.now()
+    watermarks = _watermarks(con)
+    # Baselines read earlier periods: evaluate in chronological order within one statement.
+    for k in kpis if kpis is not None else registry.kpis.values():
+        periods = periods_for(k, requested, as_of)
+        if not periods:
+            continue
+        try:
+            compute(con, k, periods, as_of)
+            _apply_baselines(con, k)
+            store(con, k, computed_at, watermarks, summary)
+            summary.kpis += 1
+            summary.periods += len(periods)
+        except duckdb.Error as exc:   # one broken KPI must not stop the other 190
+            log.error("KPI %s failed: %s", k.id, exc)
+            summary.errors[k.id] = str(exc)
+    return summary
+
+
+def default_periods(as_of: datetime, first_day: datetime | None = None) -> list[Period]:
+    """Today, its hours, the current month, the last closed month and each day back to first_day."""
+    today = day(as_of.date())
+    cur = month(as_of.year, as_of.month)
+    prev_day = cur.ws - timedelta(days=1)
+    last = month(prev_day.year, prev_day.month)
+    out = {today, cur, last, *hours_of(today)}
+    start = first_day.date() if first_day else last.ws.date()
+    d = start
+    while d <= as_of.date():
+        out.add(day(d))
+        if d.day == 1:
+            out.add(month(d.year, d.month))
+        d += timedelta(days=1)
+    return sorted(out)
+
+
+def _dirty_dates(con: duckdb.DuckDBPyConnection, since: str | None) -> tuple[list[tuple[str, object]], str | None]:
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT source, business_date FROM etl_dirty "
+            "WHERE $since IS NULL OR CAST(run_id AS VARCHAR) > $since", {"since": since}).fetchall()
+        top = con.execute("SELECT MAX(CAST(run_id AS VARCHAR)) FROM etl_dirty").fetchone()[0]
+    except duckdb.CatalogException:
+        return [], since
+    return rows, top or since
+
+
+def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
+                         as_of: datetime) -> EvalSummary:
+    """After an ETL pass: periods touched by new dirty dates, open periods and snapshots."""
+    ensure_schema(con)
+    state = con.execute("SELECT last_dirty_run_id, last_full_at FROM kpi_eval_state WHERE id = 1").fetchone()
+    if state is None or state[1] is None:
+        first = con.execute("SELECT MIN(cal_date) FROM mis_work_calendar "
+                            "WHERE cal_date <= CAST($a AS DATE)", {"a": as_of}).fetchone()[0]
+        lower = datetime(as_of.year, as_of.month, 1) - timedelta(days=100)
+        first_day = max(datetime.combine(first, datetime.min.time()), lower) if first else None
+        _, top = _dirty_dates(con, None)
+        summary = evaluate_and_store(con, registry, default_periods(as_of, first_day), as_of)
+        con.execute("DELETE FROM kpi_eval_state")
+        con.execute("INSERT INTO kpi_eval_state VALUES (1, $r, $a, $a)", {"r": top, "a": as_of})
+        return summary
+    dirty, top = _dirty_dates(con, state[0])
+    base = default_periods(as_of, datetime.combine(as_of.date(), datetime.min.time()))
+    by_source: dict[str, set[Period]] = {}
+    for source, d in dirty:
+        if d is None:
+            continue
+        dd = d if not isinstance(d, datetime) else d.date()
+        if dd > as_of.date() or dd < as_of.date() - timedelta(days=800):
+            continue
+        by_source.setdefault(source, set()).update({day(dd), month(dd.year, dd.month)})
+    summary = EvalSummary()
+    apply_prelude(con)
+    for k in registry.kpis.values():
+        periods = set(base)
+        for s in k.sources:
+            periods |= by_source.get(s, set())
+        if k.shape == "rolling" and any(s in by_source for s in k.sources):
+            earliest = min(p.ws for s in k.sources for p in by_source.get(s, ()))
+            periods |= set(days_of(month(earliest.year, earliest.month)))
+            cur = earliest
+            while cur <= as_of:
+                periods.add(day(cur.date()))
+                cur += timedelta(days=1)
+        part = evaluate_and_store(con, registry, sorted(periods), as_of, kpis=[k], prelude=False)
+        summary.rows += part.rows
+        summary.kpis += part.kpis
+        summary.periods += part.periods
+        summary.changed.extend(part.changed)
+        summary.errors.update(part.errors)
+    con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a WHERE id = 1",
+                {"r": top, "a": as_of})
+    return summary

@@ -1,0 +1,236 @@
+"""Loading and validating the KPI registry (kpis/definitions/*.yaml).
+
+Three stages: parse (YAML -> KpiDef, one issue per bad field), cross-definition rules, and SQL
+binding against the warehouse schema. Every problem is collected and reported together as
+`file:line [kpi_id]: what is wrong, what was expected`, then loading fails.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+from pydantic import ValidationError
+
+from kpis.errors import KpiError
+from kpis.spec import SOURCES, UNITS, KpiDef
+from kpis.thresholds import parse_threshold
+
+DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
+
+
+@dataclass(frozen=True)
+class Issue:
+    file: str
+    line: int | None
+    kpi_id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where} [{self.kpi_id or '-'}]: {self.message}"
+
+
+class RegistryError(KpiError):
+    """Every problem found in the definitions, one per line."""
+
+    def __init__(self, issues: Sequence[Issue]):
+        self.issues = list(issues)
+        super().__init__(f"{len(self.issues)} problem(s) in KPI definitions:\n  "
+                         + "\n  ".join(str(i) for i in self.issues))
+
+
+@dataclass(frozen=True)
+class Located:
+    file: str
+    line: int
+    kpi: KpiDef
+
+
+@dataclass(frozen=True)
+class Registry:
+    kpis: Mapping[str, KpiDef]
+    where: Mapping[str, tuple[str, int]]
+
+    def get(self, kpi_id: str) -> KpiDef:
+        try:
+            return self.kpis[kpi_id]
+        except KeyError:
+            raise KpiError(f"unknown KPI `{kpi_id}`; see `python -m kpis list`") from None
+
+    def themes(self) -> list[str]:
+        return list(dict.fromkeys(k.theme for k in self.kpis.values()))
+
+
+class _LineLoader(yaml.SafeLoader):
+    """Records the line of every mapping so an issue can point at it."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        mapping = super().construct_mapping(node, deep=True)
+        mapping["__line__"] = node.start_mark.line + 1
+        return mapping
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k != "__line__"}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+Rule = Callable[[list[Located]], list[Issue]]
+
+
+def unique_ids(parsed: list[Located]) -> list[Issue]:
+    seen: dict[str, Located] = {}
+    issues = []
+    for loc in parsed:
+        if loc.kpi.id in seen:
+            first = seen[loc.kpi.id]
+            issues.append(Issue(loc.file, loc.line, loc.kpi.id,
+                                f"id is also defined at {first.file}:{first.line}; expected unique ids"))
+        else:
+            seen[loc.kpi.id] = loc
+    return issues
+
+
+def thresholds_agree_with_direction(parsed: list[Located]) -> list[Issue]:
+    issues = []
+    for loc in parsed:
+        k = loc.kpi
+        try:
+            warn, crit = parse_threshold(k.warning), parse_threshold(k.critical)
+            clear = parse_threshold(k.clear) if k.clear else None
+        except ValueError as exc:
+            issues.append(Issue(loc.file, loc.line, k.id, str(exc)))
+            continue
+        if (warn.relative or crit.relative) and k.baseline is None:
+            issues.append(Issue(loc.file, loc.line, k.id,
+                                "a rel: threshold needs `baseline`; expected one of the baselines of CONVENTIONS.md §7"))
+        if warn.is_band != crit.is_band or (warn.is_band and k.direction != "band"):
+            if not (warn.is_band and crit.is_band and k.direction == "band"):
+                issues.append(Issue(loc.file, loc.line, k.id,
+                                    f"band thresholds {k.warning!r}/{k.critical!r} need direction band "
+                                    f"and both bands; got {k.direction}"))
+            continue
+        if warn.relative != crit.relative:
+            continue
+        if k.direction == "band":
+            if not warn.is_band:
+                issues.append(Issue(loc.file, loc.line, k.id, "direction band needs a..b thresholds"))
+            elif not (crit.low <= warn.low and warn.high <= crit.high):  # type: ignore[operator]
+                issues.append(Issue(loc.file, loc.line, k.id,
+                                    f"critical band {k.critical!r} must contain warning band {k.warning!r}"))
+        elif k.direction == "higher_better" and crit.low > warn.low:
+            issues.append(Issue(loc.file, loc.line, k.id,
+                                f"critical {k.critical!r} is not worse than warning {k.warning!r} for "
+                                "higher_better; expected critical <= warning"))
+        elif k.direction == "lower_better" and crit.low < warn.low:
+            issues.append(Issue(loc.file, loc.line, k.id,
+                                f"critical {k.critical!r} is not worse than warning {k.warning!r} for "
+                                "lower_better; expected critical >= warning"))
+        if clear is not None and not clear.is_band and not warn.is_band:
+            bad = (k.direction == "higher_better" and clear.low < warn.low) or \
+                  (k.direction == "lower_better" and clear.low > warn.low)
+            if bad:
+                issues.append(Issue(loc.file, loc.line, k.id,
+                                    f"clear {k.clear!r} is not on the good side of warning {k.warning!r}"))
+    return issues
+
+
+def units_and_sources_known(parsed: list[Located]) -> list[Issue]:
+    issues = []
+    for loc in parsed:
+        k = loc.kpi
+        if k.unit not in UNITS:
+            issues.append(Issue(loc.file, loc.line, k.id, f"unit {k.unit!r} unknown; expected one of {UNITS}"))
+        for s in k.sources:
+            if s not in SOURCES:
+                issues.append(Issue(loc.file, loc.line, k.id, f"source {s!r} unknown"))
+        if k.kind == "value" and not k.value:
+            issues.append(Issue(loc.file, loc.line, k.id, "kind value needs `value`: SQL over num and den"))
+        if k.kind == "quantile" and k.quantile is None:
+            issues.append(Issue(loc.file, loc.line, k.id, "kind quantile needs `quantile` (0..1)"))
+        if k.kind in ("count", "sum") and not k.presence and k.shape == "flow":
+            issues.append(Issue(loc.file, loc.line, k.id,
+                                "a flow count needs `presence` (no rows at all from its source is no_data, not 0)"))
+    return issues
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known)
+
+
+def sql_binds(parsed: list[Located]) -> list[Issue]:
+    """Every facts query binds against an empty warehouse built from the schema and prelude."""
+    import duckdb  # noqa: PLC0415  (only this rule needs a database)
+
+    from etl.schema import ods_statements  # noqa: PLC0415
+    from kpis.compile import PERIODS_DDL, compile_kpi  # noqa: PLC0415
+    from kpis.prelude import apply_prelude  # noqa: PLC0415
+
+    con = duckdb.connect()
+    for stmt in ods_statements():
+        con.execute(stmt)
+    apply_prelude(con)
+    con.execute(PERIODS_DDL)
+    issues = []
+    for loc in parsed:
+        k = loc.kpi
+        try:
+            cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM ({k.facts}) AS f").fetchall()}
+            missing = {"pid", "org_no", "grid_no", "num", "den"} - cols
+            if k.num_agg == "count_distinct":
+                missing |= {"num_key"} - cols
+            if k.den_agg == "count_distinct":
+                missing |= {"den_key"} - cols
+            if missing:
+                issues.append(Issue(loc.file, loc.line, k.id,
+                                    f"facts lack column(s) {sorted(missing)}; expected pid, org_no, grid_no, num, den"))
+                continue
+            con.execute("EXPLAIN " + compile_kpi(k, cols))
+            if k.presence:
+                con.execute(f"EXPLAIN SELECT DISTINCT pid FROM ({k.presence})")
+        except duckdb.Error as exc:
+            msg = str(exc).splitlines()[0][:300]
+            issues.append(Issue(loc.file, loc.line, k.id, f"SQL does not bind: {msg}"))
+    con.close()
+    return issues
+
+
+def load_registry(directory: Path = DEFINITIONS_DIR, rules: Sequence[Rule] = DEFAULT_RULES,
+                  check_sql: bool = False) -> Registry:
+    """Load every theme file; raise RegistryError listing all problems at once."""
+    parsed: list[Located] = []
+    issues: list[Issue] = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            issues.append(Issue(path.name, mark.line + 1 if mark else None, None, str(exc.problem)))
+            continue
+        if not isinstance(doc, dict) or "theme" not in doc or not isinstance(doc.get("kpis"), list):
+            issues.append(Issue(path.name, 1, None, "expected a mapping with `theme` and a list `kpis`"))
+            continue
+        defaults = _strip(doc.get("defaults", {}))
+        for raw in doc["kpis"]:
+            line = raw.get("__line__") if isinstance(raw, dict) else None
+            item = {**defaults, **_strip(raw), "theme": doc["theme"]}
+            try:
+                parsed.append(Located(path.name, line or 0, KpiDef.model_validate(item)))
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ".".join(str(p) for p in err["loc"])
+                    issues.append(Issue(path.name, line, item.get("id"), f"{loc}: {err['msg']}"))
+    for rule in rules:
+        issues.extend(rule(parsed))
+    if check_sql:
+        issues.extend(sql_binds(parsed))
+    if issues:
+        raise RegistryError(issues)
+    kpis = {loc.kpi.id: loc.kpi for loc in parsed}
+    return Registry(MappingProxyType(kpis), MappingProxyType({loc.kpi.id: (loc.file, loc.line) for loc in parsed}))

@@ -1,0 +1,69 @@
+"""The schema of one KPI definition (pydantic): catalogue fields plus its computation."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Level = Literal["province", "city", "county", "station", "grid"]
+LEVELS: tuple[str, ...] = ("province", "city", "county", "station", "grid")
+Grain = Literal["hourly", "daily", "monthly", "near-real-time"]
+Direction = Literal["higher_better", "lower_better", "band"]
+Kind = Literal["ratio", "count", "sum", "mean", "max", "quantile", "value"]
+Shape = Literal["flow", "stock", "snapshot", "rolling"]
+Baseline = Literal["previous_period", "same_weekday_4w", "same_hour_weekday_4w",
+                   "same_month_last_year", "mean_prev_3_months", "value_7_days_earlier",
+                   "snapshot_same_time_4w", "snapshot_same_time_7d", "snapshot_7_days_earlier",
+                   "same_day_prev_month"]
+SOURCES = ("mis", "cs", "dist", "meter")
+UNITS = ("%", "count", "minutes", "working days", "yuan", "interruptions/customer", "seconds",
+         "MVA", "per 1,000 applications", "MWh", "points", "per 10k customers per year",
+         "per 10k customers", "hours/customer", "hours", "days")
+
+
+class KpiDef(BaseModel):
+    """One KPI: what the catalogue agreed, and how it is computed over the warehouse."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z]+\.[a-z0-9_]+$")
+    name_zh: str
+    name_en: str
+    theme: str
+    sources: tuple[Literal["mis", "cs", "dist", "meter"], ...]
+    definition: str
+    formula: str
+    unit: str
+    direction: Direction
+    grain: Grain
+    warning: str
+    critical: str
+    clear: str | None = None           # recovery level for alarms; default: the warning level
+    pending: int | None = None         # evaluations a breach must hold before firing
+    recover_after: int | None = None   # evaluations back past the clear level before resolving
+    reference: str = ""
+    org_levels: tuple[Level, ...]
+    min_sample: int | None = None
+    tier: Literal["core", "standard"]
+    # computation
+    kind: Kind
+    scale: float = 1.0                 # ratio: value = scale * num / den
+    value: str | None = None           # kind value: SQL over num, den (e.g. 100 * (1 - num / den))
+    num_agg: Literal["sum", "count_distinct", "max", "quantile"] = "sum"
+    den_agg: Literal["sum", "count_distinct"] = "sum"
+    quantile: float | None = None
+    shape: Shape
+    baseline: Baseline | None = None
+    complete_months_only: bool = False
+    resolved_or_due: bool = False
+    presence: str | None = None        # SQL returning rows when the source delivered data for p
+    facts: str                         # SQL returning pid, org_no, grid_no, num, den [, ...]
+
+    @field_validator("warning", "critical", "clear", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        return None if v is None else str(v)
+
+    @property
+    def has_sample(self) -> bool:
+        return self.min_sample is not None

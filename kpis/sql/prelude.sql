@@ -1,0 +1,134 @@
+-- Shared definitions of CONVENTIONS.md §3-§5, written once so that the ~190 KPI definitions
+-- do not repeat them. Applied by kpis/prelude.py before every evaluation (cheap: views and
+-- macros, plus three small tables rebuilt from the org, grid and calendar tables).
+
+-- Org units: every non-deleted org and grid, with its level. The tree comes from
+-- parent_org_no (never code prefixes); a grid's parent is mis_grid.org_no.
+CREATE OR REPLACE TABLE k_org AS
+SELECT o.org_no AS unit_no, o.org_name AS unit_name, o.parent_org_no AS parent_no,
+       CASE o.org_type WHEN '02' THEN 'province' WHEN '03' THEN 'city'
+                       WHEN '04' THEN 'county' WHEN '05' THEN 'station' END AS unit_level,
+       o.status_code
+FROM mis_org o WHERE o.is_deleted = 0
+UNION ALL
+SELECT g.grid_no, g.grid_name, g.org_no, 'grid', g.status_code
+FROM mis_grid g WHERE g.is_deleted = 0;
+
+-- The root: the org without a parent; facts of unknown org go there (dropped if several roots).
+CREATE OR REPLACE TABLE k_root AS
+SELECT CASE WHEN COUNT(*) = 1 THEN MIN(unit_no) END AS unit_no
+FROM k_org WHERE parent_no IS NULL AND unit_level <> 'grid';
+
+-- Each unit paired with itself and every ancestor still in the tree.
+CREATE OR REPLACE TABLE k_org_ancestor AS
+WITH RECURSIVE up(unit_no, ancestor_no, depth) AS (
+    SELECT unit_no, unit_no, 0 FROM k_org
+    UNION ALL
+    SELECT up.unit_no, o.parent_no, up.depth + 1
+    FROM up JOIN k_org o ON o.unit_no = up.ancestor_no
+    WHERE o.parent_no IS NOT NULL AND up.depth < 12
+)
+SELECT up.unit_no, up.ancestor_no, a.unit_level AS ancestor_level
+FROM up JOIN k_org a ON a.unit_no = up.ancestor_no;
+
+-- Working-day calendar: wd_index counts working days up to and including the date.
+CREATE OR REPLACE TABLE k_calendar AS
+SELECT cal_date, work_flag,
+       SUM(CASE WHEN work_flag = 1 THEN 1 ELSE 0 END) OVER (ORDER BY cal_date) AS wd_index
+FROM (SELECT cal_date, MAX(work_flag) AS work_flag FROM mis_work_calendar
+      WHERE is_deleted = 0 GROUP BY cal_date);
+
+-- known_org(x): x when it is a non-deleted org (not a grid), else NULL.
+CREATE OR REPLACE MACRO known_org(x) AS
+    (SELECT MIN(k.unit_no) FROM k_org k WHERE k.unit_no = x AND k.unit_level <> 'grid');
+CREATE OR REPLACE MACRO known_grid(x) AS
+    (SELECT MIN(k.unit_no) FROM k_org k WHERE k.unit_no = x AND k.unit_level = 'grid');
+
+-- Durations as exact real numbers (never date_diff, which counts boundaries crossed).
+CREATE OR REPLACE MACRO minutes_between(a, b) AS epoch(b) / 60.0 - epoch(a) / 60.0;
+CREATE OR REPLACE MACRO seconds_between(a, b) AS epoch(b) - epoch(a);
+CREATE OR REPLACE MACRO hours_between(a, b) AS epoch(b) / 3600.0 - epoch(a) / 3600.0;
+-- An event later than as_of has not happened yet.
+CREATE OR REPLACE MACRO upto(t, as_of) AS CASE WHEN t <= as_of THEN t END;
+
+-- WD(t1, t2): working dates x with DATE(t1) < x <= DATE(t2); NULL when a date is missing.
+CREATE OR REPLACE MACRO wd(t1, t2) AS
+    (SELECT MAX(CASE WHEN c.cal_date = CAST(t2 AS DATE) THEN c.wd_index END)
+          - MAX(CASE WHEN c.cal_date = CAST(t1 AS DATE) THEN c.wd_index END)
+     FROM k_calendar c WHERE c.cal_date IN (CAST(t1 AS DATE), CAST(t2 AS DATE)));
+-- WDL(t, n): 00:00 of the (n+1)-th working day strictly after DATE(t) (exclusive deadline).
+CREATE OR REPLACE MACRO wdl(t, n) AS
+    (SELECT CAST(MIN(c.cal_date) AS TIMESTAMP) FROM k_calendar c
+     WHERE c.work_flag = 1 AND c.wd_index = (SELECT d.wd_index FROM k_calendar d
+                                             WHERE d.cal_date = CAST(t AS DATE)) + n + 1);
+
+-- ACTIVE(c, T): on the books at instant T (X = the date of the instant just before T).
+CREATE OR REPLACE MACRO is_active(is_deleted, build_date, created_at, cancel_date, status_code, t) AS
+    is_deleted = 0
+    AND COALESCE(build_date, CAST(created_at AS DATE)) <= CAST(t - INTERVAL 1 MICROSECOND AS DATE)
+    AND (cancel_date IS NULL OR cancel_date > CAST(t - INTERVAL 1 MICROSECOND AS DATE))
+    AND NOT (status_code = '04' AND cancel_date IS NULL);
+
+-- Customers with CLASS(c) and TG(c) (the 台区 of the settlement point with the smallest mp_no).
+CREATE OR REPLACE VIEW k_customer AS
+SELECT c.*, e.parent_value AS cust_class, tg.tg_no AS settle_tg_no
+FROM mis_customer c
+LEFT JOIN mis_code e ON e.code_type = 'ELEC_TYPE' AND e.code_value = c.elec_type_code
+                    AND e.is_deleted = 0
+LEFT JOIN (
+    SELECT cons_no, arg_min(tg_no, mp_no) AS tg_no FROM mis_metering_point
+    WHERE is_deleted = 0 AND mp_attr_code = '01' AND status_code IN ('01', '02')
+    GROUP BY cons_no
+) tg ON tg.cons_no = c.cons_no;
+
+-- 台区 with their org and grid as known units.
+CREATE OR REPLACE VIEW k_tg AS
+SELECT g.*, ko.unit_no AS known_org_no, kg.unit_no AS known_grid_no
+FROM dist_tg g
+LEFT JOIN k_org ko ON ko.unit_no = g.org_no AND ko.unit_level <> 'grid'
+LEFT JOIN k_org kg ON kg.unit_no = g.grid_no AND kg.unit_level = 'grid'
+WHERE g.is_deleted = 0;
+
+-- Work orders with ORGWO(w), GRIDWO(w), VWO(w) and VCOMP(w).
+CREATE OR REPLACE VIEW k_wo AS
+SELECT w.*,
+       COALESCE(o1.unit_no, o2.unit_no, o3.unit_no) AS attr_org,
+       COALESCE(gc.unit_no, gt.unit_no) AS attr_grid,
+       (w.is_deleted = 0 AND w.merged_into_wo_no IS NULL AND w.status_code <> '09') AS vwo,
+       (w.is_deleted = 0 AND w.merged_into_wo_no IS NULL AND w.status_code <> '09'
+        AND w.busi_type_code = '02' AND w.complaint_valid IN ('01', '02')) AS vcomp
+FROM cs_work_order w
+LEFT JOIN k_org o1 ON o1.unit_no = w.org_no AND o1.unit_level <> 'grid'
+LEFT JOIN k_org o2 ON o2.unit_no = w.city_org_no AND o2.unit_level <> 'grid'
+LEFT JOIN k_org o3 ON o3.unit_no = w.prov_org_no AND o3.unit_level <> 'grid'
+LEFT JOIN mis_customer c ON c.cons_no = w.cons_no AND c.is_deleted = 0
+LEFT JOIN k_org gc ON gc.unit_no = c.grid_no AND gc.unit_level = 'grid'
+LEFT JOIN dist_tg t ON t.tg_no = w.tg_no AND t.is_deleted = 0
+LEFT JOIN k_org gt ON gt.unit_no = t.grid_no AND gt.unit_level = 'grid';
+
+-- Repair tasks with MAIN_TASK(t), START(t), AREA(t), the arrival limit and DL(t).
+CREATE OR REPLACE VIEW k_task AS
+SELECT t.*,
+       (t.is_deleted = 0 AND t.parent_task_id IS NULL AND t.status_code <> '09') AS main_task,
+       COALESCE(w.accept_time, t.receive_time) AS start_time,
+       CASE WHEN COALESCE(t.urban_rural, g.urban_rural) IN ('01', '02', '03')
+            THEN COALESCE(t.urban_rural, g.urban_rural) ELSE '01' END AS area,
+       CASE CASE WHEN COALESCE(t.urban_rural, g.urban_rural) IN ('01', '02', '03')
+                 THEN COALESCE(t.urban_rural, g.urban_rural) ELSE '01' END
+            WHEN '01' THEN 45 WHEN '02' THEN 90 ELSE 120 END AS limit_min,
+       COALESCE(w.accept_time, t.receive_time)
+         + to_minutes(CASE CASE WHEN COALESCE(t.urban_rural, g.urban_rural) IN ('01', '02', '03')
+                                THEN COALESCE(t.urban_rural, g.urban_rural) ELSE '01' END
+                           WHEN '01' THEN 45 WHEN '02' THEN 90 ELSE 120 END) AS dl,
+       g.grid_no AS tg_grid_no
+FROM dist_repair_task t
+LEFT JOIN cs_work_order w ON w.wo_no = t.wo_no AND w.is_deleted = 0
+LEFT JOIN dist_tg g ON g.tg_no = t.tg_no AND g.is_deleted = 0;
+
+-- QUEUED(W) population without the window: inbound calls that entered the queue, short
+-- abandons (<= 5 s) left out.
+CREATE OR REPLACE VIEW k_queued AS
+SELECT x.* FROM cs_call x
+WHERE x.is_deleted = 0 AND x.call_direction = '01' AND x.queue_start_time IS NOT NULL
+  AND NOT (x.call_result IN ('03', '04') AND x.end_time IS NOT NULL
+           AND x.end_time - x.queue_start_time <= INTERVAL 5 SECOND);
