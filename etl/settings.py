@@ -45,6 +45,16 @@ class Settings:
     stale_after_s: int = 300      # a source whose data is older than this is shown (and alerted) late
     secret_key: str | None = field(default=None, repr=False)
     cache_dir: Path | None = None
+    # alert delivery (None: fall back to the values stored in the app database)
+    alert_base_url: str | None = None
+    alert_smtp_host: str | None = None
+    alert_smtp_port: int | None = None
+    alert_smtp_user: str | None = None
+    alert_smtp_password: str | None = field(default=None, repr=False)
+    alert_smtp_from: str | None = None
+    alert_smtp_security: str | None = None
+    alert_send_timeout_s: int | None = None
+    alert_deadline_s: int | None = None
 
     @property
     def serving_dir(self) -> Path:
@@ -123,6 +133,20 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         sim_days=_int(environ, "SIM_DAYS", 90, 1, 3 * 366, problems),
         sim_speed=_float(environ, "SIM_SPEED", 1.0, 0.01, 100000.0, problems),
     )
+    security = environ.get("ALERT_SMTP_SECURITY") or None
+    if security not in (None, "none", "starttls", "ssl"):
+        problems.append(f"ALERT_SMTP_SECURITY: expected none, starttls or ssl, got {security!r}")
+    alerts = dict(
+        alert_base_url=environ.get("ALERT_BASE_URL") or None,
+        alert_smtp_host=environ.get("ALERT_SMTP_HOST") or None,
+        alert_smtp_port=_int(environ, "ALERT_SMTP_PORT", 0, 0, 65535, problems) or None,
+        alert_smtp_user=environ.get("ALERT_SMTP_USER") or None,
+        alert_smtp_password=environ.get("ALERT_SMTP_PASSWORD") or None,
+        alert_smtp_from=environ.get("ALERT_SMTP_FROM") or None,
+        alert_smtp_security=security,
+        alert_send_timeout_s=_int(environ, "ALERT_SEND_TIMEOUT_S", 0, 0, 3600, problems) or None,
+        alert_deadline_s=_int(environ, "ALERT_DEADLINE_S", 0, 0, 30 * 86400, problems) or None,
+    )
     if problems:
         raise SettingsError("Invalid configuration:\n  " + "\n  ".join(problems))
     warehouse = Path(environ.get("WAREHOUSE_PATH") or data_dir / "warehouse.duckdb")
@@ -133,5 +157,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         simulate=simulate == "1" or (embedded and simulate != "0"),
         sim_scale=scale, secret_key=environ.get("SECRET_KEY") or None,
         cache_dir=Path(environ["CACHE_DIR"]) if environ.get("CACHE_DIR") else None,
-        **values,
+        **values, **alerts,
     )

@@ -14,7 +14,14 @@ def statements() -> list[str]:
     return [s.strip() for s in text.split(";") if s.strip()]
 
 
-def apply_prelude(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)build the org tree, calendar and shared views from the current core tables."""
+def apply_prelude(con: duckdb.DuckDBPyConnection, temp: bool = False) -> None:
+    """(Re)build the org tree, calendar and shared views from the current core tables.
+
+    temp=True creates them as TEMP objects of this connection only, which a read-only
+    connection to a published snapshot may do (detail pages, exports).
+    """
     for stmt in statements():
+        if temp:
+            for kind in ("TABLE", "VIEW", "MACRO"):
+                stmt = stmt.replace(f"CREATE OR REPLACE {kind}", f"CREATE OR REPLACE TEMP {kind}")
         con.execute(stmt)

@@ -225,7 +225,9 @@ def load_registry(directory: Path = DEFINITIONS_DIR, rules: Sequence[Rule] = DEF
             except ValidationError as exc:
                 for err in exc.errors():
                     loc = ".".join(str(p) for p in err["loc"])
-                    issues.append(Issue(path.name, line, item.get("id"), f"{loc}: {err['msg']}"))
+                    got = err.get("input")
+                    shown = f"; got {got!r}"[:120] if not isinstance(got, dict) else ""
+                    issues.append(Issue(path.name, line, item.get("id"), f"{loc}: {err['msg']}{shown}"))
     for rule in rules:
         issues.extend(rule(parsed))
     if check_sql:

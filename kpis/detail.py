@@ -1,0 +1,63 @@
+"""The source records behind a KPI value: the facts of one period under a set of org units."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+
+import duckdb
+
+from kpis.compile import PERIODS_DDL
+from kpis.periods import Period
+from kpis.prelude import apply_prelude
+from kpis.spec import KpiDef
+
+DETAIL_COLUMNS = ("item_key", "org_no", "grid_no", "numerator", "denominator", "pending")
+
+
+def detail_sql(k: KpiDef, columns: set[str]) -> str:
+    """Facts of the KPI attributed (by org or grid) to any of the units in $units."""
+    pending = "f.pending" if "pending" in columns else "FALSE"
+    key = "CAST(f.item_key AS VARCHAR)" if "item_key" in columns else "NULL"
+    num = "f.num_key" if k.num_agg == "count_distinct" and "num_key" in columns else "f.num"
+    return f"""
+WITH f AS (
+{k.facts}
+),
+fa AS (
+    SELECT f.*, COALESCE(ko.unit_no, (SELECT unit_no FROM k_root)) AS attr_org,
+           kg.unit_no AS attr_grid
+    FROM f
+    LEFT JOIN k_org ko ON ko.unit_no = f.org_no AND ko.unit_level <> 'grid'
+    LEFT JOIN k_org kg ON kg.unit_no = f.grid_no AND kg.unit_level = 'grid'
+)
+SELECT {key} AS item_key, f.attr_org AS org_no, f.attr_grid AS grid_no,
+       CAST({num} AS VARCHAR) AS numerator, CAST(f.den AS VARCHAR) AS denominator,
+       {pending} AS pending
+FROM fa f
+WHERE f.attr_grid IN (SELECT unnest($units))
+   OR f.attr_org IN (SELECT a.unit_no FROM k_org_ancestor a
+                     WHERE a.ancestor_no IN (SELECT unnest($units)))
+ORDER BY item_key
+"""
+
+
+def prepare(cur: duckdb.DuckDBPyConnection, period: Period, as_of: datetime) -> None:
+    """Temp prelude and the one-period _periods table on this cursor (read-only safe)."""
+    apply_prelude(cur, temp=True)
+    cur.execute(PERIODS_DDL)
+    cur.execute("INSERT INTO _periods VALUES (0, ?, ?, ?, ?, ?, ?)",
+                [period.grain, period.ws, period.we, period.te(as_of), as_of,
+                 (period.we - period.ws).total_seconds() / 3600])
+
+
+def iter_detail(cur: duckdb.DuckDBPyConnection, k: KpiDef, units: Sequence[str], period: Period,
+                as_of: datetime, batch: int = 10_000) -> Iterator[list[tuple]]:
+    """Batches of detail rows (DETAIL_COLUMNS), streamed: flat memory for any row count."""
+    prepare(cur, period, as_of)
+    cols = {r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM ({k.facts}) AS f").fetchall()}
+    cur.execute(detail_sql(k, cols), {"units": list(units)})
+    while True:
+        rows = cur.fetchmany(batch)
+        if not rows:
+            return
+        yield rows

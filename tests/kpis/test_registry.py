@@ -1,0 +1,85 @@
+"""The registry matches the agreed catalogue and reports every problem in one go."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kpis.registry import DEFINITIONS_DIR, RegistryError, load_registry
+
+CATALOGUE = Path(__file__).resolve().parents[2] / "contract" / "kpis.csv"
+
+
+def catalogue() -> list[dict[str, str]]:
+    return list(csv.DictReader(CATALOGUE.open(encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(check_sql=True)
+
+
+def test_every_catalogue_kpi_is_in_the_registry_unchanged(registry) -> None:
+    problems = []
+    for row in catalogue():
+        k = registry.kpis.get(row["id"])
+        if k is None:
+            problems.append(f"{row['id']}: missing from kpis/definitions")
+            continue
+        expected = {
+            "name_zh": row["name_zh"], "name_en": row["name_en"], "theme": row["theme"],
+            "unit": row["unit"], "direction": row["direction"], "grain": row["grain"],
+            "warning": row["warning_threshold"], "critical": row["critical_threshold"],
+            "org_levels": tuple(row["org_levels"].split(";")),
+            "min_sample": int(row["min_sample"]) if row["min_sample"] else None,
+            "tier": row["tier"], "definition": row["definition"], "formula": row["formula"],
+            "sources": tuple(sorted(s.replace("cs95598", "cs") for s in row["source_systems"].split(";"))),
+        }
+        for field, want in expected.items():
+            have = getattr(k, field)
+            if field == "sources":
+                have = tuple(sorted(have))
+            if have != want:
+                problems.append(f"{row['id']}.{field}: registry {have!r} != catalogue {want!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_registry_has_nothing_the_catalogue_lacks(registry) -> None:
+    ids = {r["id"] for r in catalogue()}
+    assert not set(registry.kpis) - ids
+
+
+def test_no_definition_is_a_constant(registry) -> None:
+    """A facts query that reads no warehouse table cannot follow its formula."""
+    from etl.contract import load_contract
+    tables = set(load_contract().tables) | {"k_customer", "k_wo", "k_task", "k_queued", "k_tg"}
+    lazy = [k.id for k in registry.kpis.values()
+            if not any(t in k.facts for t in tables)]
+    assert not lazy
+
+
+def test_every_problem_is_reported_with_file_line_and_id(tmp_path: Path) -> None:
+    shutil.copy(DEFINITIONS_DIR / "repair.yaml", tmp_path / "repair.yaml")
+    text = (tmp_path / "repair.yaml").read_text(encoding="utf-8")
+    broken = text.replace('critical: "95"', 'critical: "99"', 1).replace("kind: mean", "kind: median", 1)
+    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
+            "    formula: x\n    unit: furlongs\n    direction: lower_better\n    grain: daily\n"
+            "    warning: '1'\n    critical: '2'\n    org_levels: [city]\n    tier: core\n"
+            "    sources: [cs]\n    kind: count\n    shape: snapshot\n{extra}"
+            "    facts: SELECT 1 AS pid, NULL AS org_no, NULL AS grid_no, 1 AS num, NULL AS den FROM nowhere\n")
+    broken += item.format(id="repair.orders", extra="")
+    broken += item.format(id="repair.spare", extra="    colour: red\n")
+    (tmp_path / "repair.yaml").write_text(broken, encoding="utf-8")
+    with pytest.raises(RegistryError) as info:
+        load_registry(tmp_path, check_sql=True)
+    message = str(info.value)
+    assert "repair.yaml:" in message
+    assert "[repair.arrival_ontime_rate_urban]: critical" in message     # critical above warning
+    assert "kind" in message and "median" in message                      # a bad enum value
+    assert "colour" in message                                           # unknown field
+    assert "id is also defined at repair.yaml:" in message               # duplicate id
+    assert "unit 'furlongs' unknown" in message                          # unit rule
+    assert "does not bind" in message and "nowhere" in message           # SQL binding
+    assert len(info.value.issues) >= 6
