@@ -3,7 +3,9 @@
 A definition's `facts` query returns one row per fact and period: `pid` (the period from the
 `_periods` table it belongs to), `org_no` (attribution), `grid_no`, `num`, `den` and optionally
 `num_key`/`den_key` (distinct counts), `sample` (the minimum-sample basis when it is not the
-denominator), `pending` (a resolved-or-due item still open) and `item_key` (the source record).
+denominator), `pending` (a resolved-or-due item still open), `missing` (an input the value
+needs is absent, e.g. a calendar date: the unit's value, numerator and denominator become NULL,
+status no_data) and `item_key` (the source record).
 The compiled statement rolls those facts up through every ancestor in one pass (numerators and
 denominators are summed, never ratios averaged), adds the grids, and fills every unit of the
 KPI's levels for every period so that empty populations come out as 0 or no_data.
@@ -73,7 +75,9 @@ def compile_kpi(k: KpiDef, fact_columns: set[str]) -> str:
     has = fact_columns.__contains__
     sample = "SUM(sample)" if has("sample") else _den_agg(k)
     pending = "BOOL_OR(pending)" if has("pending") else "FALSE"
-    aggs = f"{_num_agg(k)} AS num, {_den_agg(k)} AS den, {sample} AS sample, {pending} AS pending"
+    missing = "BOOL_OR(missing)" if has("missing") else "FALSE"
+    aggs = (f"{_num_agg(k)} AS num, {_den_agg(k)} AS den, {sample} AS sample, "
+            f"{pending} AS pending, {missing} AS missing")
     counting = k.kind in ("count", "sum")
     presence = (f"SELECT DISTINCT pid FROM ({k.presence})" if k.presence
                 else "SELECT pid FROM _periods")
@@ -106,8 +110,8 @@ agg AS (
 present AS ({presence}),
 rolled AS (
     SELECT p.pid, p.grain, p.ws, p.we, p.te, p.as_of, u.unit_no, u.unit_level,
-           CASE WHEN pr.pid IS NULL THEN NULL ELSE {num_out} END AS num,
-           CASE WHEN pr.pid IS NULL THEN NULL ELSE {den_out} END AS den,
+           CASE WHEN pr.pid IS NULL OR a.missing THEN NULL ELSE {num_out} END AS num,
+           CASE WHEN pr.pid IS NULL OR a.missing THEN NULL ELSE {den_out} END AS den,
            a.sample, COALESCE(a.pending, FALSE) AS pending
     FROM _periods p
     CROSS JOIN (SELECT unit_no, unit_level FROM k_org WHERE unit_level IN ({levels})) u
