@@ -20,11 +20,11 @@ PERIODS_DDL = ("CREATE OR REPLACE TEMP TABLE _periods (pid INTEGER, grain VARCHA
 
 
 def _num_agg(k: KpiDef) -> str:
+    if k.kind == "max" or k.num_agg == "max":
+        return "MAX(num)"
     if k.num_agg == "count_distinct":
         return "COUNT(DISTINCT num_key)"
-    if k.num_agg == "max":
-        return "MAX(num)"
-    if k.num_agg == "quantile":
+    if k.kind == "quantile" or k.num_agg == "quantile":
         return f"quantile_cont(num, {float(k.quantile or 0.5)!r})"
     return "SUM(num)"
 

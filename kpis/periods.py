@@ -66,7 +66,7 @@ def previous_month(p: Period) -> Period:
 
 
 def parse_period(text: str, as_of: datetime) -> Period:
-    """`today`, `YYYY-MM-DD` or `YYYY-MM`; PeriodError says which forms are accepted."""
+    """`today`, `YYYY-MM-DD HH` (an hour), `YYYY-MM-DD` or `YYYY-MM`; PeriodError otherwise."""
     text = text.strip()
     if text == "today":
         return day(as_of.date())
@@ -75,7 +75,11 @@ def parse_period(text: str, as_of: datetime) -> Period:
             return day(date.fromisoformat(text))
         except ValueError as exc:
             raise PeriodError(f"period `{text}`: {exc}") from None
+    h = re.fullmatch(r"(\d{4}-\d{2}-\d{2})[ T](\d{2})(?::00)?", text)
+    if h and int(h[2]) < 24:
+        start = datetime.fromisoformat(h[1]) + timedelta(hours=int(h[2]))
+        return Period("hourly", start, start + timedelta(hours=1))
     m = re.fullmatch(r"(\d{4})-(\d{2})", text)
     if m and 1 <= int(m[2]) <= 12:
         return month(int(m[1]), int(m[2]))
-    raise PeriodError(f"period `{text}` is not understood; expected today, YYYY-MM-DD or YYYY-MM")
+    raise PeriodError(f"period `{text}` is not understood; expected today, YYYY-MM-DD HH, YYYY-MM-DD or YYYY-MM")

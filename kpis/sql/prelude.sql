@@ -89,8 +89,9 @@ LEFT JOIN k_org ko ON ko.unit_no = g.org_no AND ko.unit_level <> 'grid'
 LEFT JOIN k_org kg ON kg.unit_no = g.grid_no AND kg.unit_level = 'grid'
 WHERE g.is_deleted = 0;
 
--- Work orders with ORGWO(w), GRIDWO(w), VWO(w) and VCOMP(w).
-CREATE OR REPLACE VIEW k_wo AS
+-- Work orders with ORGWO(w), GRIDWO(w), VWO(w) and VCOMP(w). A table, built once per
+-- evaluation pass: about 25 KPIs read it, and the customer join is the costly part.
+CREATE OR REPLACE TABLE k_wo AS
 SELECT w.*,
        COALESCE(o1.unit_no, o2.unit_no, o3.unit_no) AS attr_org,
        COALESCE(gc.unit_no, gt.unit_no) AS attr_grid,
@@ -107,7 +108,7 @@ LEFT JOIN dist_tg t ON t.tg_no = w.tg_no AND t.is_deleted = 0
 LEFT JOIN k_org gt ON gt.unit_no = t.grid_no AND gt.unit_level = 'grid';
 
 -- Repair tasks with MAIN_TASK(t), START(t), AREA(t), the arrival limit and DL(t).
-CREATE OR REPLACE VIEW k_task AS
+CREATE OR REPLACE TABLE k_task AS
 SELECT t.*,
        (t.is_deleted = 0 AND t.parent_task_id IS NULL AND t.status_code <> '09') AS main_task,
        COALESCE(w.accept_time, t.receive_time) AS start_time,
