@@ -38,7 +38,7 @@ SCHEMA = [
         org_levels VARCHAR, min_sample INTEGER, tier VARCHAR, sources VARCHAR,
         definition VARCHAR, formula VARCHAR, baseline VARCHAR, sort_no INTEGER)""",
     """CREATE TABLE IF NOT EXISTS kpi_eval_state (
-        id INTEGER, last_dirty_run_id VARCHAR, last_full_at TIMESTAMP, last_eval_at TIMESTAMP)""",
+        id INTEGER, last_dirty_run_id BIGINT, last_full_at TIMESTAMP, last_eval_at TIMESTAMP)""",
 ]
 
 
@@ -280,12 +280,12 @@ def default_periods(as_of: datetime, first_day: datetime | None = None) -> list[
     return sorted(out)
 
 
-def _dirty_dates(con: duckdb.DuckDBPyConnection, since: str | None) -> tuple[list[tuple[str, object]], str | None]:
+def _dirty_dates(con: duckdb.DuckDBPyConnection, since: int | None) -> tuple[list[tuple[str, object]], int | None]:
     try:
         rows = con.execute(
             "SELECT DISTINCT source, business_date FROM etl_dirty "
-            "WHERE $since IS NULL OR CAST(run_id AS VARCHAR) > $since", {"since": since}).fetchall()
-        top = con.execute("SELECT MAX(CAST(run_id AS VARCHAR)) FROM etl_dirty").fetchone()[0]
+            "WHERE $since IS NULL OR run_id > $since", {"since": since}).fetchall()
+        top = con.execute("SELECT MAX(run_id) FROM etl_dirty").fetchone()[0]
     except duckdb.CatalogException:
         return [], since
     return rows, top or since
