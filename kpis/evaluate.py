@@ -159,6 +159,21 @@ def _apply_baselines(con: duckdb.DuckDBPyConnection, k: KpiDef) -> None:
                       GROUP BY r.org_no, r.period_start, o.n)
                 GROUP BY org_no, period_start) b
             WHERE r.org_no = b.org_no AND r.period_start = b.period_start""")
+    elif k.baseline == "previous_month_end":
+        # A daily stock compared with the stock at the end of the previous month (its last day's
+        # value); a monthly row with the previous month's.
+        con.execute("""
+            UPDATE _result r SET baseline = h.value FROM (
+                SELECT org_no, grain, period_start, value FROM _result
+                UNION ALL
+                SELECT v.org_no, v.grain, v.period_start, v.value FROM kpi_value v
+                WHERE v.kpi_id = $kpi AND NOT EXISTS (
+                    SELECT 1 FROM _result x WHERE x.grain = v.grain AND x.period_start = v.period_start)
+            ) h
+            WHERE h.org_no = r.org_no AND h.grain = r.grain AND r.grain IN ('daily', 'monthly')
+              AND h.period_start = CASE r.grain
+                    WHEN 'daily' THEN date_trunc('month', r.period_start) - INTERVAL 1 DAY
+                    ELSE r.period_start - INTERVAL 1 MONTH END""", {"kpi": k.id})
     else:
         for grain, offsets in _OFFSETS[k.baseline].items():
             values = ", ".join(f"(INTERVAL '{o}')" for o in offsets)

@@ -14,7 +14,7 @@ Shape = Literal["flow", "stock", "snapshot", "rolling"]
 Baseline = Literal["previous_period", "same_weekday_4w", "same_hour_weekday_4w",
                    "same_month_last_year", "mean_prev_3_months", "value_7_days_earlier",
                    "snapshot_same_time_4w", "snapshot_same_time_7d", "snapshot_7_days_earlier",
-                   "same_day_prev_month"]
+                   "same_day_prev_month", "previous_month_end"]
 SOURCES = ("mis", "cs", "dist", "meter")
 UNITS = ("%", "count", "minutes", "working days", "yuan", "interruptions/customer", "seconds",
          "MVA", "per 1,000 applications", "MWh", "points", "per 10k customers per year",

@@ -1,0 +1,272 @@
+"""Publish the serving snapshot: an immutable `serving_<v>.duckdb` plus the `CURRENT` pointer.
+
+The web tier never opens the warehouse (ARCHITECTURE.md §2): each cycle the worker copies the
+small tables pages read into a new file under a temporary name, renames it, then flips
+`CURRENT` by writing a temp file and `os.replace`. A new name per version is mandatory because
+DuckDB caches open instances by path; old versions are pruned, readers of a deleted file keep
+their inode.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import duckdb
+
+from etl.contract import load_contract
+from etl.schema import quote_ident
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_NAME = re.compile(r"^serving_(\d+)\.duckdb$")
+KEEP_VERSIONS = 3
+# Copied whole when present. kpi_value is the product; the rest explain it.
+SMALL_TABLES = ("kpi_value", "kpi_def", "dim_org", "dim_org_ancestor", "etl_freshness",
+                "etl_watermark", "worker_event")
+# Metering firehose tables: tens of millions of rows at county scale; KPIs already summarise them
+# and copying them would put the publish far over its sub-second budget (bench/RESULTS.md "## Web").
+BIG_TABLES = frozenset({"meter_curve_15min", "meter_collection_daily", "meter_voltage_daily"})
+RECENT_RUN_DAYS = 7
+LOCAL_TZ = "Asia/Shanghai"
+FULL_EVERY = 720     # versions between full rebuilds (~12 h at 60 s; compacts, drops rows gone upstream)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: int
+    path: Path
+    seconds: float
+    tables: tuple[str, ...]
+
+
+def current_version(serving_dir: Path) -> int | None:
+    """The version named in CURRENT, or None when nothing was published yet."""
+    try:
+        text = (serving_dir / "CURRENT").read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def snapshot_path(serving_dir: Path, version: int) -> Path:
+    return serving_dir / f"serving_{version}.duckdb"
+
+
+def published_versions(serving_dir: Path) -> list[int]:
+    """Versions present on disk, oldest first."""
+    if not serving_dir.exists():
+        return []
+    found = (SNAPSHOT_NAME.match(p.name) for p in serving_dir.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    rows = con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_catalog = current_database() AND table_schema = 'main' "
+        "ORDER BY table_name, ordinal_position").fetchall()
+    out: dict[str, list[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, []).append(column)
+    return out
+
+
+def _stats_sql(present: dict[str, list[str]]) -> str | None:
+    """One UNION ALL over every contract table in the warehouse: rows, deleted, newest updated_at."""
+    parts = []
+    for table in load_contract().tables.values():
+        cols = present.get(table.name)
+        if not cols or "updated_at" not in cols:
+            continue
+        deleted = "SUM(CASE WHEN is_deleted = 1 THEN 1 ELSE 0 END)" if "is_deleted" in cols else "0"
+        parts.append(
+            f"SELECT '{table.system}' AS source, '{table.name}' AS table_name, "
+            f"COUNT(*)::BIGINT AS row_count, COALESCE({deleted}, 0)::BIGINT AS deleted_count, "
+            f"MAX(updated_at)::TIMESTAMP AS max_updated_at FROM {quote_ident(table.name)}")
+    return " UNION ALL ".join(parts) if parts else None
+
+
+def _reject_sql(cols: list[str]) -> str:
+    keys = [c for c in ("source", "table_name", "reason") if c in cols]
+    resolved = "WHERE resolved_at IS NULL" if "resolved_at" in cols else ""
+    group = ", ".join(keys) if keys else "1"
+    select = ", ".join(keys) + ", " if keys else ""
+    return f"SELECT {select}COUNT(*)::BIGINT AS reject_count FROM etl_reject {resolved} GROUP BY {group}"
+
+
+def publish(con: duckdb.DuckDBPyConnection, serving_dir: Path, keep: int = KEEP_VERSIONS,
+            core_tables: bool = True, published_at: datetime | None = None,
+            full_every: int = FULL_EVERY) -> PublishResult:
+    """Write the next snapshot from the worker's connection and make it current.
+
+    Incremental when possible: the previous snapshot file is copied, small tables are rewritten,
+    and only kpi_value rows computed since the last publish and core-table rows inside the ETL
+    windows run since then are replaced. Every `full_every` versions (or when the previous file
+    is missing or the ETL restarted its run ids) the snapshot is rebuilt from scratch.
+    `published_at` is naive local time like the sources (default: now in Asia/Shanghai)."""
+    started = time.perf_counter()
+    published_at = published_at or datetime.now(ZoneInfo(LOCAL_TZ)).replace(tzinfo=None, microsecond=0)
+    serving_dir.mkdir(parents=True, exist_ok=True)
+    previous = current_version(serving_dir)
+    version = max([*published_versions(serving_dir), previous or 0]) + 1
+    final = snapshot_path(serving_dir, version)
+    tmp = serving_dir / f".serving_{version}.duckdb.tmp"
+    for stale in (tmp, Path(f"{tmp}.wal")):
+        stale.unlink(missing_ok=True)
+    present = _tables(con)
+    base = snapshot_path(serving_dir, previous) if previous else None
+    info = _read_info(con, base) if base is not None and base.exists() else None
+    run_now = _max_run(con, present)
+    full = (info is None or version - int(info["full_version"]) >= full_every
+            or run_now < int(info["etl_run_id"]) or info["kpi_columns"] != present.get("kpi_value"))
+    if not full:
+        shutil.copyfile(base, tmp)    # immutable once published: a plain copy is consistent
+    copied: list[str] = []
+    con.execute("ATTACH '" + str(tmp).replace("'", "''") + "' AS snap")
+    # one transaction: one WAL commit for the whole snapshot instead of one per statement
+    con.execute("BEGIN TRANSACTION")
+    committed = False
+    try:
+        def copy(name: str, select: str) -> None:
+            con.execute(f"DROP TABLE IF EXISTS snap.{quote_ident(name)}")
+            con.execute(f"CREATE TABLE snap.{quote_ident(name)} AS {select}")
+            copied.append(name)
+
+        for name in SMALL_TABLES:
+            if name in present and name != "kpi_value":
+                copy(name, f"SELECT * FROM {quote_ident(name)}")
+        for name in sorted(present):
+            if name.startswith(("alarm_", "alert_")):
+                copy(name, f"SELECT * FROM {quote_ident(name)}")
+        if "etl_run" in present:
+            cols = present["etl_run"]
+            time_col = next((c for c in ("started_at", "finished_at", "run_at") if c in cols), None)
+            where = (f"WHERE {time_col} >= (SELECT MAX({time_col}) FROM etl_run) - INTERVAL {RECENT_RUN_DAYS} DAY"
+                     if time_col else "")
+            copy("etl_run", f"SELECT * FROM etl_run {where}")
+        if "etl_reject" in present:
+            copy("etl_reject_count", _reject_sql(present["etl_reject"]))
+        stats = _stats_sql(present)
+        if stats:
+            copy("source_table_stats", stats)
+        kpi_mark = None
+        if "kpi_value" in present:
+            kpi_mark = con.execute("SELECT MAX(computed_at) FROM kpi_value").fetchone()[0]
+            if full or info is None or info["kpi_computed_at"] is None:
+                copy("kpi_value", "SELECT * FROM kpi_value")
+            else:
+                _refresh_rows(con, "kpi_value", ("kpi_id", "org_no", "grain", "period_start"),
+                              "computed_at > ?", [info["kpi_computed_at"]])
+                copied.append("kpi_value+")
+        if core_tables:
+            in_snap = set(_snap_tables(con))
+            windows = {"run_id", "window_low", "rows_merged", "table_name"} <= set(present.get("etl_run", ()))
+            for table in load_contract().tables.values():
+                if table.name not in present or table.name in BIG_TABLES:
+                    continue
+                low = "all" if full or not windows else _window_low(con, table.name, info["etl_run_id"])
+                if table.name not in in_snap or low == "all":
+                    copy(table.name, f"SELECT * FROM {quote_ident(table.name)}")
+                elif low is not None:
+                    _refresh_rows(con, table.name, table.key, "updated_at > ?", [low])
+                    copied.append(table.name + "+")
+        full_version = version if full else info["full_version"]
+        con.execute("DROP TABLE IF EXISTS snap.snapshot_info")
+        con.execute("CREATE TABLE snap.snapshot_info AS SELECT ?::BIGINT AS version, ?::TIMESTAMP AS "
+                    "published_at, ?::BIGINT AS etl_run_id, ?::TIMESTAMP AS kpi_computed_at, "
+                    "?::BIGINT AS full_version", [version, published_at, run_now, kpi_mark, full_version])
+        con.execute("COMMIT")
+        committed = True
+        con.execute("CHECKPOINT snap")
+    except BaseException:
+        if not committed:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.execute("DETACH snap")
+    os.replace(tmp, final)
+    _write_current(serving_dir, version)
+    _prune(serving_dir, keep)
+    seconds = time.perf_counter() - started
+    log.info("published snapshot %s (%s, %d tables) in %.3f s", version, "full" if full else "incremental",
+             len(copied), seconds)
+    return PublishResult(version, final, seconds, tuple(copied))
+
+
+def _snap_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                      "WHERE table_catalog = 'snap'").fetchall()]
+
+
+def _columns(con: duckdb.DuckDBPyConnection, catalog: str, table: str) -> list[str] | None:
+    cols = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? AND table_name = ? "
+        "ORDER BY ordinal_position", [catalog, table]).fetchall()]
+    return cols or None
+
+
+def _read_info(con: duckdb.DuckDBPyConnection, base: Path) -> dict[str, object] | None:
+    """What the previous snapshot was built from (None for files without the bookkeeping)."""
+    con.execute("ATTACH '" + str(base).replace("'", "''") + "' AS prevsnap (READ_ONLY)")
+    try:
+        cols = _columns(con, "prevsnap", "snapshot_info") or []
+        if not {"etl_run_id", "kpi_computed_at", "full_version"} <= set(cols):
+            return None
+        row = con.execute("SELECT etl_run_id, kpi_computed_at, full_version FROM prevsnap.snapshot_info"
+                          ).fetchone()
+        if row is None:
+            return None
+        return {"etl_run_id": row[0] or 0, "kpi_computed_at": row[1], "full_version": row[2] or 0,
+                "kpi_columns": _columns(con, "prevsnap", "kpi_value")}
+    finally:
+        con.execute("DETACH prevsnap")
+
+
+def _max_run(con: duckdb.DuckDBPyConnection, present: dict[str, list[str]]) -> int:
+    if "etl_run" not in present or "run_id" not in present["etl_run"]:
+        return 0
+    return int(con.execute("SELECT COALESCE(MAX(run_id), 0) FROM etl_run").fetchone()[0])
+
+
+def _window_low(con: duckdb.DuckDBPyConnection, table: str, since_run: int) -> object:
+    """The lowest updated_at window start the ETL read for `table` after `since_run`:
+    None = nothing loaded since, 'all' = a full load (no lower bound)."""
+    row = con.execute("SELECT COUNT(*), COUNT(window_low), MIN(window_low) FROM etl_run "
+                      "WHERE run_id > ? AND table_name = ? AND rows_merged > 0", [since_run, table]).fetchone()
+    if not row or row[0] == 0:
+        return None
+    return "all" if row[1] < row[0] else row[2]
+
+
+def _refresh_rows(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], where: str,
+                  params: list[object]) -> None:
+    """Replace in the snapshot the rows of `table` matching `where` (by key)."""
+    t = quote_ident(table)
+    match = " AND ".join(f"s.{quote_ident(k)} = n.{quote_ident(k)}" for k in key)
+    keys = ", ".join(quote_ident(k) for k in key)
+    con.execute(f"DELETE FROM snap.{t} AS s USING (SELECT {keys} FROM {t} WHERE {where}) AS n "
+                f"WHERE {match}", params)
+    con.execute(f"INSERT INTO snap.{t} SELECT * FROM {t} WHERE {where}", params)
+
+
+def _write_current(serving_dir: Path, version: int) -> None:
+    tmp = serving_dir / ".CURRENT.tmp"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(f"{version}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, serving_dir / "CURRENT")
+
+
+def _prune(serving_dir: Path, keep: int) -> None:
+    versions = published_versions(serving_dir)
+    for old in versions[:-keep] if keep > 0 else []:
+        # an open reader keeps its inode; new readers re-read CURRENT (kpis/serving.py)
+        snapshot_path(serving_dir, old).unlink(missing_ok=True)

@@ -1,0 +1,197 @@
+"""The worker process: the only writer of the warehouse and the only scheduler.
+
+One APScheduler BlockingScheduler (ARCHITECTURE.md §3) runs the chained cycle
+ETL pass → KPI evaluation → alerting → publish every ETL_INTERVAL_S, and the alert dispatcher
+every 15 s. The web tier never imports this module (tests/processes checks it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import (EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED,
+                                JobExecutionEvent)
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from etl.settings import Settings
+from kpis.publish import publish
+
+log = logging.getLogger(__name__)
+DISPATCH_INTERVAL_S = 15
+STOP_GRACE_S = 10             # how long SIGTERM waits for a running cycle before exiting
+WORKER_THREADS = 2            # ARCHITECTURE.md §9: the worker's DuckDB budget on 2 cores
+WORKER_MEMORY = "8GB"
+EVENT_DDL = ("CREATE TABLE IF NOT EXISTS worker_event (event_at TIMESTAMP, job_id VARCHAR, "
+             "event VARCHAR, detail VARCHAR)")
+
+
+class WorkerBusy(RuntimeError):
+    """Another worker holds the writer lock; the message names its PID."""
+
+
+def local_now(settings: Settings) -> datetime:
+    """Naive local time, as the sources write it."""
+    return datetime.now(ZoneInfo(settings.timezone)).replace(tzinfo=None, microsecond=0)
+
+
+class Worker:
+    """Holds the warehouse and runs one cycle at a time."""
+
+    def __init__(self, settings: Settings, warehouse: Any) -> None:
+        self.settings = settings
+        self.warehouse = warehouse
+        self._registry: Any = None
+        self._cycle_lock = threading.Lock()
+
+    def _cursor(self) -> Any:
+        return self.warehouse.cursor()
+
+    def setup(self) -> None:
+        """Migrate the warehouse and create the KPI and worker tables."""
+        self.warehouse.migrate()
+        con = self._cursor()
+        try:
+            from kpis.evaluate import ensure_schema, write_registry_table
+        except ImportError:
+            log.warning("kpis.evaluate not available yet: KPIs are not evaluated")
+        else:
+            ensure_schema(con)
+            write_registry_table(con, self.registry())   # kpi_def: the registry for the web side
+        con.execute(EVENT_DDL)
+        con.close()
+
+    def registry(self) -> Any:
+        if self._registry is None:
+            from kpis.registry import load_registry
+            self._registry = load_registry()
+        return self._registry
+
+    def cycle(self) -> None:
+        """ETL pass, then evaluation and alerting in one transaction, then publish."""
+        with self._cycle_lock:
+            from etl.pipeline import run_pass
+            passed = run_pass(self.settings, self.warehouse)
+            log.info("etl pass %s done", getattr(passed, "run_id", "?"))
+            now = local_now(self.settings)
+            try:
+                from kpis.evaluate import evaluate_incremental
+            except ImportError:
+                evaluate_incremental = None
+                log.info("kpis.evaluate not available yet: evaluation skipped")
+            if evaluate_incremental is not None:
+                # Autocommit, not one outer transaction: evaluate_incremental stores KPI by KPI and
+                # carries on past a broken one, which an aborted DuckDB transaction (no savepoints)
+                # would turn into a failure of all 190. Alerting then runs in its own transaction.
+                con = self._cursor()
+                try:
+                    summary = evaluate_incremental(con, self.registry(), now)
+                finally:
+                    con.close()
+                log.info("evaluated %s rows, %s changed, %s KPIs failed", getattr(summary, "rows", "?"),
+                         len(getattr(summary, "changed", ()) or ()), len(getattr(summary, "errors", {}) or {}))
+                try:
+                    from kpis.alerting import process
+                except ImportError:
+                    log.info("kpis.alerting not available yet: alerting skipped")
+                else:
+                    with self.warehouse.transaction() as tx:
+                        process(tx, self.registry(), summary.changed, now, self.settings)
+            self.publish()
+
+    def publish(self) -> None:
+        con = self._cursor()
+        try:
+            publish(con, self.settings.serving_dir, published_at=local_now(self.settings))
+        finally:
+            con.close()
+
+    def dispatch(self) -> None:
+        """Deliver due alert notifications from the outbox."""
+        try:
+            from kpis.dispatch import dispatch_due
+        except ImportError:
+            log.debug("kpis.dispatch not available yet: dispatch skipped")
+            return
+        con = self._cursor()
+        try:
+            dispatch_due(con, self.settings, local_now(self.settings))
+        finally:
+            con.close()
+
+    def record_event(self, event: JobExecutionEvent) -> None:
+        """Scheduler trouble (error, missed or overlapping run) goes to worker_event."""
+        kind = {EVENT_JOB_ERROR: "error", EVENT_JOB_MISSED: "missed",
+                EVENT_JOB_MAX_INSTANCES: "max_instances"}.get(event.code, str(event.code))
+        detail = repr(event.exception) if getattr(event, "exception", None) else ""
+        log.warning("job %s: %s %s", event.job_id, kind, detail)
+        try:
+            con = self._cursor()
+            con.execute("INSERT INTO worker_event VALUES (?, ?, ?, ?)",
+                        [local_now(self.settings), event.job_id, kind, detail[:2000]])
+            con.close()
+        except Exception:  # the log line above already holds the event
+            log.exception("could not record job event")
+
+
+def build_scheduler(worker: Worker, settings: Settings) -> BlockingScheduler:
+    """The worker's single scheduler, jobs defined in code (memory store)."""
+    sched = BlockingScheduler(timezone=settings.timezone)
+    tz_now = datetime.now(ZoneInfo(settings.timezone))
+    common = dict(max_instances=1, coalesce=True, replace_existing=True, next_run_time=tz_now)
+    sched.add_job(worker.cycle, "interval", id="cycle", seconds=settings.etl_interval_s,
+                  misfire_grace_time=max(1, settings.etl_interval_s // 2), **common)
+    sched.add_job(worker.dispatch, "interval", id="dispatch", seconds=DISPATCH_INTERVAL_S,
+                  misfire_grace_time=DISPATCH_INTERVAL_S // 2, **common)
+    sched.add_listener(worker.record_event,
+                       EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+    return sched
+
+
+def run_worker(settings: Settings, once: bool = False) -> int:
+    """Take the writer lock, open the warehouse and run the scheduler (or one cycle)."""
+    from etl.lock import WriterBusy, acquire_writer_lock
+    from etl.warehouse import Warehouse
+
+    try:
+        lock = acquire_writer_lock(settings.data_dir)
+    except WriterBusy as exc:
+        log.error("worker not started: %s", exc)
+        print(f"worker not started: {exc}", flush=True)
+        return 3
+    warehouse = Warehouse(settings.warehouse_path, threads=WORKER_THREADS, memory_limit=WORKER_MEMORY)
+    worker = Worker(settings, warehouse)
+    try:
+        worker.setup()
+        if once:
+            worker.cycle()
+            return 0
+        sched = build_scheduler(worker, settings)
+
+        def stop(signum: int, _frame: object) -> None:
+            log.info("signal %s: stopping the scheduler", signum)
+            sched.shutdown(wait=False)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("worker running: cycle every %s s, dispatch every %s s",
+                 settings.etl_interval_s, DISPATCH_INTERVAL_S)
+        sched.start()
+        return 0
+    finally:
+        # A cycle still running holds DuckDB; waiting for it could take minutes at county scale.
+        # Leaving mid-cycle is safe: committed loads survive, the next start re-reads the window.
+        if worker._cycle_lock.acquire(timeout=STOP_GRACE_S):
+            close = getattr(warehouse, "close", None)
+            if close:
+                close()
+            lock.release()
+        else:
+            log.warning("a cycle is still running after %s s: exiting without waiting for it",
+                        STOP_GRACE_S)
+            logging.shutdown()
+            os._exit(0)
