@@ -91,17 +91,27 @@ def periods_for(k: KpiDef, requested: Iterable[Period], as_of: datetime) -> list
 
 
 def _load_periods(con: duckdb.DuckDBPyConnection, periods: Sequence[Period], as_of: datetime) -> None:
+    # One statement over parallel lists: DuckDB's executemany costs milliseconds per row.
     con.execute(PERIODS_DDL)
-    con.executemany("INSERT INTO _periods VALUES (?, ?, ?, ?, ?, ?, ?)", [
-        (i, p.grain, p.ws, p.we, p.te(as_of), as_of, (p.we - p.ws).total_seconds() / 3600)
-        for i, p in enumerate(periods)])
+    con.execute("""INSERT INTO _periods SELECT unnest($pid), unnest($grain), unnest($ws),
+                   unnest($we), unnest($te), $as_of, unnest($hours)""", {
+        "pid": list(range(len(periods))), "grain": [p.grain for p in periods],
+        "ws": [p.ws for p in periods], "we": [p.we for p in periods],
+        "te": [p.te(as_of) for p in periods], "as_of": as_of,
+        "hours": [(p.we - p.ws).total_seconds() / 3600 for p in periods]})
+
+
+_COLUMNS: dict[tuple[str, str], frozenset[str]] = {}
 
 
 def fact_columns(con: duckdb.DuckDBPyConnection, k: KpiDef) -> set[str]:
     """The columns the facts query returns (binds the SQL against the warehouse schema)."""
-    con.execute(PERIODS_DDL)
-    rows = con.execute(f"DESCRIBE SELECT * FROM ({k.facts}) AS f").fetchall()
-    return {r[0] for r in rows}
+    key = (k.id, k.facts)
+    if key not in _COLUMNS:
+        con.execute(PERIODS_DDL)
+        rows = con.execute(f"DESCRIBE SELECT * FROM ({k.facts}) AS f").fetchall()
+        _COLUMNS[key] = frozenset(r[0] for r in rows)
+    return set(_COLUMNS[key])
 
 
 def compute(con: duckdb.DuckDBPyConnection, k: KpiDef, periods: Sequence[Period],
@@ -229,16 +239,19 @@ def store(con: duckdb.DuckDBPyConnection, k: KpiDef, computed_at: datetime, wate
           summary: EvalSummary) -> None:
     """Replace the stored values of the computed periods; record changed past values."""
     changed = con.execute("""
-        SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.value, n.value, o.status, n.status,
-               o.computed_at, o.is_final
+        SELECT n.kpi_id, n.org_no, n.grain, n.period_start
         FROM _result n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
              AND o.grain = n.grain AND o.period_start = n.period_start
         WHERE o.value IS DISTINCT FROM n.value OR o.status IS DISTINCT FROM n.status""").fetchall()
-    revisions = [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], computed_at)
-                 for r in changed if r[9]]   # a final value that changes is a restatement
-    if revisions:
-        con.executemany("INSERT INTO kpi_value_revision VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        revisions)
+    if changed:   # a final value that changes is a restatement: keep old and new side by side
+        con.execute("""
+            INSERT INTO kpi_value_revision
+            SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.value, n.value, o.status,
+                   n.status, o.computed_at, $at
+            FROM _result n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
+                 AND o.grain = n.grain AND o.period_start = n.period_start
+            WHERE o.is_final AND (o.value IS DISTINCT FROM n.value
+                                  OR o.status IS DISTINCT FROM n.status)""", {"at": computed_at})
     con.execute("""DELETE FROM kpi_value v USING (SELECT DISTINCT kpi_id, grain, period_start
                                                    FROM _result) r
                    WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
@@ -266,13 +279,18 @@ def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
         periods = periods_for(k, requested, as_of)
         if not periods:
             continue
+        # One transaction per KPI: its periods are replaced all together or not at all, and one
+        # broken KPI (DuckDB has no savepoints) cannot abort the other 190.
         try:
+            con.execute("BEGIN TRANSACTION")
             compute(con, k, periods, as_of)
             _apply_baselines(con, k)
             store(con, k, computed_at, watermarks, summary)
+            con.execute("COMMIT")
             summary.kpis += 1
             summary.periods += len(periods)
-        except duckdb.Error as exc:   # one broken KPI must not stop the other 190
+        except duckdb.Error as exc:
+            con.execute("ROLLBACK")
             log.error("KPI %s failed: %s", k.id, exc)
             summary.errors[k.id] = str(exc)
     return summary

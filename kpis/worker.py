@@ -19,7 +19,11 @@ from apscheduler.events import (EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from etl.settings import Settings
+from kpis.alerting import process
+from kpis.dispatch import dispatch_due
+from kpis.evaluate import ensure_schema, evaluate_incremental, write_registry_table
 from kpis.publish import publish
+from kpis.registry import load_registry
 
 log = logging.getLogger(__name__)
 DISPATCH_INTERVAL_S = 15
@@ -55,19 +59,13 @@ class Worker:
         """Migrate the warehouse and create the KPI and worker tables."""
         self.warehouse.migrate()
         con = self._cursor()
-        try:
-            from kpis.evaluate import ensure_schema, write_registry_table
-        except ImportError:
-            log.warning("kpis.evaluate not available yet: KPIs are not evaluated")
-        else:
-            ensure_schema(con)
-            write_registry_table(con, self.registry())   # kpi_def: the registry for the web side
+        ensure_schema(con)
+        write_registry_table(con, self.registry())   # kpi_def: the registry for the web side
         con.execute(EVENT_DDL)
         con.close()
 
     def registry(self) -> Any:
         if self._registry is None:
-            from kpis.registry import load_registry
             self._registry = load_registry()
         return self._registry
 
@@ -78,29 +76,19 @@ class Worker:
             passed = run_pass(self.settings, self.warehouse)
             log.info("etl pass %s done", getattr(passed, "run_id", "?"))
             now = local_now(self.settings)
+            # evaluate_incremental commits KPI by KPI (a broken one fails alone); the alarm step
+            # then reads the current row of every KPI and org in one transaction with the
+            # outbox, so a notification is written exactly when its state change is.
+            con = self._cursor()
             try:
-                from kpis.evaluate import evaluate_incremental
-            except ImportError:
-                evaluate_incremental = None
-                log.info("kpis.evaluate not available yet: evaluation skipped")
-            if evaluate_incremental is not None:
-                # Autocommit, not one outer transaction: evaluate_incremental stores KPI by KPI and
-                # carries on past a broken one, which an aborted DuckDB transaction (no savepoints)
-                # would turn into a failure of all 190. Alerting then runs in its own transaction.
-                con = self._cursor()
-                try:
-                    summary = evaluate_incremental(con, self.registry(), now)
-                finally:
-                    con.close()
-                log.info("evaluated %s rows, %s changed, %s KPIs failed", getattr(summary, "rows", "?"),
-                         len(getattr(summary, "changed", ()) or ()), len(getattr(summary, "errors", {}) or {}))
-                try:
-                    from kpis.alerting import process
-                except ImportError:
-                    log.info("kpis.alerting not available yet: alerting skipped")
-                else:
-                    with self.warehouse.transaction() as tx:
-                        process(tx, self.registry(), summary.changed, now, self.settings)
+                summary = evaluate_incremental(con, self.registry(), now)
+            finally:
+                con.close()
+            log.info("evaluated %s rows in %s KPIs, %s changed, %s KPIs failed%s", summary.rows,
+                     summary.kpis, len(summary.changed), len(summary.errors),
+                     f": {sorted(summary.errors)}" if summary.errors else "")
+            with self.warehouse.transaction() as tx:
+                process(tx, self.registry(), None, now, self.settings)
             self.publish()
 
     def publish(self) -> None:
@@ -112,11 +100,6 @@ class Worker:
 
     def dispatch(self) -> None:
         """Deliver due alert notifications from the outbox."""
-        try:
-            from kpis.dispatch import dispatch_due
-        except ImportError:
-            log.debug("kpis.dispatch not available yet: dispatch skipped")
-            return
         con = self._cursor()
         try:
             dispatch_due(con, self.settings, local_now(self.settings))
