@@ -1,0 +1,90 @@
+"""The DuckDB warehouse: one read-write connection, explicit resources, migrations."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from etl.dims import DIM_STATEMENTS
+from etl.schema import ods_statements
+
+BOOKKEEPING = [
+    """CREATE TABLE IF NOT EXISTS etl_pass (run_id BIGINT, started_at TIMESTAMP,
+       finished_at TIMESTAMP, ok BOOLEAN)""",
+    """CREATE TABLE IF NOT EXISTS etl_run (run_id BIGINT, source VARCHAR, table_name VARCHAR,
+       window_low TIMESTAMP, window_high TIMESTAMP, rows_read BIGINT, rows_merged BIGINT,
+       rows_rejected BIGINT, rejected_by_reason VARCHAR, duration_ms BIGINT, status VARCHAR,
+       error VARCHAR, started_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS etl_watermark (source VARCHAR, table_name VARCHAR,
+       high TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS etl_reject (run_id BIGINT, source VARCHAR, table_name VARCHAR,
+       row_key VARCHAR, reason VARCHAR, raw VARCHAR, rejected_at TIMESTAMP,
+       resolved_at TIMESTAMP, resolved_run_id BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS etl_dq (run_id BIGINT, source VARCHAR, table_name VARCHAR,
+       row_key VARCHAR, rule VARCHAR, detail VARCHAR, flagged_at TIMESTAMP,
+       resolved_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR,
+       business_date DATE)""",
+    """CREATE TABLE IF NOT EXISTS etl_freshness (source VARCHAR, last_good_high TIMESTAMP,
+       last_pass_at TIMESTAMP, last_status VARCHAR, last_error VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS etl_dim_state (name VARCHAR, signature VARCHAR,
+       built_at TIMESTAMP)""",
+]
+
+
+class Warehouse:
+    """The warehouse file opened read-write once; cursors per thread, transactions per load."""
+
+    def __init__(self, path: Path | str, threads: int = 2, memory_limit: str = "4GB",
+                 temp_directory: Path | None = None, extension_dir: Path | None = None,
+                 read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.extension_dir = Path(extension_dir or self.path.parent / "duckdb_extensions")
+        self.temp_directory = Path(temp_directory or self.path.parent / "duckdb_tmp")
+        self.read_only = read_only
+        config = {
+            "threads": threads,
+            "memory_limit": memory_limit,
+            "temp_directory": str(self.temp_directory),
+            "extension_directory": str(self.extension_dir),
+            # no internet on the target machines: an implicit download would hang, not help
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
+        self._con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on the one connection; use one per thread."""
+        return self._con.cursor()
+
+    @contextmanager
+    def transaction(self, cur: duckdb.DuckDBPyConnection | None = None
+                    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """BEGIN … COMMIT on a cursor, ROLLBACK on any exception."""
+        cur = cur or self.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def migrate(self) -> None:
+        """Create the core tables and the ETL bookkeeping tables if absent (idempotent)."""
+        with self.transaction() as cur:
+            for stmt in ods_statements() + BOOKKEEPING + DIM_STATEMENTS:
+                cur.execute(stmt)
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        self._con.close()
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""Incremental load semantics on hand-made sources: merge, versions, bad rows, flags, dims."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import date
+
+from etl.pipeline import run_pass as _run_pass
+from etl.settings import load_settings
+from etl.warehouse import Warehouse
+from tests.etl.sources_kit import U0, U1, build_sources, insert
+
+
+def run_pass(settings, wh):
+    """All four sources: the hand-made ones are small, the pass is what users run."""
+    return _run_pass(settings, wh)
+
+
+def run_two(settings, wh):
+    """mis (org tree) and cs only: the tests below touch nothing else."""
+    return _run_pass(settings, wh, sources=("mis", "cs"))
+
+
+def q(wh, sql, params=()):
+    return wh.cursor().execute(sql, params).fetchall()
+
+
+def wo(wo_no, accept="2026-10-15 08:00:00", upd=U0, **kw):
+    return {"wo_no": wo_no, "accept_time": accept, "updated_at": upd, "created_at": accept,
+            "busi_type_code": "01", "accept_channel": "01", "status_code": "01", **kw}
+
+
+def test_first_load_then_incremental_change_and_soft_delete(env, settings, wh):
+    insert(env, {"cs_work_order": [wo("W1"), wo("W2")]})
+    assert run_two(settings, wh).ok
+    assert q(wh, "SELECT wo_no, status_code FROM cs_work_order ORDER BY 1") == [("W1", "01"), ("W2", "01")]
+    insert(env, {"cs_work_order": [wo("W1", upd=U1, status_code="05"),
+                                   wo("W2", upd=U1, is_deleted=1),
+                                   wo("W3", upd=U1)]})
+    r = run_two(settings, wh)
+    assert r.ok
+    run = q(wh, "SELECT rows_merged FROM etl_run WHERE run_id = ? AND table_name = 'cs_work_order'", [r.run_id])
+    assert run == [(3,)]
+    assert q(wh, "SELECT wo_no, status_code, is_deleted FROM cs_work_order ORDER BY 1") == [
+        ("W1", "05", 0), ("W2", "01", 1), ("W3", "01", 0)]
+
+
+def test_stale_reread_never_overwrites_newer_row(env, settings, wh):
+    insert(env, {"cs_work_order": [wo("W1", upd=U1, status_code="05")]})
+    assert run_two(settings, wh).ok
+    # the source now serves an older version (e.g. a replica lagging) and the window is re-read
+    insert(env, {"cs_work_order": [wo("W1", upd=U0, status_code="01")]})
+    wh.cursor().execute("DELETE FROM etl_watermark")
+    assert run_two(settings, wh).ok
+    assert q(wh, "SELECT status_code, updated_at::VARCHAR FROM cs_work_order") == [("05", U1)]
+
+
+def test_one_batch_with_two_versions_keeps_the_newest(tmp_path):
+    env = build_sources(tmp_path, loose=("cs_work_order",))
+    insert(env, {"cs_work_order": [wo("W1", upd="2030-01-01 10:00:00", status_code="07"),
+                                   wo("W1", upd=U1, status_code="03"),
+                                   wo("W1", upd=U0, status_code="01")]}, replace=False)
+    settings = load_settings(env)
+    with Warehouse(settings.warehouse_path, threads=1) as wh:
+        run_two(settings, wh)
+        assert q(wh, "SELECT wo_no, status_code FROM cs_work_order") == [("W1", "07")]
+
+
+def test_bad_rows_are_rejected_with_reason_and_released_when_corrected(tmp_path):
+    env = build_sources(tmp_path, loose=("cs_work_order",))
+    settings = load_settings(env)
+    wh = Warehouse(settings.warehouse_path, threads=1)
+    insert(env, {"cs_work_order": [
+        wo("B1", accept="2026-13-45 99:00:00"),                 # unparseable timestamp
+        wo("B2", call_count="abc"),                              # not a number
+        wo("B3", call_count=2.5),                                # not an integer
+        wo("B4", status_code=None),                              # required value missing
+        wo("B5", org_no="X" * 17),                               # longer than VARCHAR(16)
+        wo("", ),                                                # empty primary key
+        wo("OK")]})
+    insert(env, {"mis_bill": [{"bill_id": "BL1", "cons_no": "C", "org_no": "S1", "rcvbl_ym": "202610",
+                               "amt_type": "01", "rcvbl_amt": "12,5", "release_date": "2026-10-01",
+                               "settle_flag": "01"}]})
+    r = run_two(settings, wh)
+    assert r.ok
+    got = dict(q(wh, "SELECT row_key, reason FROM etl_reject WHERE resolved_at IS NULL"))
+    assert got == {"B1": "bad_timestamp:accept_time", "B2": "bad_number:call_count",
+                   "B3": "bad_number:call_count", "B4": "missing_required:status_code",
+                   "B5": "too_long:org_no", "": "missing_key:wo_no", "BL1": "bad_number:rcvbl_amt"}
+    assert q(wh, "SELECT wo_no FROM cs_work_order") == [("OK",)]
+    by_reason = json.loads(q(wh, "SELECT rejected_by_reason FROM etl_run WHERE run_id = ? AND "
+                                 "table_name = 'cs_work_order'", [r.run_id])[0][0])
+    assert by_reason == {"bad_timestamp": 1, "bad_number": 2, "missing_required": 1, "too_long": 1,
+                         "missing_key": 1}
+    raw = json.loads(q(wh, "SELECT raw FROM etl_reject WHERE row_key = 'B1'")[0][0])
+    assert raw["accept_time"] == "2026-13-45 99:00:00"
+    # a re-read of the same window does not duplicate the open rejections
+    run_two(settings, wh)
+    assert q(wh, "SELECT count(*) FROM etl_reject") == [(7,)]
+    insert(env, {"cs_work_order": [wo("B1", accept="2026-10-15 07:00:00", upd=U1)]})
+    r3 = run_two(settings, wh)
+    assert q(wh, "SELECT resolved_run_id FROM etl_reject WHERE row_key = 'B1'") == [(r3.run_id,)]
+    assert q(wh, "SELECT accept_time::VARCHAR FROM cs_work_order WHERE wo_no = 'B1'") == [("2026-10-15 07:00:00",)]
+
+
+def test_business_rule_breaks_are_loaded_and_flagged_then_resolved(env, settings, wh):
+    insert(env, {"cs_work_order": [
+        wo("D1", busi_type_code="99"),                                         # unknown code
+        wo("D2", org_no="NOPE"),                                               # org not in mis_org
+        wo("D3", accept="2026-10-15 08:00:00", reply_time="2026-10-15 07:00:00"),  # end before start
+        wo("D4", merged_into_wo_no="GHOST"),                                   # orphan parent
+        wo("D5", org_no="S1")]})
+    insert(env, {"meter_tg_energy_daily": [{"tg_no": "T1", "data_date": "2026-10-14", "org_no": "S1",
+                                            "supply_kwh": -5, "calc_round": "1"}]})
+    assert run_pass(settings, wh).ok
+    flags = set(q(wh, "SELECT row_key, rule FROM etl_dq WHERE resolved_at IS NULL AND table_name <> 'mis_org'"))
+    assert flags == {("D1", "unknown_code:busi_type_code"), ("D2", "unknown_org:org_no"),
+                     ("D3", "end_before_start:accept_time>reply_time"), ("D4", "orphan:merged_into_wo_no"),
+                     ("T1|2026-10-14", "negative:supply_kwh")}
+    assert q(wh, "SELECT count(*) FROM cs_work_order") == [(5,)]        # loaded all the same
+    insert(env, {"cs_work_order": [wo("D2", org_no="S1", upd=U1)]})
+    assert run_pass(settings, wh).ok
+    assert q(wh, "SELECT resolved_at IS NOT NULL FROM etl_dq WHERE row_key = 'D2'") == [(True,)]
+    assert q(wh, "SELECT resolved_at IS NULL FROM etl_dq WHERE row_key = 'D1'") == [(True,)]
+
+
+def test_dirty_dates_cover_new_and_replaced_versions(env, settings, wh):
+    insert(env, {"mis_payment": [{"charge_id": "P1", "cons_no": "C", "org_no": "S1",
+                                  "pay_time": "2026-10-03 10:00:00", "acct_time": None, "rcv_amt": 10,
+                                  "pay_channel": "01", "status_code": "01"}]})
+    run_pass(settings, wh)
+    insert(env, {"mis_payment": [{"charge_id": "P1", "cons_no": "C", "org_no": "S1",
+                                  "pay_time": "2026-10-05 10:00:00", "acct_time": None, "rcv_amt": 10,
+                                  "pay_channel": "01", "status_code": "01",
+                                  "updated_at": U1}]})
+    r = run_pass(settings, wh)
+    got = q(wh, "SELECT business_date FROM etl_dirty WHERE run_id = ? AND table_name = 'mis_payment' "
+                "ORDER BY 1", [r.run_id])
+    assert got == [(date(2026, 10, 3),), (date(2026, 10, 5),)]
+
+
+def test_dimensions_follow_the_parent_tree_and_calendar(env, settings, wh):
+    insert(env, {"mis_work_calendar": [
+        {"cal_date": "2026-10-09", "work_flag": 1, "day_type": "01"},
+        {"cal_date": "2026-10-10", "work_flag": 0, "day_type": "02"},
+        {"cal_date": "2026-10-11", "work_flag": 1, "day_type": "04"},
+        {"cal_date": "2026-10-12", "work_flag": 1, "day_type": "01"}],
+        # a unit whose code looks like S1's child but whose parent is X1: the tree wins
+        "mis_org": [{"org_no": "S1X", "org_name": "所2", "org_type": "05", "parent_org_no": "X1",
+                     "status_code": "01"},
+                    {"org_no": "S9", "org_name": "撤", "org_type": "05", "parent_org_no": "X1",
+                     "status_code": "01", "is_deleted": 1}]})
+    run_pass(settings, wh)
+    assert q(wh, "SELECT org_no, org_level, parent_no, depth, is_root FROM dim_org ORDER BY depth, org_no") == [
+        ("P", "province", None, 0, True), ("C1", "city", "P", 1, False), ("X1", "county", "C1", 2, False),
+        ("S1", "station", "X1", 3, False), ("S1X", "station", "X1", 3, False), ("G1", "grid", "S1", 4, False)]
+    assert q(wh, "SELECT ancestor_no, ancestor_level FROM dim_org_ancestor WHERE org_no = 'G1' ORDER BY 1") == [
+        ("C1", "city"), ("G1", "grid"), ("P", "province"), ("S1", "station"), ("X1", "county")]
+    assert q(wh, "SELECT ancestor_no FROM dim_org_ancestor WHERE org_no = 'S1X' ORDER BY 1") == [
+        ("C1",), ("P",), ("S1X",), ("X1",)]
+    # WD(10-09, 10-12) = 10-11 and 10-12 = 2
+    assert q(wh, "SELECT cal_date::VARCHAR, wd_index FROM dim_calendar ORDER BY 1") == [
+        ("2026-10-09", 1), ("2026-10-10", 1), ("2026-10-11", 2), ("2026-10-12", 3)]
+
+
+def test_missing_contract_column_fails_that_table_only(env, settings, wh):
+    path = env["SOURCE_CS_URL"].removeprefix("sqlite:///")
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE cs_urge DROP COLUMN urge_reason")
+    con.execute("ALTER TABLE cs_visit ADD COLUMN extra_col VARCHAR(4)")   # extras are ignored
+    con.commit()
+    con.close()
+    insert(env, {"cs_work_order": [wo("W1")]})
+    r = run_pass(settings, wh)
+    assert not r.ok and r.sources["mis"].ok and not r.sources["cs"].ok
+    err = q(wh, "SELECT error FROM etl_run WHERE table_name = 'cs_urge'")[0][0]
+    assert "`cs_urge`" in err and "`urge_reason`" in err
+    assert q(wh, "SELECT status FROM etl_run WHERE table_name = 'cs_visit'") == [("ok",)]
+    assert q(wh, "SELECT count(*) FROM cs_work_order") == [(1,)]
