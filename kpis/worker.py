@@ -98,6 +98,19 @@ class Worker:
         finally:
             con.close()
 
+    def nightly(self) -> None:
+        """Reconcile the last 7 days against the sources (late rows the overlap missed, hard
+        deletes), then fold the WAL into the file. Holds the cycle lock: one writer job at a time."""
+        from etl.reconcile import reconcile
+        with self._cycle_lock:
+            results = reconcile(self.settings, self.warehouse, days=7)
+            log.info("nightly reconciliation: %s tables checked", len(results))
+            con = self._cursor()
+            try:
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+
     def dispatch(self) -> None:
         """Deliver due alert notifications from the outbox."""
         con = self._cursor()
@@ -130,6 +143,8 @@ def build_scheduler(worker: Worker, settings: Settings) -> BlockingScheduler:
                   misfire_grace_time=max(1, settings.etl_interval_s // 2), **common)
     sched.add_job(worker.dispatch, "interval", id="dispatch", seconds=DISPATCH_INTERVAL_S,
                   misfire_grace_time=DISPATCH_INTERVAL_S // 2, **common)
+    sched.add_job(worker.nightly, "cron", id="nightly", hour=2, minute=30,
+                  misfire_grace_time=3600, max_instances=1, coalesce=True, replace_existing=True)
     sched.add_listener(worker.record_event,
                        EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
     return sched
