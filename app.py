@@ -86,7 +86,8 @@ def run_embedded(settings: Settings) -> int:
     try:
         if settings.simulate:
             children.append(subprocess.Popen(
-                [sys.executable, "-m", "simulator", "live", "--speed", str(settings.sim_speed)],
+                [sys.executable, "-m", "simulator", "live", "--speed", str(settings.sim_speed),
+                 "--follow-wall-clock"],
                 cwd=ROOT, env=_simulator_env(settings)))
         children.append(subprocess.Popen([sys.executable, str(ROOT / "app.py"), "worker"], cwd=ROOT))
         signal.signal(signal.SIGTERM, _interrupt)
