@@ -134,11 +134,11 @@ def render(version: int | None, filters: dict[str, Any]) -> Any:
     ], lang=lang)
 
 
-shell.register(ids, render)
+shell.register(ids, render, cache=False)
 
 
 def _rerender(filters: dict[str, Any] | None) -> Any:
-    return shell.safe_render(render, deps.kpi_service().version(), filters or {})
+    return shell.safe_render(render, deps.kpi_service().version(), filters or {}, cache=False)
 
 
 @callback(Output(ids("action-msg"), "children"), Output(ids("body"), "children", allow_duplicate=True),

@@ -105,8 +105,12 @@ def frame(ids: PageIds, path: str, title_key: str, org: str | None, period: str 
     ])
 
 
-def register(ids: PageIds, render: Callable[[int | None, dict[str, Any]], Any]) -> None:
-    """The three callbacks of a page: version probe, filters → URL, render."""
+def register(ids: PageIds, render: Callable[[int | None, dict[str, Any]], Any],
+             cache: bool = True) -> None:
+    """The three callbacks of a page: version probe, filters → URL, render.
+
+    cache=False for pages that also show user writes (acknowledgements, silences), which change
+    between two snapshot versions and so cannot be keyed by the version."""
 
     @callback(Output(ids("version"), "data"), Input(ids("tick"), "n_intervals"),
               State(ids("version"), "data"), prevent_initial_call=True)
@@ -126,11 +130,11 @@ def register(ids: PageIds, render: Callable[[int | None, dict[str, Any]], Any]) 
     @callback(Output(ids("body"), "children"), Input(ids("version"), "data"),
               Input(ids("filters"), "data"))
     def _render(version: int | None, filters: dict[str, Any]) -> Any:
-        return safe_render(render, version, filters)
+        return safe_render(render, version, filters, cache=cache)
 
 
 def safe_render(render: Callable[[int | None, dict[str, Any]], Any], version: int | None,
-                filters: dict[str, Any]) -> Any:
+                filters: dict[str, Any], cache: bool = True) -> Any:
     """Render, or an explicit 'unavailable' state naming why (never a silently empty figure)."""
     from kpis.serving import SnapshotUnavailable
     lang = norm_lang((filters or {}).get("lang"))
@@ -139,7 +143,7 @@ def safe_render(render: Callable[[int | None, dict[str, Any]], Any], version: in
         if not getattr(scope, "org_nos", None):
             return message(t("no_scope", lang))
         service = deps.kpi_service()
-        cached = getattr(service, "cached_view", None)
+        cached = getattr(service, "cached_view", None) if cache else None
         version = version or service.version()
         if cached is None or version is None:
             return render(version, filters or {})
