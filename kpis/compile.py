@@ -19,6 +19,11 @@ PERIODS_DDL = ("CREATE OR REPLACE TEMP TABLE _periods (pid INTEGER, grain VARCHA
                "we TIMESTAMP, te TIMESTAMP, as_of TIMESTAMP, hours DOUBLE)")
 
 
+# Sums are taken in DECIMAL: a parallel SUM of DOUBLEs depends on thread order, and a value
+# that differs in its last digits from one evaluation to the next is a false restatement.
+_EXACT = "CAST({} AS DECIMAL(38, 9))"
+
+
 def _num_agg(k: KpiDef) -> str:
     if k.kind == "max" or k.num_agg == "max":
         return "MAX(num)"
@@ -26,13 +31,13 @@ def _num_agg(k: KpiDef) -> str:
         return "COUNT(DISTINCT num_key)"
     if k.kind == "quantile" or k.num_agg == "quantile":
         return f"quantile_cont(num, {float(k.quantile or 0.5)!r})"
-    return "SUM(num)"
+    return f"SUM({_EXACT.format('num')})"
 
 
 def _den_agg(k: KpiDef) -> str:
     if k.kind in ("max", "quantile"):
         return "COUNT(num)"
-    return "COUNT(DISTINCT den_key)" if k.den_agg == "count_distinct" else "SUM(den)"
+    return "COUNT(DISTINCT den_key)" if k.den_agg == "count_distinct" else f"SUM({_EXACT.format('den')})"
 
 
 def value_sql(k: KpiDef) -> str:
@@ -84,7 +89,7 @@ def _agg_cte(k: KpiDef, aggs: str, org_levels: str, with_grids: bool, has) -> st
         top = "MAX" if (k.kind == "max" or k.num_agg == "max") else "SUM"
         pre = f"""fg AS (
     SELECT pid, attr_org, attr_grid, {_num_agg(k)} AS num, {_den_agg(k)} AS den,
-           {"SUM(sample)" if has("sample") else _den_agg(k)} AS sample,
+           {f"SUM({_EXACT.format('sample')})" if has("sample") else _den_agg(k)} AS sample,
            {"BOOL_OR(pending)" if has("pending") else "FALSE"} AS pending,
            {"BOOL_OR(missing)" if has("missing") else "FALSE"} AS missing
     FROM fa GROUP BY pid, attr_org, attr_grid
@@ -119,7 +124,7 @@ def compile_kpi(k: KpiDef, fact_columns: set[str]) -> str:
     levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels)
     org_levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels if lvl != "grid") or "NULL"
     has = fact_columns.__contains__
-    sample = "SUM(sample)" if has("sample") else _den_agg(k)
+    sample = f"SUM({_EXACT.format('sample')})" if has("sample") else _den_agg(k)
     pending = "BOOL_OR(pending)" if has("pending") else "FALSE"
     missing = "BOOL_OR(missing)" if has("missing") else "FALSE"
     aggs = (f"{_num_agg(k)} AS num, {_den_agg(k)} AS den, {sample} AS sample, "

@@ -39,7 +39,12 @@ SCHEMA = [
         definition VARCHAR, formula VARCHAR, baseline VARCHAR, sort_no INTEGER)""",
     """CREATE TABLE IF NOT EXISTS kpi_eval_state (
         id INTEGER, last_dirty_run_id BIGINT, last_full_at TIMESTAMP, last_eval_at TIMESTAMP)""",
+    "ALTER TABLE kpi_eval_state ADD COLUMN IF NOT EXISTS last_sweep_at TIMESTAMP",
 ]
+
+# Every KPI is re-evaluated at least this often, and at each new hour; in between only KPIs whose
+# sources delivered rows, snapshots and resolved-or-due KPIs (their deadlines pass with time).
+SWEEP_EVERY = timedelta(minutes=10)
 
 
 @dataclass
@@ -235,23 +240,27 @@ def _watermarks(con: duckdb.DuckDBPyConnection) -> str:
     return json.dumps({s: h for s, h in rows}, ensure_ascii=False)
 
 
+# A value counts as changed past rounding noise only (values are compared at 1e-9 relative).
+_DIFFERS = """(o.status IS DISTINCT FROM n.status OR (o.value IS NULL) <> (n.value IS NULL)
+               OR abs(o.value - n.value) > 1e-9 * greatest(1.0, abs(n.value)))"""
+
+
 def store(con: duckdb.DuckDBPyConnection, k: KpiDef, computed_at: datetime, watermarks: str,
           summary: EvalSummary) -> None:
     """Replace the stored values of the computed periods; record changed past values."""
-    changed = con.execute("""
+    changed = con.execute(f"""
         SELECT n.kpi_id, n.org_no, n.grain, n.period_start
         FROM _result n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
              AND o.grain = n.grain AND o.period_start = n.period_start
-        WHERE o.value IS DISTINCT FROM n.value OR o.status IS DISTINCT FROM n.status""").fetchall()
+        WHERE {_DIFFERS}""").fetchall()
     if changed:   # a final value that changes is a restatement: keep old and new side by side
-        con.execute("""
+        con.execute(f"""
             INSERT INTO kpi_value_revision
             SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.value, n.value, o.status,
                    n.status, o.computed_at, $at
             FROM _result n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
                  AND o.grain = n.grain AND o.period_start = n.period_start
-            WHERE o.is_final AND (o.value IS DISTINCT FROM n.value
-                                  OR o.status IS DISTINCT FROM n.status)""", {"at": computed_at})
+            WHERE o.is_final AND {_DIFFERS}""", {"at": computed_at})
     con.execute("""DELETE FROM kpi_value v USING (SELECT DISTINCT kpi_id, grain, period_start
                                                    FROM _result) r
                    WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
@@ -337,10 +346,19 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         _, top = _dirty_dates(con, None)
         summary = evaluate_and_store(con, registry, default_periods(as_of, first_day), as_of)
         con.execute("DELETE FROM kpi_eval_state")
-        con.execute("INSERT INTO kpi_eval_state VALUES (1, $r, $a, $a)", {"r": top, "a": as_of})
+        con.execute("INSERT INTO kpi_eval_state VALUES (1, $r, $a, $a, $a)", {"r": top, "a": as_of})
         return summary
+    last_eval, last_sweep = con.execute(
+        "SELECT last_eval_at, last_sweep_at FROM kpi_eval_state WHERE id = 1").fetchone()
+    sweep = (last_sweep is None or last_eval is None or as_of - last_sweep >= SWEEP_EVERY
+             or as_of.replace(minute=0, second=0, microsecond=0)
+             != last_eval.replace(minute=0, second=0, microsecond=0))
     dirty, top = _dirty_dates(con, state[0])
-    base = default_periods(as_of, datetime.combine(as_of.date(), datetime.min.time()))
+    dirty_sources = {source for source, _ in dirty}
+    # Open periods only: today, its hours, this month (a closed month is re-evaluated when its
+    # dates turn up in etl_dirty, below).
+    today = day(as_of.date())
+    base = {today, month(as_of.year, as_of.month), *hours_of(today)}
     by_source: dict[str, set[Period]] = {}
     for source, d in dirty:
         if d is None:
@@ -352,6 +370,9 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     summary = EvalSummary()
     apply_prelude(con)
     for k in registry.kpis.values():
+        if not (sweep or set(k.sources) & dirty_sources or k.grain == "near-real-time"
+                or k.resolved_or_due or "pending" in fact_columns(con, k)):
+            continue
         periods = set(base)
         for s in k.sources:
             periods |= by_source.get(s, set())
@@ -368,6 +389,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         summary.periods += part.periods
         summary.changed.extend(part.changed)
         summary.errors.update(part.errors)
-    con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a WHERE id = 1",
-                {"r": top, "a": as_of})
+    con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "
+                "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END WHERE id = 1",
+                {"r": top, "a": as_of, "sweep": sweep})
     return summary
