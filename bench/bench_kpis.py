@@ -1,0 +1,380 @@
+"""KPI engine speed: full evaluation, incremental evaluation after a one-minute ETL pass, pandas side by side.
+
+Usage: python bench/bench_kpis.py --scale county|city [--days 45] [--workdir DIR] [--skip-incremental]
+(--skip-incremental: only (a) cold and (c); the first incremental run backfills ~100 days)
+Builds (or reuses) the simulator's sources and a warehouse in DIR (default bench/out/<scale>,
+git-ignored), then prints, each with the command that reproduces it:
+(a) all KPIs x all org units for today, its hours, the current and the last closed month, on an
+    empty kpi_value (cold) and again once kpi_value holds the backfilled history (warm);
+    the 10 slowest KPIs;
+(b) evaluate_incremental after one simulated minute of live mode and one ETL pass (its first
+    run, the backfill, is timed separately and not counted);
+(c) 10 core KPIs computed with pandas from the same warehouse tables, values asserted equal to
+    the engine's, and the time ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from etl.pipeline import run_pass  # noqa: E402
+from etl.settings import SOURCE_NAMES, load_settings  # noqa: E402
+from etl.warehouse import Warehouse  # noqa: E402
+from kpis.evaluate import (ensure_schema, evaluate_and_store, evaluate_incremental,  # noqa: E402
+                           evaluate_kpi, periods_for)
+from kpis.periods import Period, day, hours_of, month, previous_month  # noqa: E402
+from kpis.prelude import apply_prelude  # noqa: E402
+from kpis.registry import Registry, load_registry  # noqa: E402
+from kpis.spec import KpiDef  # noqa: E402
+
+SIM_EPOCH = datetime(2000, 1, 1)   # simulator.clock.EPOCH: the state's clock counts seconds from it
+
+
+def command(args: argparse.Namespace) -> str:
+    extra = f" --workdir {args.workdir}" if args.workdir_given else ""
+    return f"python bench/bench_kpis.py --scale {args.scale} --days {args.days}{extra}"
+
+
+def prepare(args: argparse.Namespace) -> tuple[dict[str, str], object, Path]:
+    """Sources (built once) and settings for a warehouse in the work dir."""
+    import simulator
+    root = args.workdir
+    root.mkdir(parents=True, exist_ok=True)
+    urls = {s: f"sqlite:///{root / f'source_{s}.db'}" for s in SOURCE_NAMES}
+    side = root / "side"
+    if not (side / "simulator_state.json").exists():
+        t = time.perf_counter()
+        simulator.build(urls, scale=args.scale, seed=42, days=args.days, side=side)
+        print(f"simulator build {args.scale} {args.days} d: {time.perf_counter() - t:.1f} s")
+    env = {"DATA_DIR": str(root / "data"), "WAREHOUSE_PATH": str(root / "data" / "warehouse.duckdb"),
+           "ETL_SAFETY_LAG_S": "0", **{f"SOURCE_{s.upper()}_URL": u for s, u in urls.items()}}
+    return urls, load_settings(env), side
+
+
+def sim_clock(side: Path) -> datetime:
+    from simulator import state
+    return SIM_EPOCH + timedelta(seconds=state.load(side).clock)
+
+
+def full_periods(as_of: datetime) -> list[Period]:
+    today = day(as_of.date())
+    cur = month(as_of.year, as_of.month)
+    return sorted({today, cur, previous_month(cur), *hours_of(today)})
+
+
+def full_evaluation(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: datetime
+                    ) -> tuple[float, float, list[tuple[float, str]], int]:
+    """Prelude time, total time, per-KPI times (the engine's loop, one KPI at a time), rows."""
+    t = time.perf_counter()
+    apply_prelude(con)
+    prelude = time.perf_counter() - t
+    per, rows = [], 0
+    req = full_periods(as_of)
+    for k in registry.kpis.values():
+        t = time.perf_counter()
+        s = evaluate_and_store(con, registry, req, as_of, kpis=[k], prelude=False)
+        per.append((time.perf_counter() - t, k.id))
+        rows += s.rows
+        if s.errors:
+            print(f"  ERROR {k.id}: {s.errors[k.id].splitlines()[0][:200]}")
+    return prelude, prelude + sum(p for p, _ in per), sorted(per, reverse=True), rows
+
+
+# --- (c) pandas -------------------------------------------------------------------------------
+
+class Frames:
+    """Warehouse tables and shared views read once with DuckDB .df() (counted in pandas time)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self._cache: dict[str, pd.DataFrame] = {}
+
+    def __getitem__(self, sql: str) -> pd.DataFrame:
+        if sql not in self._cache:
+            self._cache[sql] = self.con.execute(sql).df()
+        return self._cache[sql]
+
+
+def _window(df: pd.DataFrame, col: str, periods: list[tuple[int, Period]], as_of: datetime) -> pd.DataFrame:
+    parts = []
+    for pid, p in periods:
+        part = df[(df[col] >= p.ws) & (df[col] < p.te(as_of))]
+        parts.append(part.assign(pid=pid))
+    return pd.concat(parts, ignore_index=True) if parts else df.assign(pid=pd.Series(dtype=int))
+
+
+def _present(df: pd.DataFrame, col: str, periods: list[tuple[int, Period]], as_of: datetime) -> set[int]:
+    return {pid for pid, p in periods if ((df[col] >= p.ws) & (df[col] < p.te(as_of))).any()}
+
+
+def rollup(fr: Frames, k: KpiDef, facts: pd.DataFrame, periods: list[tuple[int, Period]],
+           present: set[int] | None = None) -> pd.DataFrame:
+    """CONVENTIONS.md §4 roll-up: unknown org -> root, every ancestor, grids, every unit x period."""
+    org = fr["SELECT unit_no, unit_level FROM k_org"]
+    anc = fr["SELECT unit_no, ancestor_no, ancestor_level FROM k_org_ancestor"]
+    root = fr["SELECT unit_no FROM k_root"].unit_no.iloc[0]
+    orgs = set(org.unit_no[org.unit_level != "grid"])
+    grids = set(org.unit_no[org.unit_level == "grid"])
+    f = facts.assign(attr_org=facts.org_no.where(facts.org_no.isin(orgs), root),
+                     attr_grid=facts.grid_no.where(facts.grid_no.isin(grids)))
+    levels = [lv for lv in k.org_levels if lv != "grid"]
+    up = f.merge(anc[anc.ancestor_level.isin(levels)], left_on="attr_org", right_on="unit_no")
+    agg = [up.groupby(["pid", "ancestor_no"])[["num", "den"]].sum().reset_index()
+           .rename(columns={"ancestor_no": "org_no"})]
+    if "grid" in k.org_levels:
+        agg.append(f[f.attr_grid.notna()].groupby(["pid", "attr_grid"])[["num", "den"]].sum()
+                   .reset_index().rename(columns={"attr_grid": "org_no"}))
+    agg_df = pd.concat(agg, ignore_index=True)
+    units = org[org.unit_level.isin(k.org_levels)][["unit_no"]].rename(columns={"unit_no": "org_no"})
+    grid = units.merge(pd.DataFrame({"pid": [pid for pid, _ in periods]}), how="cross")
+    out = grid.merge(agg_df, on=["pid", "org_no"], how="left")
+    counting = k.kind in ("count", "sum")
+    out["num"] = out.num.fillna(0.0)
+    out["den"] = float("nan") if counting else out.den.fillna(0.0)
+    if present is not None:
+        gone = ~out.pid.isin(present)
+        out.loc[gone, ["num", "den"]] = float("nan")
+    out["value"] = out.num if counting else k.scale * out.num / out.den.where(out.den != 0)
+    meta = pd.DataFrame([(pid, p.grain, p.ws) for pid, p in periods], columns=["pid", "grain", "period_start"])
+    return out.merge(meta, on="pid").assign(kpi_id=k.id)
+
+
+def _is_active(c: pd.DataFrame, te: datetime) -> pd.Series:
+    x = (te - timedelta(microseconds=1)).date()
+    built = pd.to_datetime(c.build_date).dt.date.where(c.build_date.notna(), pd.to_datetime(c.created_at).dt.date)
+    cancel = pd.to_datetime(c.cancel_date).dt.date
+    return ((c.is_deleted == 0) & (built <= x) & (cancel.isna() | (cancel > x))
+            & ~((c.status_code == "04") & c.cancel_date.isna()))
+
+
+def p_arrival_urban(fr, k, periods, as_of):
+    t = fr["SELECT * FROM k_task"]
+    t = t[t.main_task & t.appoint_time.isna() & (t.area == "01")]
+    t = _window(t, "start_time", periods, as_of)
+    arr = t.arrive_time.where(t.arrive_time <= as_of)
+    t = t[~(arr < t.start_time).fillna(False)]
+    arr = arr.loc[t.index]
+    facts = pd.DataFrame({"pid": t.pid, "org_no": t.org_no, "grid_no": t.tg_grid_no,
+                          "num": (arr <= t.dl).astype(float),
+                          "den": (arr.notna() | (t.dl <= as_of)).astype(float)})
+    return rollup(fr, k, facts, periods)
+
+
+def _queued(fr):
+    x = fr["SELECT * FROM cs_call"]
+    short = x.call_result.isin(["03", "04"]) & x.end_time.notna() & \
+        ((x.end_time - x.queue_start_time) <= pd.Timedelta(seconds=5))
+    return x[(x.is_deleted == 0) & (x.call_direction == "01") & x.queue_start_time.notna() & ~short]
+
+
+def p_answer_rate(fr, k, periods, as_of):
+    x = _window(_queued(fr), "queue_start_time", periods, as_of)
+    facts = pd.DataFrame({"pid": x.pid, "org_no": x.org_no, "grid_no": None,
+                          "num": (x.call_result == "01").astype(float), "den": 1.0})
+    return rollup(fr, k, facts, periods)
+
+
+def p_inbound_calls(fr, k, periods, as_of):
+    x = fr["SELECT * FROM cs_call"]
+    present = _present(x, "arrive_time", periods, as_of)
+    x = _window(x[(x.is_deleted == 0) & (x.call_direction == "01")], "arrive_time", periods, as_of)
+    facts = pd.DataFrame({"pid": x.pid, "org_no": x.org_no, "grid_no": None, "num": 1.0, "den": float("nan")})
+    return rollup(fr, k, facts, periods, present)
+
+
+def _orders(fr, k, periods, as_of, complaint: bool):
+    present = _present(fr["SELECT accept_time FROM cs_work_order"], "accept_time", periods, as_of)
+    w = fr["SELECT * FROM k_wo"]
+    w = w[w.vwo & ((w.busi_type_code == "02") if complaint else True)]
+    w = _window(w, "accept_time", periods, as_of)
+    facts = pd.DataFrame({"pid": w.pid, "org_no": w.attr_org, "grid_no": w.attr_grid, "num": 1.0,
+                          "den": float("nan")})
+    return rollup(fr, k, facts, periods, present)
+
+
+def p_order_total(fr, k, periods, as_of):
+    return _orders(fr, k, periods, as_of, complaint=False)
+
+
+def p_order_complaint(fr, k, periods, as_of):
+    return _orders(fr, k, periods, as_of, complaint=True)
+
+
+def p_repair_orders(fr, k, periods, as_of):
+    present = _present(fr["SELECT receive_time FROM dist_repair_task"], "receive_time", periods, as_of)
+    t = fr["SELECT * FROM k_task"]
+    t = _window(t[t.main_task], "receive_time", periods, as_of)
+    facts = pd.DataFrame({"pid": t.pid, "org_no": t.org_no, "grid_no": t.tg_grid_no, "num": 1.0,
+                          "den": float("nan")})
+    return rollup(fr, k, facts, periods, present)
+
+
+def p_residential_share(fr, k, periods, as_of):
+    c = fr["SELECT * FROM mis_customer"]
+    code = fr["SELECT code_value, parent_value FROM mis_code WHERE code_type = 'ELEC_TYPE' AND is_deleted = 0"]
+    c = c.merge(code, left_on="elec_type_code", right_on="code_value", how="left")
+    parts = []
+    for pid, p in periods:
+        a = c[_is_active(c, p.te(as_of))]
+        parts.append(pd.DataFrame({"pid": pid, "org_no": a.org_no, "grid_no": a.grid_no,
+                                   "num": (a.parent_value == "2").astype(float), "den": 1.0}))
+    return rollup(fr, k, pd.concat(parts, ignore_index=True), periods)
+
+
+def p_collect_success(fr, k, periods, as_of):
+    m = fr["SELECT * FROM meter_collection_daily WHERE is_deleted = 0 AND coll_status <> '04'"]
+    o = fr["SELECT meter_asset_no FROM meter_coll_obj WHERE is_deleted = 0 AND coll_flag = 1"]
+    tg = fr["SELECT tg_no, grid_no FROM dist_tg WHERE is_deleted = 0"]
+    m = m.merge(o, on="meter_asset_no").merge(tg, on="tg_no", how="left", suffixes=("", "_tg"))
+    m["d"] = pd.to_datetime(m.data_date)
+    m = _window(m, "d", periods, as_of)
+    ok = (m.coll_status == "01") & (m.success_time <= as_of) & (m.success_time < m.d + pd.Timedelta(hours=33))
+    facts = pd.DataFrame({"pid": m.pid, "org_no": m.org_no, "grid_no": m.grid_no_tg if "grid_no_tg" in m else m.grid_no,
+                          "num": ok.astype(float), "den": 1.0})
+    return rollup(fr, k, facts, periods)
+
+
+def p_online_payment(fr, k, periods, as_of):
+    y = fr["SELECT * FROM mis_payment WHERE is_deleted = 0 AND status_code = '01'"]
+    c = fr["SELECT cons_no, grid_no FROM mis_customer WHERE is_deleted = 0"]
+    y = _window(y.merge(c, on="cons_no", how="left"), "pay_time", periods, as_of)
+    online = y.pay_channel.isin(["0104", "0105", "0106", "0207", "0208", "0209"])
+    facts = pd.DataFrame({"pid": y.pid, "org_no": y.org_no, "grid_no": y.grid_no,
+                          "num": online.astype(float), "den": 1.0})
+    return rollup(fr, k, facts, periods)
+
+
+def p_online_application(fr, k, periods, as_of):
+    a = fr["SELECT * FROM mis_app WHERE is_deleted = 0"]
+    a = a[a.busi_type_code.isin(["101", "102", "103", "111", "112", "121", "122", "131"])]
+    a = _window(a, "accept_time", periods, as_of)
+    facts = pd.DataFrame({"pid": a.pid, "org_no": a.org_no, "grid_no": a.grid_no,
+                          "num": a.accept_channel.isin(["02", "05", "06"]).astype(float), "den": 1.0})
+    return rollup(fr, k, facts, periods)
+
+
+PANDAS: dict[str, Callable] = {
+    "repair.arrival_ontime_rate_urban": p_arrival_urban,
+    "repair.orders": p_repair_orders,
+    "call.answer_rate": p_answer_rate,
+    "call.inbound_calls": p_inbound_calls,
+    "order.total": p_order_total,
+    "order.complaint": p_order_complaint,
+    "customer.residential_share": p_residential_share,
+    "metering.daily_collect_success_rate": p_collect_success,
+    "billing.online_payment_share": p_online_payment,
+    "newconn.online_application_share": p_online_application,
+}
+
+
+def side_by_side(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: datetime) -> None:
+    req = full_periods(as_of)
+    apply_prelude(con)
+    eng_t, pd_t, mismatches, compared = 0.0, 0.0, [], 0
+    fr = Frames(con)
+    lines = []
+    for kid, fn in PANDAS.items():
+        k = registry.get(kid)
+        ps = periods_for(k, req, as_of)
+        t = time.perf_counter()
+        rows = evaluate_kpi(con, k, ps, as_of)
+        te = time.perf_counter() - t
+        t = time.perf_counter()
+        mine = fn(fr, k, list(enumerate(ps)), as_of)
+        tp = time.perf_counter() - t
+        eng_t, pd_t = eng_t + te, pd_t + tp
+        eng = pd.DataFrame(rows, columns=["kpi_id", "org_no", "org_level", "grain", "period_start", "period_end",
+                                          "value", "numerator", "denominator", "baseline", "status", "is_final"])
+        m = eng.merge(mine, on=["kpi_id", "org_no", "grain", "period_start"], how="outer", indicator="merge_")
+        compared += len(m)
+        for r in m.itertuples():
+            same = r.merge_ == "both" and all(
+                (pd.isna(a) and pd.isna(b)) or (not pd.isna(a) and not pd.isna(b) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9))
+                for a, b in ((r.value_x, r.value_y), (r.numerator, r.num)))
+            if not same:
+                mismatches.append(f"{kid} {r.grain} {r.period_start} {r.org_no}: engine {r.value_x} "
+                                  f"({r.numerator}/{r.denominator}) pandas {r.value_y} ({r.num}/{r.den}) {r.merge_}")
+        lines.append(f"    {kid:40s} engine {te * 1000:8.0f} ms   pandas {tp * 1000:8.0f} ms   rows {len(eng)}")
+    print("(c) 10 core KPIs, engine (compute + baselines, no store) vs pandas (reads via .df() included):")
+    print("\n".join(lines))
+    print(f"    total: engine {eng_t:.2f} s, pandas {pd_t:.2f} s, pandas/engine = {pd_t / eng_t:.1f}x; "
+          f"{compared} values compared, {len(mismatches)} mismatches")
+    for line in mismatches[:15]:
+        print("    MISMATCH " + line)
+    if mismatches:
+        raise SystemExit(f"{len(mismatches)} values differ between the engine and pandas")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", default="county", choices=("small", "county", "city"))
+    ap.add_argument("--days", type=int, default=45)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--skip-incremental", action="store_true")
+    args = ap.parse_args()
+    args.workdir_given = args.workdir is not None
+    args.workdir = args.workdir or REPO / "bench" / "out" / args.scale
+    urls, settings, side = prepare(args)
+    cmd = command(args)
+    print(f"machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
+          f"python {platform.python_version()}, duckdb {duckdb.__version__}, {datetime.now():%Y-%m-%d %H:%M}")
+    fresh = not settings.warehouse_path.exists()
+    registry = load_registry()
+    with Warehouse(settings.warehouse_path, threads=2, memory_limit="8GB") as wh:
+        if fresh:
+            t = time.perf_counter()
+            r = run_pass(settings, wh)
+            print(f"initial ETL load: {time.perf_counter() - t:.1f} s ok={r.ok}")
+        con = wh.cursor()
+        ensure_schema(con)
+        as_of = sim_clock(side) - timedelta(seconds=1)
+        con.execute("DELETE FROM kpi_value")
+        prelude, total, per, rows = full_evaluation(con, registry, as_of)
+        units = con.execute("SELECT unit_level, COUNT(*) FROM k_org GROUP BY 1 ORDER BY 2").fetchall()
+        print(f"as_of {as_of}; org units {dict(units)}; {len(registry.kpis)} KPIs")
+        print(f"(a) full evaluation, cold (empty kpi_value): {total:.2f} s (prelude {prelude:.2f} s), {rows} rows")
+        print("    10 slowest: " + ", ".join(f"{n} {t:.2f}s" for t, n in per[:10]))
+        print(f"    reproduce: {cmd}")
+        side_by_side(con, registry, as_of)
+        print(f"    reproduce: {cmd}")
+        if args.skip_incremental:
+            return
+        t = time.perf_counter()
+        s = evaluate_incremental(con, registry, as_of)
+        n_hist = con.execute("SELECT COUNT(*) FROM kpi_value").fetchone()[0]
+        print(f"(b0) evaluate_incremental first run (backfill, not the figure): {time.perf_counter() - t:.1f} s, "
+              f"{s.periods} KPI-periods, kpi_value now {n_hist} rows, errors {len(s.errors)}")
+        prelude, total, per, rows = full_evaluation(con, registry, as_of)
+        print(f"(a') full evaluation, warm (kpi_value holding {n_hist} rows): {total:.2f} s "
+              f"(prelude {prelude:.2f} s)")
+        print("    10 slowest: " + ", ".join(f"{n} {t:.2f}s" for t, n in per[:10]))
+        from simulator import live
+        for i in range(3):
+            written = sum(live.step(urls, 60, side=side).values())
+            t = time.perf_counter()
+            r = run_pass(settings, wh)
+            etl = time.perf_counter() - t
+            as_of = sim_clock(side)
+            t = time.perf_counter()
+            s = evaluate_incremental(con, registry, as_of)
+            inc = time.perf_counter() - t
+            print(f"(b) minute {i + 1}: live wrote {written} rows, ETL pass {etl:.2f} s ok={r.ok}, "
+                  f"evaluate_incremental {inc:.2f} s ({s.periods} KPI-periods, {s.rows} rows, "
+                  f"{len(s.changed)} changed, errors {len(s.errors)})")
+        print(f"    reproduce: {cmd}")
+
+
+if __name__ == "__main__":
+    main()
