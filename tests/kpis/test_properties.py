@@ -274,9 +274,6 @@ def test_reevaluating_gives_the_same_values_and_statuses(reevaluated) -> None:
         diff[KEY + ["value_1", "value_2", "status_1", "status_2"]].head(20).to_string()
 
 
-@pytest.mark.xfail(reason="SUM over DOUBLE facts depends on the thread order: sum KPIs (yuan, kWh, MVA) "
-                          "differ in the last bits on re-evaluation and are reported as changed "
-                          "(spurious revisions); see bench/RESULTS.md, KPI engine", strict=False)
 def test_reevaluating_reports_no_changed_value(reevaluated) -> None:
     summary, _ = reevaluated
     assert summary.changed == [], f"{len(summary.changed)} rows reported changed, e.g. {summary.changed[:5]}"
