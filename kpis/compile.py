@@ -119,6 +119,20 @@ agg AS (
 ),"""
 
 
+def attributed_facts(k: KpiDef) -> str:
+    """`WITH f, fa`: the facts with their attribution unit (unknown org -> the root) and grid."""
+    return f"""WITH f AS (
+{k.facts}
+),
+fa AS (
+    SELECT f.*, COALESCE(ko.unit_no, (SELECT unit_no FROM k_root)) AS attr_org,
+           kg.unit_no AS attr_grid
+    FROM f
+    LEFT JOIN k_org ko ON ko.unit_no = f.org_no AND ko.unit_level <> 'grid'
+    LEFT JOIN k_org kg ON kg.unit_no = f.grid_no AND kg.unit_level = 'grid'
+)"""
+
+
 def compile_kpi(k: KpiDef, fact_columns: set[str]) -> str:
     """The statement producing kpi_value-shaped rows for every unit and period in _periods."""
     levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels)
@@ -137,16 +151,7 @@ def compile_kpi(k: KpiDef, fact_columns: set[str]) -> str:
                                        else "a.den")
     agg_cte = _agg_cte(k, aggs, org_levels, "grid" in k.org_levels, has)
     return f"""
-WITH f AS (
-{k.facts}
-),
-fa AS (
-    SELECT f.*, COALESCE(ko.unit_no, (SELECT unit_no FROM k_root)) AS attr_org,
-           kg.unit_no AS attr_grid
-    FROM f
-    LEFT JOIN k_org ko ON ko.unit_no = f.org_no AND ko.unit_level <> 'grid'
-    LEFT JOIN k_org kg ON kg.unit_no = f.grid_no AND kg.unit_level = 'grid'
-),
+{attributed_facts(k)},
 {agg_cte}
 present AS ({presence}),
 rolled AS (

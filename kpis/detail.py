@@ -6,7 +6,7 @@ from datetime import datetime
 
 import duckdb
 
-from kpis.compile import PERIODS_DDL
+from kpis.compile import PERIODS_DDL, attributed_facts
 from kpis.periods import Period
 from kpis.prelude import apply_prelude
 from kpis.spec import KpiDef
@@ -20,16 +20,7 @@ def detail_sql(k: KpiDef, columns: set[str]) -> str:
     key = "CAST(f.item_key AS VARCHAR)" if "item_key" in columns else "NULL"
     num = "f.num_key" if k.num_agg == "count_distinct" and "num_key" in columns else "f.num"
     return f"""
-WITH f AS (
-{k.facts}
-),
-fa AS (
-    SELECT f.*, COALESCE(ko.unit_no, (SELECT unit_no FROM k_root)) AS attr_org,
-           kg.unit_no AS attr_grid
-    FROM f
-    LEFT JOIN k_org ko ON ko.unit_no = f.org_no AND ko.unit_level <> 'grid'
-    LEFT JOIN k_org kg ON kg.unit_no = f.grid_no AND kg.unit_level = 'grid'
-)
+{attributed_facts(k)}
 SELECT {key} AS item_key, f.attr_org AS org_no, f.attr_grid AS grid_no,
        CAST({num} AS VARCHAR) AS numerator, CAST(f.den AS VARCHAR) AS denominator,
        {pending} AS pending
