@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
+from kpis.thresholds import breached, parse_threshold
+
 
 class State(StrEnum):
     OK = "ok"
@@ -94,21 +96,11 @@ def breaches(text: str | None, value: float | None, direction: str,
     """True when `value` breaches threshold `text`; None when it cannot be compared."""
     if text is None or str(text).strip() == "" or value is None:
         return None
-    t = str(text).strip()
-    if t.startswith("rel:"):
-        if not baseline:
-            return None
-        value, t = value / baseline, t[4:]
-    if ".." in t:
-        low, high = (float(x) for x in t.split("..", 1))
-        return value < low or value > high
-    limit = float(t)
-    if direction == "higher_better":
-        return value < limit
-    if direction == "lower_better":
-        return value > limit
-    raise ValueError(f"threshold {text!r}: a single level needs direction higher_better or "
-                     f"lower_better, got {direction!r}")
+    t = parse_threshold(text)
+    if not t.is_band and direction not in ("higher_better", "lower_better"):
+        raise ValueError(f"threshold {text!r}: a single level needs direction higher_better or "
+                         f"lower_better, got {direction!r}")
+    return breached(t, value, baseline, direction)
 
 
 def observe(status: str, value: float | None, baseline: float | None, direction: str,
