@@ -41,6 +41,32 @@ def import_pages() -> list[str]:
     return names
 
 
+_PAGE_CALLBACKS: tuple[dict, list, list] | None = None
+
+
+def _share_page_callbacks() -> None:
+    """Give every app of this process the pages' `dash.callback`s.
+
+    Dash moves the global callbacks into the first app that starts and empties the globals, so
+    a second app in the same process (tests, an embedded restart) would answer every callback
+    with 500. The registrations are kept once and handed again to each new app.
+    """
+    global _PAGE_CALLBACKS
+    from dash import _callback
+    if _PAGE_CALLBACKS is None:
+        _PAGE_CALLBACKS = (dict(_callback.GLOBAL_CALLBACK_MAP), list(_callback.GLOBAL_CALLBACK_LIST),
+                           list(getattr(_callback, "GLOBAL_INLINE_SCRIPTS", [])))
+        return
+    cmap, clist, scripts = _PAGE_CALLBACKS
+    for key, value in cmap.items():
+        _callback.GLOBAL_CALLBACK_MAP.setdefault(key, value)
+    known = {c.get("output") for c in _callback.GLOBAL_CALLBACK_LIST}
+    _callback.GLOBAL_CALLBACK_LIST.extend(c for c in clist if c.get("output") not in known)
+    inline = getattr(_callback, "GLOBAL_INLINE_SCRIPTS", None)
+    if inline is not None:
+        inline.extend(x for x in scripts if x not in inline)
+
+
 def create_app(settings: Settings, service: KpiService | None = None) -> dash.Dash:
     """A ready Dash app (app.server is the WSGI app)."""
     reader = SnapshotReader(settings.serving_dir, threads=WEB_DUCKDB_THREADS,
@@ -59,6 +85,7 @@ def create_app(settings: Settings, service: KpiService | None = None) -> dash.Da
                                     stale_after_s=settings.stale_after_s)
     deps.set_kpi_service(service)
     import_pages()
+    _share_page_callbacks()
     from dashboards._components.auth import init_auth
     init_auth(app.server, settings, reader=reader)
     from dashboards._routes import register_routes
