@@ -148,8 +148,9 @@ def run(urls: Mapping[str, str], speed: float = 1.0, seconds: float | None = Non
     live = Live(urls, side, bad_rows)
     if follow_wall_clock:
         catch_up(live)
-    began = last = time.monotonic()
+    began = last = logged = time.monotonic()
     carry = 0.0
+    rows = 0
     try:
         while seconds is None or time.monotonic() - began < seconds:
             time.sleep(max(0.0, tick - (time.monotonic() - last)))
@@ -160,6 +161,9 @@ def run(urls: Mapping[str, str], speed: float = 1.0, seconds: float | None = Non
             if whole:
                 carry -= whole
                 written = live.step(whole)
-                log.info("clock %s: %d rows", ts(live.state.clock), sum(written.values()))
+                rows += sum(written.values())
+                if time.monotonic() - logged >= 60:    # one line a minute, not one a second
+                    log.info("clock %s: %d rows in the last minute", ts(live.state.clock), rows)
+                    logged, rows = time.monotonic(), 0
     finally:
         live.close()

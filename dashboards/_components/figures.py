@@ -61,12 +61,16 @@ def gauge(row: dict[str, Any], lang: str, period: str, as_of: Any) -> dict[str, 
     else:
         top = max([v for v in (value, crit, warn) if v is not None] or [1.0]) * 1.5
     name = row.get("name_en") if lang == "en" else row.get("name_zh")
+    # No value (no_data): an empty dial that says so, never a needle at 0 that reads as "0 %".
     fig = go.Figure(go.Indicator(
-        mode="gauge+number", value=value if value is not None else 0,
+        mode="gauge+number" if value is not None else "gauge", value=value if value is not None else 0,
         number={"suffix": "%" if row.get("unit") == "%" else "", "valueformat": ".2f"
                 if row.get("unit") == "%" else ".1f"},
         gauge={"axis": {"range": [0, top]}, "steps": gauge_steps(row, top),
                "bar": {"color": STATUS_COLOUR.get(str(row.get("status")), "#9e9e9e")}}))
+    if value is None:
+        fig.add_annotation(text=t("no_data", lang), x=0.5, y=0.15, showarrow=False,
+                           font=dict(size=22, color="#757575"))
     title = f"{name}<br><sup>{caption(row.get('unit'), period, as_of, lang)}</sup>"
     return _layout(fig, title, height=230)
 

@@ -45,7 +45,12 @@ def test_a_second_worker_stops_with_the_lock_message(tmp_path: Path) -> None:
         assert first.poll() is None           # the first one is untouched
     finally:
         first.terminate()
-        first.wait(timeout=60)
+        try:
+            first.wait(timeout=60)
+        except subprocess.TimeoutExpired:     # never leave a worker behind, then fail loudly
+            first.kill()
+            first.wait(timeout=10)
+            raise AssertionError("the worker did not stop within 60 s of SIGTERM") from None
 
 
 class Client:
