@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import duckdb
 
@@ -54,6 +55,11 @@ class EvalSummary:
     periods: int = 0
     changed: list[tuple[str, str, str, datetime]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+
+
+def local_now() -> datetime:
+    """Wall time in Asia/Shanghai, naive like every time in the warehouse."""
+    return datetime.now(ZoneInfo("Asia/Shanghai")).replace(tzinfo=None, microsecond=0)
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -245,31 +251,81 @@ _DIFFERS = """(o.status IS DISTINCT FROM n.status OR (o.value IS NULL) <> (n.val
                OR abs(o.value - n.value) > 1e-9 * greatest(1.0, abs(n.value)))"""
 
 
-def store(con: duckdb.DuckDBPyConnection, k: KpiDef, computed_at: datetime, watermarks: str,
+RESULT_COLUMNS = ("kpi_id", "theme", "org_no", "org_level", "grain", "period_start", "period_end",
+                  "value", "numerator", "denominator", "baseline", "status", "is_final", "sample")
+BATCH_DDL = ("CREATE OR REPLACE TEMP TABLE _batch (kpi_id VARCHAR, theme VARCHAR, org_no VARCHAR, "
+             "org_level VARCHAR, grain VARCHAR, period_start TIMESTAMP, period_end TIMESTAMP, "
+             "value DOUBLE, numerator DOUBLE, denominator DOUBLE, baseline DOUBLE, status VARCHAR, "
+             "is_final BOOLEAN, sample DOUBLE)")
+FLUSH_ROWS = 2_000_000   # a backfill at city scale is flushed in parts rather than held whole
+
+
+def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str,
           summary: EvalSummary) -> None:
-    """Replace the stored values of the computed periods; record changed past values."""
-    changed = con.execute(f"""
-        SELECT n.kpi_id, n.org_no, n.grain, n.period_start
-        FROM _result n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
-             AND o.grain = n.grain AND o.period_start = n.period_start
-        WHERE {_DIFFERS}""").fetchall()
-    if changed:   # a final value that changes is a restatement: keep old and new side by side
-        con.execute(f"""
-            INSERT INTO kpi_value_revision
-            SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.value, n.value, o.status,
-                   n.status, o.computed_at, $at
-            FROM _result n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
+    """Replace the stored values of every period in _batch, in one transaction; record changed
+    final values as revisions. One statement set per pass, not per KPI: the per-KPI version
+    cost 12 ms a KPI in statements alone."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        changed = con.execute(f"""
+            SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.is_final
+            FROM _batch n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
                  AND o.grain = n.grain AND o.period_start = n.period_start
-            WHERE o.is_final AND {_DIFFERS}""", {"at": computed_at})
-    con.execute("""DELETE FROM kpi_value v USING (SELECT DISTINCT kpi_id, grain, period_start
-                                                   FROM _result) r
-                   WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
-                     AND v.period_start = r.period_start""")
-    con.execute("""INSERT INTO kpi_value SELECT kpi_id, theme, org_no, org_level, grain,
-                   period_start, period_end, value, numerator, denominator, baseline, status,
-                   is_final, $at, $wm, sample FROM _result""", {"at": computed_at, "wm": watermarks})
-    summary.rows += con.execute("SELECT COUNT(*) FROM _result").fetchone()[0]
+            WHERE {_DIFFERS}""").fetchall()
+        if any(r[4] for r in changed):   # a final value that changes is a restatement
+            con.execute(f"""
+                INSERT INTO kpi_value_revision
+                SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.value, n.value, o.status,
+                       n.status, o.computed_at, $at
+                FROM _batch n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
+                     AND o.grain = n.grain AND o.period_start = n.period_start
+                WHERE o.is_final AND {_DIFFERS}""", {"at": computed_at})
+        con.execute("""DELETE FROM kpi_value v USING (SELECT DISTINCT kpi_id, grain, period_start
+                                                       FROM _batch) r
+                       WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
+                         AND v.period_start = r.period_start""")
+        con.execute("""INSERT INTO kpi_value SELECT kpi_id, theme, org_no, org_level, grain,
+                       period_start, period_end, value, numerator, denominator, baseline, status,
+                       is_final, $at, $wm, sample FROM _batch""", {"at": computed_at, "wm": watermarks})
+        rows = con.execute("SELECT COUNT(*) FROM _batch").fetchone()[0]
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    summary.rows += rows
     summary.changed.extend((r[0], r[1], r[2], r[3]) for r in changed)
+    con.execute(BATCH_DDL)
+
+
+def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]],
+                  as_of: datetime, computed_at: datetime) -> EvalSummary:
+    """Compute each KPI for its periods into _batch, then store the batch in one transaction.
+
+    Computing writes only temp tables, so a KPI that fails at run time is skipped alone (DuckDB
+    has no savepoints) and the stored values of every period change together or not at all."""
+    summary = EvalSummary()
+    watermarks = _watermarks(con)
+    con.execute(BATCH_DDL)
+    pending = 0
+    cols = ", ".join(RESULT_COLUMNS)
+    for k, periods in plan:
+        if not periods:
+            continue
+        try:
+            compute(con, k, periods, as_of)
+            _apply_baselines(con, k)
+            con.execute(f"INSERT INTO _batch SELECT {cols} FROM _result")
+            pending += con.execute("SELECT COUNT(*) FROM _result").fetchone()[0]
+            summary.kpis += 1
+            summary.periods += len(periods)
+        except duckdb.Error as exc:
+            log.error("KPI %s failed: %s", k.id, exc)
+            summary.errors[k.id] = str(exc)
+        if pending >= FLUSH_ROWS:
+            store(con, computed_at, watermarks, summary)
+            pending = 0
+    store(con, computed_at, watermarks, summary)
+    return summary
 
 
 def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
@@ -280,29 +336,9 @@ def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
     ensure_schema(con)
     if prelude:
         apply_prelude(con)
-    summary = EvalSummary()
-    computed_at = computed_at or datetime.now()
-    watermarks = _watermarks(con)
-    # Baselines read earlier periods: evaluate in chronological order within one statement.
-    for k in kpis if kpis is not None else registry.kpis.values():
-        periods = periods_for(k, requested, as_of)
-        if not periods:
-            continue
-        # One transaction per KPI: its periods are replaced all together or not at all, and one
-        # broken KPI (DuckDB has no savepoints) cannot abort the other 190.
-        try:
-            con.execute("BEGIN TRANSACTION")
-            compute(con, k, periods, as_of)
-            _apply_baselines(con, k)
-            store(con, k, computed_at, watermarks, summary)
-            con.execute("COMMIT")
-            summary.kpis += 1
-            summary.periods += len(periods)
-        except duckdb.Error as exc:
-            con.execute("ROLLBACK")
-            log.error("KPI %s failed: %s", k.id, exc)
-            summary.errors[k.id] = str(exc)
-    return summary
+    chosen = kpis if kpis is not None else list(registry.kpis.values())
+    plan = [(k, periods_for(k, requested, as_of)) for k in chosen]
+    return evaluate_plan(con, plan, as_of, computed_at or local_now())
 
 
 def default_periods(as_of: datetime, first_day: datetime | None = None) -> list[Period]:
@@ -367,8 +403,8 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         if dd > as_of.date() or dd < as_of.date() - timedelta(days=800):
             continue
         by_source.setdefault(source, set()).update({day(dd), month(dd.year, dd.month)})
-    summary = EvalSummary()
     apply_prelude(con)
+    plan = []
     for k in registry.kpis.values():
         if not (sweep or set(k.sources) & dirty_sources or k.grain == "near-real-time"
                 or k.resolved_or_due or "pending" in fact_columns(con, k)):
@@ -383,12 +419,8 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
             while cur <= as_of:
                 periods.add(day(cur.date()))
                 cur += timedelta(days=1)
-        part = evaluate_and_store(con, registry, sorted(periods), as_of, kpis=[k], prelude=False)
-        summary.rows += part.rows
-        summary.kpis += part.kpis
-        summary.periods += part.periods
-        summary.changed.extend(part.changed)
-        summary.errors.update(part.errors)
+        plan.append((k, periods_for(k, sorted(periods), as_of)))
+    summary = evaluate_plan(con, plan, as_of, local_now())
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "
                 "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END WHERE id = 1",
                 {"r": top, "a": as_of, "sweep": sweep})
