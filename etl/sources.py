@@ -187,7 +187,22 @@ class SqliteSource(Source):
         return f"SELECT {cols} FROM {self.alias}.{_ident(table.name)} WHERE {where}"
 
 
-class PostgresSource(Source):
+class _EngineSource(Source):
+    """A source also reached through a SQLAlchemy engine (`self._engine`) for small queries."""
+
+    _engine: sa.engine.Engine
+
+    def _meta(self, sql: str, params: dict[str, object] | None = None) -> list[tuple]:
+        try:
+            with self._engine.connect() as con:
+                return [tuple(r) for r in con.execute(sa.text(sql), params or {})]
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceUnavailable(f"source `{self.name}` ({self.describe()}): {exc.__class__.__name__}: "
+                                    f"{str(exc).splitlines()[0]}") from exc
+
+
+
+class PostgresSource(_EngineSource):
     """A PostgreSQL database: metadata through SQLAlchemy, rows through DuckDB's postgres scanner."""
 
     kind = "postgres"
@@ -205,14 +220,6 @@ class PostgresSource(Source):
                  "password": u.password, "dbname": u.database,
                  "connect_timeout": max(1, int(self.timeout_s))}
         return " ".join(f"{k}={v}" for k, v in parts.items() if v not in (None, ""))
-
-    def _meta(self, sql: str, params: dict[str, object] | None = None) -> list[tuple]:
-        try:
-            with self._engine.connect() as con:
-                return [tuple(r) for r in con.execute(sa.text(sql), params or {})]
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(f"source `{self.name}` ({self.describe()}): {exc.__class__.__name__}: "
-                                    f"{str(exc).splitlines()[0]}") from exc
 
     def open(self, cur: duckdb.DuckDBPyConnection, extension_dir: Path) -> None:
         self._meta("SELECT 1")
@@ -243,7 +250,7 @@ class PostgresSource(Source):
         return f"SELECT * FROM postgres_query('{self.alias}', '{inner.replace(chr(39), chr(39) * 2)}')"
 
 
-class SqlAlchemySource(Source):
+class SqlAlchemySource(_EngineSource):
     """Any other SQLAlchemy URL (Oracle in production): chunked streaming into Arrow, as text."""
 
     kind = "sqlalchemy"
@@ -252,14 +259,6 @@ class SqlAlchemySource(Source):
         super().__init__(name, url, timeout_s, tz)
         self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         self.dialect = self._engine.dialect.name
-
-    def _meta(self, sql: str, params: dict[str, object] | None = None) -> list[tuple]:
-        try:
-            with self._engine.connect() as con:
-                return [tuple(r) for r in con.execute(sa.text(sql), params or {})]
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(f"source `{self.name}` ({self.describe()}): {exc.__class__.__name__}: "
-                                    f"{str(exc).splitlines()[0]}") from exc
 
     def open(self, cur: duckdb.DuckDBPyConnection, extension_dir: Path) -> None:
         if self.dialect == "sqlite":
