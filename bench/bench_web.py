@@ -1,10 +1,14 @@
 """Web tier figures: page server time cold and cached, concurrent users while publishing, 1 M-row export.
 
-    python bench/bench_web.py --data-dir /tmp/county/data [--users 50] [--seconds 20]
+    python bench/bench_web.py --data-dir DIR [--users 50] [--seconds 20] [--with-worker]
 
 `--data-dir` must hold published snapshots (`python -m simulator build --scale county`, then
 `python app.py worker --once`); the bench adds a user, starts `gunicorn -w 2 -k gthread --threads 4
-'app:server()'` on a free port, and prints the figures with the command that reproduces them.
+'app:server()'` on a free port, and prints the figures with the command that reproduces them,
+the load average and the CPU seconds the web (and worker) processes used. With `--with-worker`
+the worker runs its ETL + evaluation + publish cycle meanwhile (it writes DIR, and its log to
+DIR/bench_worker.log: use a copy of the data); run long enough to see publishes (150 s covers
+three or four cycles at county scale; the output names the versions at start and end).
 """
 from __future__ import annotations
 
@@ -68,6 +72,28 @@ def page_times(base: str) -> list[tuple[str, float, float]]:
         out.append((page, cold, statistics.median(warm)))
         assert status == 200
     return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo += [c for c, parent in parents.items() if parent == p]
+    return total
 
 
 def load(base: str, users: int, seconds: float) -> tuple[int, int, float, float]:
@@ -150,16 +176,28 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     proc, base, env = start_web(args.data_dir, gunicorn=not args.dev_server)
     worker = None
+    current = args.data_dir / "serving" / "CURRENT"
     try:
+        cpu0 = tree_cpu_s(proc.pid)
         print("\npage                 cold ms   cached ms (median of 5)")
         for page, cold, warm in page_times(base):
             print(f"{page:<20} {cold:8.0f}   {warm:8.0f}")
+        print(f"web CPU for these renders: {tree_cpu_s(proc.pid) - cpu0:.1f} s")
         if args.with_worker:
+            worker_log = open(args.data_dir / "bench_worker.log", "w")
             worker = subprocess.Popen([sys.executable, "app.py", "worker"], cwd=ROOT, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      stdout=worker_log, stderr=subprocess.STDOUT)
+        first = current.read_text().strip()
+        cpu0, t0 = tree_cpu_s(proc.pid), time.monotonic()
         n, errors, p50, p95 = load(base, args.users, args.seconds)
+        wall = time.monotonic() - t0
+        web_cpu = tree_cpu_s(proc.pid) - cpu0
+        worker_cpu = tree_cpu_s(worker.pid) if worker else 0.0
         print(f"\n{args.users} users for {args.seconds:.0f} s{' while the worker runs' if worker else ''}: "
               f"{n} requests, {errors} errors, p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+        print(f"snapshot versions: {first} at the start, {current.read_text().strip()} at the end; "
+              f"web CPU {web_cpu:.0f} s in {wall:.0f} s" + (f", worker CPU {worker_cpu:.0f} s" if worker else "")
+              + f"; load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         for child in (worker, proc):
             if child is not None:
@@ -170,6 +208,10 @@ def main() -> int:
                     child.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     child.kill()
+    if worker is not None:
+        published = [line.split("kpis.publish INFO ")[-1].strip() for line in
+                     (args.data_dir / "bench_worker.log").read_text().splitlines() if "published snapshot" in line]
+        print("worker:", "; ".join(published) or "no publish during the run")
     for rows in (100_000, 1_000_000):
         seconds, before, after, size = export_million(rows)
         print(f"{rows:,}-row detail export: {seconds:.2f} s, {size / 1e6:.0f} MB of CSV, "

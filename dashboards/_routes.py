@@ -11,7 +11,7 @@ from flask import Flask, Response, abort, request, stream_with_context
 
 from kpis.export import (Counted, arrow_csv_chunks, content_disposition, csv_chunks, file_name,
                          frame_rows)
-from kpis.queries import KpiService, parse_period
+from kpis.queries import DetailOutsideWindow, KpiService, parse_period
 from kpis.serving import SnapshotUnavailable
 
 MATRIX_HEADER = (("kpi_id", "kpi_id 指标编号"), ("name_zh", "指标名称 name_zh"), ("name_en", "name_en 英文名称"),
@@ -90,7 +90,10 @@ def register_routes(server: Flask, service: KpiService) -> None:
         scope, version, period, org, filters = common()
         if not filters["kpi"]:
             abort(400, "kpi is required")
-        gen = service.detail_batches(scope, filters["kpi"], org, period, version)
+        try:
+            gen = service.detail_batches(scope, filters["kpi"], org, period, version)
+        except DetailOutsideWindow as exc:
+            abort(404, str(exc))
         if gen is None:
             abort(404, f"no detail records for `{filters['kpi']}`")
         header = next(gen)

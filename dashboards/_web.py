@@ -67,8 +67,9 @@ def _share_page_callbacks() -> None:
         inline.extend(x for x in scripts if x not in inline)
 
 
-def create_app(settings: Settings, service: KpiService | None = None) -> dash.Dash:
-    """A ready Dash app (app.server is the WSGI app)."""
+def create_app(settings: Settings, service: KpiService | None = None, warm: bool = True) -> dash.Dash:
+    """A ready Dash app (app.server is the WSGI app). `warm`: render the pages in use for each
+    new snapshot before serving it (dashboards/_warm.py)."""
     reader = SnapshotReader(settings.serving_dir, threads=WEB_DUCKDB_THREADS,
                             memory_limit=WEB_DUCKDB_MEMORY)
     # pages_folder="" + explicit imports: page modules keep their real names (dashboards.repair),
@@ -90,6 +91,14 @@ def create_app(settings: Settings, service: KpiService | None = None) -> dash.Da
     init_auth(app.server, settings, reader=reader)
     from dashboards._routes import register_routes
     register_routes(app.server, service)
+    if warm and service.cache is not None:
+        from dashboards._components.shell import CACHED_RENDERS
+        from dashboards._warm import Warmer
+        warmer = Warmer(app.server, service, Path(cache_dir) / "hot", CACHED_RENDERS.get)
+        service.version_gate = warmer.gate
+        deps.set_view_hook(warmer.note)
+        warmer.start()
+        app.server.extensions["kpi_warmer"] = warmer
     app.layout = html.Div([dash.page_container])
     # one request before real traffic sets Dash up (plotly/dash#3971: cold threaded start)
     app.server.test_client().get("/healthz")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import dash
+import pandas as pd
 from dash import dcc, html
 
 from dashboards._components import cards, figures, shell
@@ -12,6 +13,7 @@ from dashboards._components.fmt import value_text
 from dashboards._components.i18n import t
 from dashboards._components.ids import PageIds
 from dashboards._components.views import View
+from kpis.queries import DetailOutsideWindow
 
 dash.register_page(__name__, path="/kpi", name="kpi", order=95, title_key="kpi", nav=False)
 ids = PageIds("kpi")
@@ -39,8 +41,12 @@ def render(version: int | None, filters: dict[str, Any]) -> Any:
     row = vals.iloc[0].to_dict() if not vals.empty else {**d, "value": None, "status": "no_data"}
     kids = view.service.child_values(view.scope, view.org, view.period, kpi_id=kpi_id, version=view.version)
     trend = view.service.trend(view.scope, kpi_id, view.org, view.period, version=view.version)
-    records = view.service.detail_page(view.scope, kpi_id, view.org, view.period, page=page,
-                                       page_size=PAGE_SIZE, version=view.version)
+    try:
+        records = view.service.detail_page(view.scope, kpi_id, view.org, view.period, page=page,
+                                           page_size=PAGE_SIZE, version=view.version)
+        held_from = None
+    except DetailOutsideWindow as exc:
+        records, held_from = pd.DataFrame(), exc.first_day
     rec_cols = [(c, c) for c in records.columns]
     rec_rows = [{c: ("" if v is None else str(v)) for c, v in r.items()} for r in records.to_dict("records")]
     pager = html.Div([
@@ -68,8 +74,8 @@ def render(version: int | None, filters: dict[str, Any]) -> Any:
                            config={"displayModeBar": False, "responsive": True}), className="chart"),
         cards.child_table(kids, view.lang, view.path, view.period_arg, extra={"kpi": kpi_id}),
         html.H2(t("records", view.lang), className="section"),
-        cards.table(rec_cols, rec_rows),
-        pager,
+        *([cards.message(t("records_window", view.lang).format(day=held_from.isoformat()))]
+          if held_from is not None else [cards.table(rec_cols, rec_rows), pager]),
         view.export_links(kpi=kpi_id),
     ])
 

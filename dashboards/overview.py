@@ -44,14 +44,15 @@ def matrix_table(df: pd.DataFrame, view: View) -> html.Div:
         label = str(u["org_name"] or u["org_no"])
         head.append(html.Th(label if u["is_self"] else dcc.Link(label, href=cards.href(
             "/", org=u["org_no"], period=view.period_arg, lang=view.lang if view.lang == "en" else None))))
-    by = df.set_index(["kpi_id", "org_no"])
+    # a dict of records: one .loc per cell cost ~0.5 ms, 0.2-0.4 s for a county matrix
+    by = {(r["kpi_id"], r["org_no"]): r for r in df.to_dict("records")}
     rows = []
     for k in df.drop_duplicates("kpi_id").to_dict("records"):
         cells: list[Any] = [html.Td(dcc.Link(cards.kpi_name(k, view.lang),
                                              href=view.link("/kpi", kpi=k["kpi_id"])))]
         for u in units["org_no"]:
-            if (k["kpi_id"], u) in by.index:
-                r = by.loc[(k["kpi_id"], u)]
+            r = by.get((k["kpi_id"], u))
+            if r is not None:
                 cls = "cell st-stale" if r.get("stale_sources") else "cell " + cards.status_class(r["status"])
                 cells.append(html.Td(f"{value_text(r['value'], r['unit'], view.lang)} {r['trend'] or ''}",
                                      className=cls, title=str(r["status"])))

@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -30,9 +30,16 @@ KEEP_VERSIONS = 3
 # Copied whole when present. kpi_value is the product; the rest explain it.
 SMALL_TABLES = ("kpi_value", "kpi_def", "dim_org", "dim_org_ancestor", "etl_freshness",
                 "etl_watermark", "worker_event")
-# Metering firehose tables: tens of millions of rows at county scale; KPIs already summarise them
-# and copying them would put the publish far over its sub-second budget (bench/RESULTS.md "## Web").
-BIG_TABLES = frozenset({"meter_curve_15min", "meter_collection_daily", "meter_voltage_daily"})
+# Metering firehose tables (millions of rows at county scale) and the column that dates a row: the
+# snapshot holds only the days a KPI detail page can show, so a publish stays within its budget
+# (bench/RESULTS.md "## Web") while detail pages of metering KPIs still find their records.
+FIREHOSE = {"meter_collection_daily": "data_date", "meter_voltage_daily": "data_date",
+            "meter_curve_15min": "data_time"}
+DETAIL_DAYS = 15     # the day filter offers today and the 14 days before (dashboards shell)
+LOOKBACK_DAYS = 7    # metering facts of day D read back to D-6 (clock deviation, 3-day failures)
+# Pages read kpi_value by (grain, period_start): stored in that order, a read of one period skips
+# all other row groups by their min/max instead of scanning a million rows.
+KPI_ORDER = "grain, period_start, kpi_id, org_no"
 RECENT_RUN_DAYS = 7
 LOCAL_TZ = "Asia/Shanghai"
 FULL_EVERY = 720     # versions between full rebuilds (~12 h at 60 s; compacts, drops rows gone upstream)
@@ -157,26 +164,35 @@ def publish(con: duckdb.DuckDBPyConnection, serving_dir: Path, keep: int = KEEP_
         if stats:
             copy("source_table_stats", stats)
         kpi_mark = None
+        detail_windows: dict[str, object] = {}
         if "kpi_value" in present:
             kpi_mark = con.execute("SELECT MAX(computed_at) FROM kpi_value").fetchone()[0]
             if full or info is None or info["kpi_computed_at"] is None:
-                copy("kpi_value", "SELECT * FROM kpi_value")
+                copy("kpi_value", f"SELECT * FROM kpi_value ORDER BY {KPI_ORDER}")
             else:
                 _refresh_rows(con, "kpi_value", ("kpi_id", "org_no", "grain", "period_start"),
-                              "computed_at > ?", [info["kpi_computed_at"]])
+                              "computed_at > ?", [info["kpi_computed_at"]], order=KPI_ORDER)
                 copied.append("kpi_value+")
         if core_tables:
             in_snap = set(_snap_tables(con))
             windows = {"run_id", "window_low", "rows_merged", "table_name"} <= set(present.get("etl_run", ()))
+            windows_held = {} if full or "detail_window" not in in_snap else _detail_windows(con)
             for table in load_contract().tables.values():
-                if table.name not in present or table.name in BIG_TABLES:
+                if table.name not in present:
                     continue
                 low = "all" if full or not windows else _window_low(con, table.name, info["etl_run_id"])
+                if table.name in FIREHOSE:
+                    first = _publish_firehose(con, table.name, table.key, present[table.name], low,
+                                              windows_held.get(table.name), table.name in in_snap)
+                    detail_windows[table.name] = first
+                    copied.append(table.name + "~")
+                    continue
                 if table.name not in in_snap or low == "all":
                     copy(table.name, f"SELECT * FROM {quote_ident(table.name)}")
                 elif low is not None:
                     _refresh_rows(con, table.name, table.key, "updated_at > ?", [low])
                     copied.append(table.name + "+")
+        _write_detail_windows(con, detail_windows)
         full_version = version if full else info["full_version"]
         con.execute("DROP TABLE IF EXISTS snap.snapshot_info")
         con.execute("CREATE TABLE snap.snapshot_info AS SELECT ?::BIGINT AS version, ?::TIMESTAMP AS "
@@ -206,10 +222,13 @@ def _snap_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def _columns(con: duckdb.DuckDBPyConnection, catalog: str, table: str) -> list[str] | None:
-    cols = [r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? AND table_name = ? "
-        "ORDER BY ordinal_position", [catalog, table]).fetchall()]
-    return cols or None
+    """Column names of catalog.table, None when it does not exist (read from an empty result,
+    not information_schema, which goes through every catalog attached to the worker's connection)."""
+    try:
+        cur = con.execute(f"SELECT * FROM {quote_ident(catalog)}.{quote_ident(table)} LIMIT 0")
+    except duckdb.CatalogException:
+        return None
+    return [d[0] for d in cur.description] or None
 
 
 def _read_info(con: duckdb.DuckDBPyConnection, base: Path) -> dict[str, object] | None:
@@ -219,6 +238,8 @@ def _read_info(con: duckdb.DuckDBPyConnection, base: Path) -> dict[str, object] 
         cols = _columns(con, "prevsnap", "snapshot_info") or []
         if not {"etl_run_id", "kpi_computed_at", "full_version"} <= set(cols):
             return None
+        if _columns(con, "prevsnap", "detail_window") is None:
+            return None     # written before kpi_value was ordered and the firehose windowed
         row = con.execute("SELECT etl_run_id, kpi_computed_at, full_version FROM prevsnap.snapshot_info"
                           ).fetchone()
         if row is None:
@@ -246,14 +267,55 @@ def _window_low(con: duckdb.DuckDBPyConnection, table: str, since_run: int) -> o
 
 
 def _refresh_rows(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], where: str,
-                  params: list[object]) -> None:
+                  params: list[object], order: str | None = None) -> None:
     """Replace in the snapshot the rows of `table` matching `where` (by key)."""
     t = quote_ident(table)
     match = " AND ".join(f"s.{quote_ident(k)} = n.{quote_ident(k)}" for k in key)
     keys = ", ".join(quote_ident(k) for k in key)
     con.execute(f"DELETE FROM snap.{t} AS s USING (SELECT {keys} FROM {t} WHERE {where}) AS n "
                 f"WHERE {match}", params)
-    con.execute(f"INSERT INTO snap.{t} SELECT * FROM {t} WHERE {where}", params)
+    con.execute(f"INSERT INTO snap.{t} SELECT * FROM {t} WHERE {where}"
+                + (f" ORDER BY {order}" if order else ""), params)
+
+
+def _publish_firehose(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...],
+                      columns: list[str], etl_low: object, held_from: object, in_snap: bool) -> object:
+    """Copy the last DETAIL_DAYS + LOOKBACK_DAYS days of a metering firehose table (by its date
+    column, counted back from its newest day); incrementally, drop the days that left the window
+    and replace the rows loaded since the last publish. Returns the first day whose detail is
+    complete (None for an empty table)."""
+    t, col = quote_ident(table), FIREHOSE[table]
+    if col not in columns:
+        return None
+    newest = con.execute(f"SELECT MAX({quote_ident(col)})::DATE FROM {t}").fetchone()[0]
+    low = None if newest is None else newest - timedelta(days=DETAIL_DAYS + LOOKBACK_DAYS - 1)
+    if low is not None and held_from is not None:
+        # never widen a window incrementally (rows below it are gone); a full publish resets it
+        low = max(low, held_from - timedelta(days=LOOKBACK_DAYS))
+    day = f"{quote_ident(col)}::DATE"
+    if not in_snap or etl_low == "all":
+        con.execute(f"DROP TABLE IF EXISTS snap.{t}")
+        con.execute(f"CREATE TABLE snap.{t} AS SELECT * FROM {t} WHERE {day} >= ? ORDER BY {quote_ident(col)}",
+                    [low])
+    else:
+        con.execute(f"DELETE FROM snap.{t} WHERE {day} < ? OR ?::DATE IS NULL", [low, low])
+        if etl_low is not None and low is not None:
+            _refresh_rows(con, table, key, f"updated_at > ? AND {day} >= ?", [etl_low, low])
+    return None if low is None else low + timedelta(days=LOOKBACK_DAYS)
+
+
+def _detail_windows(con: duckdb.DuckDBPyConnection) -> dict[str, object]:
+    """First complete detail day per firehose table, as the previous snapshot (now `snap`) held it."""
+    return dict(con.execute("SELECT table_name, first_day FROM snap.detail_window").fetchall())
+
+
+def _write_detail_windows(con: duckdb.DuckDBPyConnection, windows: dict[str, object]) -> None:
+    """detail_window(table_name, first_day): the web side says so instead of showing partial
+    records for periods that begin before a firehose table's window."""
+    con.execute("DROP TABLE IF EXISTS snap.detail_window")
+    con.execute("CREATE TABLE snap.detail_window (table_name VARCHAR, first_day DATE)")
+    for name, first in sorted(windows.items()):
+        con.execute("INSERT INTO snap.detail_window VALUES (?, ?)", [name, first])
 
 
 def _write_current(serving_dir: Path, version: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from calendar import monthrange
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,10 +86,19 @@ class KpiService:
         self.refresh_ms = refresh_s * 1000
         self.stale_after_s = stale_after_s
         self.timeout_s = timeout_s
+        # newest published version -> version to serve; the web app's cache warmer holds a new
+        # snapshot back until the pages in use are rendered for it (dashboards/_warm.py)
+        self.version_gate: Callable[[int], int] | None = None
+        self._building: dict[str, threading.Lock] = {}
+        self._building_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
     def version(self) -> int | None:
-        return self.reader.version()
+        """The snapshot version to serve (None before the first publish)."""
+        newest = self.reader.version()
+        if newest is None or self.version_gate is None:
+            return newest
+        return self.version_gate(newest)
 
     def _memo(self, name: str, version: int, orgs: tuple[str, ...], filters: tuple[Any, ...],
               build: Callable[[], Any]) -> Any:
@@ -99,18 +109,33 @@ class KpiService:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        value = build()
-        self.cache.set(key, value, timeout=self.timeout_s)
-        return value
+        # one build per key in this process: threads asking for the same missing entry wait for
+        # it instead of all rendering it (builds nest outer to inner, so waits cannot cycle)
+        with self._building_lock:
+            lock = self._building.setdefault(key, threading.Lock())
+        try:
+            with lock:
+                hit = self.cache.get(key)
+                if hit is not None:
+                    return hit
+                value = build()
+                self.cache.set(key, value, timeout=self.timeout_s)
+                return value
+        finally:
+            with self._building_lock:
+                if self._building.get(key) is lock and not lock.locked():
+                    del self._building[key]
 
-    def cached_view(self, name: str, scope: Any, filters: dict[str, Any], build: Callable[[], Any]) -> Any:
+    def cached_view(self, name: str, scope: Any, filters: dict[str, Any], build: Callable[[], Any],
+                    version: int | None = None) -> Any:
         """A finished page body, memoised like the frames: keyed by the snapshot version, the
         authorised units and the filters (building figures costs more than reading DuckDB)."""
-        version = self._require_version()
+        version = version or self._require_version()
         key = tuple(sorted((k, str(v)) for k, v in filters.items()))
         return self._memo("view:" + name, version, self.visible_orgs(scope, version), key, build)
 
-    def _df(self, sql: str, params: list[Any] | None = None, version: int | None = None) -> pd.DataFrame:
+    def _df(self, sql: str, params: list[Any] | dict[str, Any] | None = None,
+            version: int | None = None) -> pd.DataFrame:
         with self.reader.cursor(version) as (_v, cur):
             return cur.execute(sql, params or []).df()
 
@@ -300,9 +325,7 @@ class KpiService:
             return pd.DataFrame()
 
         def build() -> pd.DataFrame:
-            cur = self._pick([org], period, theme, kpi_id, version)
-            prev = self._pick([org], period.previous(), theme, kpi_id, version)
-            return self._decorate(cur, prev, version)
+            return self._decorate(self._pick([org], period, theme, kpi_id, version), version)
         return self._memo("values", version, under, (org, period, theme, kpi_id), build)
 
     def child_values(self, scope: Any, org: str | None, period: Period, theme: str | None = None,
@@ -317,42 +340,34 @@ class KpiService:
             kids = self.children(scope, org, version)
             if kids.empty:
                 return pd.DataFrame()
-            cur = self._pick(list(kids["org_no"]), period, theme, kpi_id, version)
-            prev = self._pick(list(kids["org_no"]), period.previous(), theme, kpi_id, version)
-            df = self._decorate(cur, prev, version)
+            df = self._decorate(self._pick(list(kids["org_no"]), period, theme, kpi_id, version), version)
             return df.merge(kids[["org_no", "org_name"]], on="org_no", how="left")
         return self._memo("child_values", version, under, (org, period, theme, kpi_id), build)
 
     def _pick(self, orgs: list[str], period: Period, theme: str | None, kpi_id: str | None,
               version: int) -> pd.DataFrame:
-        """Per (KPI, unit) the row for the period: its own grain first, then the containing month,
-        then (for the data's current day or month) the newest near-real-time snapshot."""
+        """Per (KPI, unit) the row for the period (see _pick_sql), with the previous period's
+        value as prev_value, in one query."""
         if "kpi_value" not in self._tables(version):
             return pd.DataFrame(columns=["kpi_id", "org_no", "grain", "period_start", "value",
-                                         "numerator", "denominator", "status", "is_final"])
+                                         "numerator", "denominator", "status", "is_final", "prev_value"])
+        sql = f"""
+            WITH cur AS ({_pick_sql("c")}), prev AS ({_pick_sql("p")})
+            SELECT cur.*, prev.value AS prev_value
+            FROM cur LEFT JOIN prev ON prev.kpi_id = cur.kpi_id AND prev.org_no = cur.org_no
+        """
+        params = {"orgs": orgs, "theme": theme, "kpi": kpi_id,
+                  **self._pick_params("c", period, version), **self._pick_params("p", period.previous(), version)}
+        return self._df(sql, params, version)
+
+    def _pick_params(self, prefix: str, period: Period, version: int) -> dict[str, Any]:
         month = month_period(period.start.year, period.start.month)
         today = self.data_today(version)
-        live = period.start.date() <= today < period.end.date()
-        sql = """
-            SELECT kpi_id, theme, org_no, org_level, grain, period_start, period_end, value,
-                   numerator, denominator, baseline, status, is_final, computed_at
-            FROM kpi_value
-            WHERE list_contains(?::VARCHAR[], org_no)
-              AND (?::VARCHAR IS NULL OR theme = ?) AND (?::VARCHAR IS NULL OR kpi_id = ?)
-              AND ((grain = ? AND period_start = ?)
-                   OR (grain = 'monthly' AND period_start = ?)
-                   OR (? AND grain = 'near-real-time'))
-            QUALIFY row_number() OVER (PARTITION BY kpi_id, org_no ORDER BY
-                CASE WHEN grain = 'near-real-time' THEN 0 WHEN grain = ? THEN 1 ELSE 2 END,
-                period_start DESC) = 1
-        """
-        return self._df(sql, [orgs, theme, theme, kpi_id, kpi_id, period.grain, period.start,
-                              month.start, live, period.grain], version)
+        return {f"{prefix}grain": period.grain, f"{prefix}start": period.start,
+                f"{prefix}month": month.start, f"{prefix}live": period.start.date() <= today < period.end.date()}
 
-    def _decorate(self, cur: pd.DataFrame, prev: pd.DataFrame, version: int) -> pd.DataFrame:
+    def _decorate(self, df: pd.DataFrame, version: int) -> pd.DataFrame:
         defs = self.kpi_defs(version)
-        p = prev[["kpi_id", "org_no", "value"]].rename(columns={"value": "prev_value"})
-        df = cur.merge(p, on=["kpi_id", "org_no"], how="left")
         keep = [c for c in ("kpi_id", "name_zh", "name_en", "unit", "direction", "warning",
                             "critical", "sources", "sort") if c in defs]
         df = df.merge(defs[keep], on="kpi_id", how="left", suffixes=("", "_def"))
@@ -501,9 +516,15 @@ class KpiService:
         kdef = load_registry().kpis.get(kpi_id)
         if kdef is None:
             return None
+        first = self.detail_first_day(kpi_id, period, version)
+        if first is not None:
+            raise DetailOutsideWindow(kpi_id, first)
         engine_period = day(period.start.date()) if period.kind == "day" else month(
             period.start.year, period.start.month)
-        as_of = min(period.end, self._data_now(version))
+        # as the engine evaluates: events up to the data time, the window cut at the period end
+        # (prepare: te = min(period end, as_of)); a day's meter readings collected the next
+        # morning count as they do in the value
+        as_of = self._data_time(version)
 
         def gen() -> Iterator[Any]:
             with self.reader.cursor(version) as (_v, cur):
@@ -514,18 +535,87 @@ class KpiService:
                 if page is not None:
                     sql = f"SELECT * FROM ({sql}) LIMIT $lim OFFSET $off"
                     params.update(lim=page[1], off=page[0] * page[1])
-                reader = cur.execute(sql, params).fetch_record_batch(rows_per_batch)
+                reader = cur.execute(sql, params).to_arrow_reader(rows_per_batch)
                 yield list(reader.schema.names)
                 yield from reader
         return gen()
+
+    def detail_first_day(self, kpi_id: str, period: Period, version: int) -> date | None:
+        """For a KPI reading a metering firehose table (the snapshot holds only its last days,
+        table detail_window): the first day with complete records when `period` begins before
+        it; None when the period's records are all in the snapshot."""
+        windows = self._detail_windows(version)
+        if not windows:
+            return None
+        from kpis.registry import load_registry
+        kdef = load_registry().kpis.get(kpi_id)
+        facts = str(getattr(kdef, "facts", "") or "")
+        firsts = [first for table, first in windows.items()
+                  if first is not None and re.search(rf"\b{re.escape(table)}\b", facts)]
+        if not firsts or period.start.date() >= max(firsts):
+            return None
+        return max(firsts)
+
+    def _detail_windows(self, version: int) -> dict[str, date | None]:
+        def build() -> dict[str, date | None]:
+            if "detail_window" not in self._tables(version):
+                return {}
+            df = self._df("SELECT table_name, first_day FROM detail_window", version=version)
+            return {str(t): (None if pd.isna(d) else pd.Timestamp(d).date())
+                    for t, d in zip(df["table_name"], df["first_day"])}
+        return self._memo("detail_window", version, (), (), build)
+
+    def _data_time(self, version: int) -> datetime:
+        """The newest source update in the snapshot (any source): the as_of of detail records."""
+        def build() -> datetime:
+            if "source_table_stats" in self._tables(version):
+                got = self._df("SELECT MAX(max_updated_at) AS t FROM source_table_stats",
+                               version=version)["t"].iloc[0]
+                if pd.notna(got):
+                    return pd.Timestamp(got).to_pydatetime()
+            return datetime.now().replace(microsecond=0)
+        return self._memo("data_time", version, (), (), build)
 
     def query_batches(self, sql: str, params: list[Any], version: int,
                       rows_per_batch: int = 50_000) -> Iterator[Any]:
         """Column names, then Arrow batches, of a bound query on one snapshot (bench and exports)."""
         with self.reader.cursor(version) as (_v, cur):
-            reader = cur.execute(sql, params).fetch_record_batch(rows_per_batch)
+            reader = cur.execute(sql, params).to_arrow_reader(rows_per_batch)
             yield list(reader.schema.names)
             yield from reader
+
+
+class DetailOutsideWindow(LookupError):
+    """The records behind a metering KPI for a period older than the snapshot's detail window."""
+
+    def __init__(self, kpi_id: str, first_day: date) -> None:
+        super().__init__(f"detail records of `{kpi_id}` are kept from {first_day.isoformat()} on; "
+                         f"choose a day from then")
+        self.kpi_id = kpi_id
+        self.first_day = first_day
+
+
+def _pick_sql(p: str) -> str:
+    """Per (KPI, unit) the row for a period (parameters named with prefix `p`): its own grain
+    first, then the containing month, then (for the data's current day or month) the newest
+    near-real-time snapshot. One branch per grain, each a plain conjunction, so that DuckDB prunes
+    row groups by their min/max (the snapshot stores kpi_value ordered by grain, period_start);
+    one OR across the grains made every read scan all of kpi_value (~90 ms at county scale)."""
+    return f"""
+        WITH picked AS (
+            SELECT * FROM kpi_value WHERE grain = ${p}grain AND period_start = ${p}start
+            UNION ALL
+            SELECT * FROM kpi_value WHERE grain = 'monthly' AND period_start = ${p}month
+            UNION ALL
+            SELECT * FROM kpi_value WHERE ${p}live AND grain = 'near-real-time')
+        SELECT kpi_id, theme, org_no, org_level, grain, period_start, period_end, value,
+               numerator, denominator, baseline, status, is_final, computed_at
+        FROM picked
+        WHERE list_contains($orgs::VARCHAR[], org_no)
+          AND ($theme::VARCHAR IS NULL OR theme = $theme) AND ($kpi::VARCHAR IS NULL OR kpi_id = $kpi)
+        QUALIFY row_number() OVER (PARTITION BY kpi_id, org_no ORDER BY
+            CASE WHEN grain = 'near-real-time' THEN 0 WHEN grain = ${p}grain THEN 1 ELSE 2 END,
+            period_start DESC) = 1"""
 
 
 def _registry_frame() -> pd.DataFrame:

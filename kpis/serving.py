@@ -18,7 +18,9 @@ import duckdb
 from kpis.publish import current_version, snapshot_path
 
 log = logging.getLogger(__name__)
-KEEP_OPEN = 2   # the current version and the one before, for requests still running on it
+# the current version, the one a web process still serves while its cache warmer renders the
+# current one (dashboards/_warm.py), and one before, for requests still running on it
+KEEP_OPEN = 3
 
 
 class SnapshotUnavailable(RuntimeError):
@@ -39,6 +41,10 @@ class SnapshotReader:
         """The published version named in CURRENT (a small file read; no DuckDB work)."""
         return current_version(self.serving_dir)
 
+    def exists(self, version: int) -> bool:
+        """True while the file of `version` is on disk (not yet pruned by the worker)."""
+        return snapshot_path(self.serving_dir, version).exists()
+
     def _connection(self, version: int) -> duckdb.DuckDBPyConnection:
         with self._lock:
             con = self._open.get(version)
@@ -49,9 +55,11 @@ class SnapshotReader:
                 raise FileNotFoundError(path)
             con = duckdb.connect(str(path), read_only=True, config=dict(self._config))
             self._open[version] = con
-            for old in sorted(self._open)[:-KEEP_OPEN]:
+            others = sorted(v for v in self._open if v != version)
+            for old in others[:max(0, len(others) - (KEEP_OPEN - 1))]:
                 # a request that took its cursor from an old connection finished long ago:
-                # publishes are a cycle (about a minute) apart
+                # publishes are a cycle (about a minute) apart. The version asked for stays open
+                # even when it is the oldest (a page still showing it asks again).
                 self._open.pop(old).close()
             return con
 

@@ -68,6 +68,9 @@ TEXT: dict[str, tuple[str, str]] = {
     "formula": ("公式", "Formula"),
     "thresholds": ("阈值", "Thresholds"),
     "records": ("明细记录", "Source records"),
+    "records_window": ("此指标的明细记录（计量采集日数据）只保留 {day} 及以后的日期，请选择其中一天。",
+                       "Source records of this KPI (daily metering data) are kept from {day} on; "
+                       "choose a day from then."),
     "page": ("页", "Page"),
     "prev": ("上一页", "Previous"),
     "next": ("下一页", "Next"),

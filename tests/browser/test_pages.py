@@ -96,3 +96,21 @@ def test_phone_width_has_no_horizontal_scroll(browser, server: Server) -> None: 
         width = pg.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, f"{path}: page is {width} px wide"
     ctx.close()
+
+
+def test_metering_kpi_detail_lists_its_source_records(page, server: Server) -> None:  # type: ignore[no-untyped-def]
+    """snapshot_kit: on 2026-10-14 meters M1 (in time), M2 (after 09:00) and M3 (failed) are behind
+    the daily collection success rate of S1; M4 (status 04) and M5 (not to be collected) are not."""
+    path = "/kpi?kpi=metering.daily_collect_success_rate&org=S1&period=2026-10-14"
+    page.goto(server.url + path)
+    body = body_of(page, path)
+    page.locator("td", has_text="M3/2026-10-14").first.wait_for(timeout=30_000)
+    rows = {r.locator("td").first.inner_text(): r.locator("td").nth(3).inner_text()
+            for r in body.locator("tr").all() if "/2026-10-14" in r.inner_text()}
+    assert rows == {"M1/2026-10-14": "1", "M2/2026-10-14": "0", "M3/2026-10-14": "0"}
+    with page.expect_download() as info:
+        page.locator("#export-detail").click()
+    raw = open(info.value.path(), "rb").read()
+    got = [r[:4] for r in csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline=""))][1:]
+    assert got == [["M1/2026-10-14", "S1", "G1", "1"], ["M2/2026-10-14", "S1", "G1", "0"],
+                   ["M3/2026-10-14", "S1", "G1", "0"]]

@@ -17,6 +17,14 @@ KPI values on 2026-10-15 (daily) and 2026-10-14 (previous day, for the trend arr
 
 Open repair tasks under P0 at the dist data time 2026-10-15 10:00: T1 (S1, urban, accepted 09:00,
 60 min elapsed > 45: overdue), T2 (S1, rural, received 09:30, 30 min < 90), T3 restored (not open).
+
+Daily meter collection (metering firehose) on 2026-10-14 in S1, 台区 TG1 (grid G1), behind
+metering.daily_collect_success_rate (S1 33.33 critical on 2026-10-14):
+M1 collected 10-15 02:00 (before 09:00 of the next day: counts), M2 collected 10-15 09:30 (too
+late), M3 failed (02), M4 status 04 (not to be collected: left out), M5 collected but its
+collection object has coll_flag 0 (left out). So the records behind the value are M1 (1/1),
+M2 (0/1), M3 (0/1). M1 also has a row on 2026-09-20, older than the snapshot's metering window
+(the newest day 10-14 and the 21 days before it, complete from 2026-09-30 on).
 """
 from __future__ import annotations
 
@@ -49,6 +57,8 @@ KPIS = [  # kpi_id, theme, name_zh, name_en, unit, direction, warning, critical,
      "rel:0.99..1.01", "rel:0.97..1.03", "mis"),
     ("metering.collection_success_rate", "metering", "采集成功率", "Collection success rate", "%",
      "higher_better", "98", "95", "meter"),
+    ("metering.daily_collect_success_rate", "metering", "日采集成功率", "Daily collection success rate", "%",
+     "higher_better", "99.5", "99", "meter"),
 ]
 VALUES = [  # kpi_id, org_no, day offset (0 = DAY, -1 = previous day), value, status
     ("repair.arrival_ontime_rate_urban", "P0", 0, 96.5, "warning"),
@@ -65,6 +75,15 @@ VALUES = [  # kpi_id, org_no, day offset (0 = DAY, -1 = previous day), value, st
     ("customer.active_total", "C1", 0, 1000, "ok"),
     ("customer.active_total", "C2", 0, 204, "ok"),
     ("metering.collection_success_rate", "P0", 0, 99.1, "ok"),
+    ("metering.daily_collect_success_rate", "S1", -1, 33.33, "critical"),
+]
+COLLECTION = [  # meter, data_date, coll_status, success_time, coll_flag of its collection object
+    ("M1", "2026-10-14", "01", "2026-10-15 02:00:00", 1),
+    ("M2", "2026-10-14", "01", "2026-10-15 09:30:00", 1),
+    ("M3", "2026-10-14", "02", None, 1),
+    ("M4", "2026-10-14", "04", None, 1),
+    ("M5", "2026-10-14", "01", "2026-10-15 02:00:00", 0),
+    ("M1", "2026-09-20", "01", "2026-09-21 02:00:00", 1),
 ]
 TS = "2026-10-15 10:00:00"
 
@@ -142,6 +161,14 @@ def build_warehouse(path: Path, now: datetime | None = None) -> duckdb.DuckDBPyC
                     "receive_time, restore_time, status_code, created_at, updated_at, is_deleted) "
                     "VALUES (?, ?, 'S1', 'TG1', ?, ?, 30.2, ?, ?, ?, ?, ?, 0)",
                     [task, wo, area, lon, receive, restore, "06" if restore else "02", receive, TS])
+    for meter, day, status, success, flag in COLLECTION:
+        if day == "2026-10-14":
+            con.execute("INSERT INTO meter_coll_obj (meter_asset_no, tg_no, org_no, coll_flag, status_code, "
+                        "created_at, updated_at, is_deleted) VALUES (?, 'TG1', 'S1', ?, '01', ?, ?, 0)",
+                        [meter, flag, TS, TS])
+        con.execute("INSERT INTO meter_collection_daily (meter_asset_no, data_date, org_no, tg_no, coll_status, "
+                    "success_time, created_at, updated_at, is_deleted) VALUES (?, ?, 'S1', 'TG1', ?, ?, ?, ?, 0)",
+                    [meter, day, status, success, TS, TS])
     return con
 
 

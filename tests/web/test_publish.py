@@ -35,7 +35,7 @@ def test_snapshot_holds_what_the_web_reads(tmp_path: Path) -> None:
     tables = {r[0] for r in _rows(path, "SELECT table_name FROM information_schema.tables")}
     assert {"kpi_value", "kpi_def", "dim_org", "dim_org_ancestor", "etl_freshness", "etl_run",
             "etl_reject_count", "source_table_stats", "dist_repair_task", "snapshot_info"} <= tables
-    assert "meter_curve_15min" not in tables        # the metering firehose stays in the warehouse
+    assert {"meter_curve_15min", "meter_collection_daily", "detail_window"} <= tables   # detail window
     # 3 rejects for dist_repair_task, one of them resolved: 2 unresolved (1 per reason)
     assert sorted(_rows(path, "SELECT reason, reject_count FROM etl_reject_count")) == [
         ("end before start", 1), ("unknown org", 1)]
@@ -85,3 +85,16 @@ def test_reader_rereads_current_when_its_version_was_pruned(tmp_path: Path) -> N
         assert version == 4
         assert cur.execute("SELECT version FROM snapshot_info").fetchone() == (4,)
     other.close()
+
+
+def test_reader_keeps_the_version_asked_for_open_even_when_it_is_the_oldest(tmp_path: Path) -> None:
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    serving = tmp_path / "serving"
+    for _ in range(4):
+        publish(con, serving, keep=4)
+    reader = SnapshotReader(serving)
+    for version in (2, 3, 4, 1):     # a page still on version 1 asks after the newer ones opened
+        with reader.cursor(version) as (got, cur):
+            assert got == version
+            assert cur.execute("SELECT version FROM snapshot_info").fetchone() == (version,)
+    reader.close()
