@@ -1,14 +1,16 @@
-"""Validate, dedupe and merge one staged table into the warehouse in one transaction.
+"""Validate, dedupe and merge one staged table into the warehouse.
 
-Steps: type the raw stage with TRY_CAST (a value that does not cast is a rejected row with its
-reason, never a crash) → keep the newest version per key (`QUALIFY row_number()`) → rows newer
-than the warehouse's version → one transaction: rejects, DELETE+INSERT of the changed rows,
-business-rule flags, dirty business dates, run log row, watermark.
+Staging types the raw rows with TRY_CAST (a value that does not cast is a rejected row with its
+reason, never a crash) into temp table `_batch`, keeping the newest version per key. A window
+read also drops stale re-reads first (the warehouse already holds that version or a newer one),
+so what is left of `_batch` is exactly the rejects plus the changed rows; most of an overlap
+re-read ends there. The merge statements run inside the caller's transaction (one per source
+in an incremental pass, see `etl.pipeline`): rejects and their release, dirty business dates,
+DELETE+INSERT of the changed rows, business-rule flags and their release.
 """
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,6 +19,8 @@ import duckdb
 from etl.contract import Column, Table
 from etl.rules import TableRules
 from etl.schema import quote_ident as q
+
+CHANGED_VIEW = "CREATE OR REPLACE TEMP VIEW _chg AS SELECT * FROM _batch WHERE len(_reasons) = 0"
 
 
 @dataclass
@@ -38,6 +42,23 @@ class TableResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+@dataclass
+class RuleInputs:
+    """Code lists and org units the flags check against, read once per source and transaction."""
+    code_lists: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    orgs: list[str] | None = None
+    orgs_read: bool = False
+    open_rejects: dict[str, int] | None = None
+    open_flags: dict[str, int] | None = None
+
+    def forget_after(self, table: Table) -> None:
+        """A merge of a code table or of mis_org changes what later tables are checked against."""
+        if table.name.endswith("_code"):
+            self.code_lists.pop(table.system, None)
+        if table.name == "mis_org":
+            self.orgs_read = False
 
 
 def _raw(c: Column) -> str:
@@ -83,50 +104,91 @@ def _key_join(table: Table, a: str, b: str) -> str:
     return " AND ".join(f"{a}.{q(k)} = {b}.{q(k)}" for k in table.key)
 
 
-def stage_batch(cur: duckdb.DuckDBPyConnection, table: Table, from_sql: str,
-                target_empty: bool) -> int:
-    """Read the window once into temp table _batch (typed, reasons, newest per key); views
-    _good, _bad, _chg and table _old follow. Returns the rows read from the source."""
+def _newest_per_key(table: Table) -> str:
+    # rows without a usable key are all kept (they are rejects)
+    key_ok = " AND ".join(f"{q(k)} IS NOT NULL" for k in table.key)
+    part = ", ".join(q(k) for k in table.key)
+    return (f"QUALIFY NOT ({key_ok}) "
+            f"OR row_number() OVER (PARTITION BY {part} ORDER BY updated_at DESC NULLS LAST) = 1")
+
+
+def _batch_sql(table: Table, rows_sql: str, where: str = "", dedupe: bool = True) -> str:
     cols = ", ".join(f"{_typed(c)} AS {q(c.name)}" for c in table.columns)
     reasons = "list_filter([" + ", ".join(_reason_exprs(table)) + "], x -> x IS NOT NULL)"
     raw_struct = "{" + ", ".join(f"'{c.name}': r.{q(c.name)}" for c in table.columns) + "}"
-    key_ok = " AND ".join(f"{q(k)} IS NOT NULL" for k in table.key)
-    part = ", ".join(q(k) for k in table.key)
-    # one pass over the source rows; the newest version per key decides (an older clean
-    # version never hides a newer bad one); rows without a usable key are all kept (rejected)
-    cur.execute(f"""CREATE OR REPLACE TEMP TABLE _batch AS
+    # the newest version per key decides (an older clean version never hides a newer bad one)
+    return f"""CREATE OR REPLACE TEMP TABLE _batch AS
         SELECT * FROM (
             SELECT {_key_text(table, 'r')} AS _row_key, {reasons} AS _reasons,
                    CASE WHEN len(_reasons) > 0 THEN CAST(to_json({raw_struct}) AS VARCHAR) END AS _raw_json,
                    {cols}
-            FROM ({from_sql}) r) b
-        QUALIFY NOT ({key_ok})
-             OR row_number() OVER (PARTITION BY {part} ORDER BY updated_at DESC NULLS LAST) = 1""")
-    read = cur.execute("SELECT count(*) FROM _batch").fetchone()[0]
-    cur.execute("CREATE OR REPLACE TEMP VIEW _bad AS SELECT _row_key, _reasons[1] AS reason, _raw_json "
-                "FROM _batch WHERE len(_reasons) > 0")
-    names = ", ".join(q(c.name) for c in table.columns)
-    cur.execute(f"CREATE OR REPLACE TEMP VIEW _good AS SELECT _row_key, {names} FROM _batch "
-                "WHERE len(_reasons) = 0")
-    tgt = q(table.name)
-    if target_empty:
-        cur.execute("CREATE OR REPLACE TEMP VIEW _chg AS SELECT * FROM _good")
-        cur.execute(f"CREATE OR REPLACE TEMP TABLE _old AS SELECT * FROM {tgt} LIMIT 0")
-        return read
-    first = q(table.key[0])
-    # stale re-reads (warehouse already as new or newer) are not changes
-    cur.execute(f"""CREATE OR REPLACE TEMP TABLE _chgt AS
-        SELECT g.* FROM _good g LEFT JOIN {tgt} t ON {_key_join(table, 'g', 't')}
-        WHERE t.{first} IS NULL OR t.updated_at < g.updated_at""")
-    cur.execute("CREATE OR REPLACE TEMP VIEW _chg AS SELECT * FROM _chgt")
-    cur.execute(f"""CREATE OR REPLACE TEMP TABLE _old AS
-        SELECT t.* FROM {tgt} t SEMI JOIN _chg c ON {_key_join(table, 't', 'c')}""")
+            FROM ({rows_sql}) r {where}) b
+        {_newest_per_key(table) if dedupe else ''}"""
+
+
+def stage_full(cur: duckdb.DuckDBPyConnection, table: Table, from_sql: str) -> int:
+    """First load into an empty table: `_batch` in one pass over the source; the window
+    function that keeps the newest version per key runs only when a key is duplicated (a
+    sort of millions of rows otherwise spent on nothing). Returns the rows read."""
+    read = cur.execute(_batch_sql(table, from_sql, dedupe=False)).fetchone()[0]
+    keys = ", ".join(q(k) for k in table.key)
+    key_ok = " AND ".join(f"{q(k)} IS NOT NULL" for k in table.key)
+    dup = cur.execute(f"SELECT count(*) FROM (SELECT 1 FROM _batch WHERE {key_ok} GROUP BY {keys} "
+                      "HAVING count(*) > 1 LIMIT 1)").fetchone()[0]
+    if dup:
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _batch AS SELECT * FROM _batch {_newest_per_key(table)}")
+    cur.execute(CHANGED_VIEW)
     return read
 
 
+def _fresh(table: Table, rows: str) -> str:
+    """Rows of `rows` (alias w, raw values) that are not stale: the warehouse holds neither this
+    version nor a newer one; an untyped updated_at is never stale."""
+    match = " AND ".join(f"t.{q(k)} = TRY_CAST(w.{q(k)} AS {table.column(k).duckdb_type})" for k in table.key)
+    return (f"SELECT * FROM {rows} w WHERE NOT EXISTS (SELECT 1 FROM {q(table.name)} t WHERE {match} "
+            "AND t.updated_at >= TRY_CAST(w.updated_at AS TIMESTAMP))")
+
+
+def probe_window(cur: duckdb.DuckDBPyConnection, table: Table, keys_sql: str, source: str) -> tuple[int, int, object]:
+    """Read only key and updated_at of a window: (rows, rows still to load, smallest raw
+    updated_at of those). A long overlap re-read (26 h of nightly readings every minute) mostly
+    ends here. A version already rejected and still open (same key, same updated_at text) needs
+    no second look either: re-reading it would only find its rejection open."""
+    read = cur.execute(f"CREATE OR REPLACE TEMP TABLE _keys AS {keys_sql}").fetchone()[0]
+    key_given = " AND ".join(f"coalesce(CAST(w.{q(k)} AS VARCHAR), '') <> ''" for k in table.key)
+    rejected = (f"{key_given} AND EXISTS (SELECT 1 FROM etl_reject e WHERE e.source = ? AND e.table_name = ? "
+                f"AND e.resolved_at IS NULL AND e.row_key = {_key_text(table, 'w')} "
+                "AND json_extract_string(e.raw, '$.updated_at') = CAST(w.updated_at AS VARCHAR))")
+    fresh, first = cur.execute(f"SELECT count(*), min(updated_at) FROM ({_fresh(table, '_keys')}) w "
+                               f"WHERE NOT ({rejected})", [source, table.name]).fetchone()
+    return read, fresh, first
+
+
+def stage_window(cur: duckdb.DuckDBPyConnection, table: Table, from_sql: str) -> int:
+    """A window (or any read into a table that has rows): the raw rows are materialised once,
+    stale re-reads are dropped before typing, the rest is typed and deduplicated into `_batch`.
+    Returns the rows read from the source."""
+    read = cur.execute(f"CREATE OR REPLACE TEMP TABLE _win AS {from_sql}").fetchone()[0]
+    if read == 0:
+        cur.execute(_batch_sql(table, "SELECT * FROM _win"))
+        cur.execute(CHANGED_VIEW)
+        return 0
+    cur.execute(_batch_sql(table, _fresh(table, "_win")))
+    cur.execute(CHANGED_VIEW)
+    return read
+
+
+def batch_counts(cur: duckdb.DuckDBPyConnection, res: TableResult) -> None:
+    """Changed and rejected rows of `_batch` (one statement)."""
+    rows = cur.execute("SELECT split_part(_reasons[1], ':', 1), count(*) FROM _batch GROUP BY 1").fetchall()
+    res.rejected_by_reason = {r: n for r, n in sorted(rows, key=lambda x: x[0] or "") if r}
+    res.rows_rejected = sum(res.rejected_by_reason.values())
+    res.rows_merged = sum(n for r, n in rows if r is None)
+
+
 def flag_rows(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
-              code_lists: dict[str, list[str]], org_list: list[str] | None) -> None:
-    """Build temp table _flags (row_key, rule, detail) for the changed rows."""
+              code_lists: dict[str, list[str]], org_list: list[str] | None) -> int:
+    """Build temp table _flags (row_key, rule, detail) for the changed rows; return its size."""
     parts: list[str] = []
     params: list[object] = []
     for col, ctype in rules.codes:
@@ -147,95 +209,110 @@ def flag_rows(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
                      f"WHERE {q(end)} < {q(start)}")
     for col in rules.nonneg:
         parts.append(f"SELECT _row_key, 'negative:{col}', CAST({q(col)} AS VARCHAR) FROM _chg WHERE {q(col)} < 0")
-    body = " UNION ALL ".join(parts) if parts else "SELECT NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR WHERE false"
-    cur.execute("CREATE OR REPLACE TEMP TABLE _flags (row_key VARCHAR, rule VARCHAR, detail VARCHAR)")
-    cur.execute(f"INSERT INTO _flags {body}", params)
+    body = " UNION ALL ".join(parts) if parts else "SELECT NULL, NULL, NULL WHERE false"
+    return cur.execute("CREATE OR REPLACE TEMP TABLE _flags AS SELECT CAST(c0 AS VARCHAR) AS row_key, "
+                       "CAST(c1 AS VARCHAR) AS rule, CAST(c2 AS VARCHAR) AS detail "
+                       f"FROM ({body}) f(c0, c1, c2)", params).fetchone()[0]
 
 
-def _dirty_sql(rules: TableRules) -> str | None:
+def _dirty_sql(table: Table, rules: TableRules, with_old: bool) -> str | None:
+    """Business dates of the changed rows and, when the table had rows, of the versions they replace."""
     if not rules.business_dates:
         return None
     dates = "[" + ", ".join(rules.business_dates) + "]"
-    return (f"SELECT DISTINCT d FROM (SELECT unnest({dates}) AS d FROM _chg "
-            f"UNION ALL SELECT unnest({dates}) FROM _old) WHERE d IS NOT NULL")
+    parts = [f"SELECT unnest({dates}) AS d FROM _chg"]
+    if with_old:
+        keys = ", ".join(q(k) for k in table.key)
+        parts.append(f"SELECT unnest({dates}) FROM {q(table.name)} t "
+                     f"SEMI JOIN (SELECT {keys} FROM _chg) c ON {_key_join(table, 't', 'c')}")
+    return f"SELECT DISTINCT d FROM ({' UNION ALL '.join(parts)}) WHERE d IS NOT NULL"
 
 
-def commit_table(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules, res: TableResult,
-                 run_id: int, started: float, now: datetime) -> None:
-    """The one transaction of a table: rows, rejects, flags, dirty dates, run row, watermark."""
+def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules, res: TableResult,
+                run_id: int, now: datetime, inputs: RuleInputs, code_lists: dict[str, list[str]],
+                org_list: list[str] | None, target_had_rows: bool) -> None:
+    """The statements of one staged table, inside the caller's transaction: rejects, dirty
+    dates, rows, flags. The run row and watermark are the caller's (they commit together)."""
     src, tname = res.source, res.table_name
-    res.rows_rejected = cur.execute("SELECT count(*) FROM _bad").fetchone()[0]
-    res.rejected_by_reason = dict(cur.execute(
-        "SELECT split_part(reason, ':', 1), count(*) FROM _bad GROUP BY 1 ORDER BY 1").fetchall())
-    res.rows_merged = cur.execute("SELECT count(*) FROM _chg").fetchone()[0]
-    res.rows_flagged = cur.execute("SELECT count(*) FROM _flags").fetchone()[0]
+    batch_counts(cur, res)
+    if res.rows_rejected:
+        # one open rejection per (key, reason, raw values): a re-read window does not duplicate it
+        cur.execute("""INSERT INTO etl_reject
+            SELECT ?, ?, ?, b._row_key, b._reasons[1], b._raw_json, ?, NULL, NULL FROM _batch b
+            WHERE len(b._reasons) > 0 AND NOT EXISTS (SELECT 1 FROM etl_reject e
+                WHERE e.source = ? AND e.table_name = ? AND e.resolved_at IS NULL
+                  AND e.row_key = b._row_key AND e.reason = b._reasons[1] AND e.raw = b._raw_json)""",
+                    [run_id, src, tname, now, src, tname])
+    if not res.rows_merged:
+        return
+    if inputs.open_rejects.get(tname):
+        cur.execute("""UPDATE etl_reject SET resolved_at = ?, resolved_run_id = ?
+            WHERE source = ? AND table_name = ? AND resolved_at IS NULL
+              AND row_key IN (SELECT _row_key FROM _chg)""", [now, run_id, src, tname])
+    dirty = _dirty_sql(table, rules, target_had_rows)
+    if dirty:       # before the DELETE: the replaced versions' dates count too
+        cur.execute(f"INSERT INTO etl_dirty SELECT ?, ?, ?, d FROM ({dirty})", [run_id, src, tname])
     names = ", ".join(q(c.name) for c in table.columns)
     tgt = q(table.name)
-    open_rejects = cur.execute("SELECT count(*) FROM etl_reject WHERE source = ? AND table_name = ? "
-                               "AND resolved_at IS NULL", [src, tname]).fetchone()[0]
-    open_flags = cur.execute("SELECT count(*) FROM etl_dq WHERE source = ? AND table_name = ? "
-                             "AND resolved_at IS NULL", [src, tname]).fetchone()[0]
-    cur.execute("BEGIN TRANSACTION")
-    try:
-        if res.rows_rejected:
-            # one open rejection per (key, reason, raw values): a re-read window does not duplicate it
-            cur.execute("""INSERT INTO etl_reject
-                SELECT ?, ?, ?, b._row_key, b.reason, b._raw_json, ?, NULL, NULL FROM _bad b
-                WHERE NOT EXISTS (SELECT 1 FROM etl_reject e WHERE e.source = ? AND e.table_name = ?
-                    AND e.resolved_at IS NULL AND e.row_key = b._row_key AND e.reason = b.reason
-                    AND e.raw = b._raw_json)""", [run_id, src, tname, now, src, tname])
-        if open_rejects:
-            cur.execute("""UPDATE etl_reject SET resolved_at = ?, resolved_run_id = ?
-                WHERE source = ? AND table_name = ? AND resolved_at IS NULL
-                  AND row_key IN (SELECT _row_key FROM _good)""", [now, run_id, src, tname])
-        if res.rows_merged:
-            cur.execute(f"DELETE FROM {tgt} t USING _chg c WHERE {_key_join(table, 't', 'c')}")
-            cur.execute(f"INSERT INTO {tgt} ({names}) SELECT {names} FROM _chg")
-            if open_flags:
-                cur.execute("""UPDATE etl_dq SET resolved_at = ?
-                    WHERE source = ? AND table_name = ? AND resolved_at IS NULL
-                      AND row_key IN (SELECT _row_key FROM _chg)
-                      AND NOT EXISTS (SELECT 1 FROM _flags f
-                                      WHERE f.row_key = etl_dq.row_key AND f.rule = etl_dq.rule)""",
-                            [now, src, tname])
-            if res.rows_flagged:
-                cur.execute("""INSERT INTO etl_dq SELECT ?, ?, ?, f.row_key, f.rule, f.detail, ?, NULL
-                    FROM _flags f WHERE NOT EXISTS (SELECT 1 FROM etl_dq d WHERE d.source = ?
-                      AND d.table_name = ? AND d.resolved_at IS NULL AND d.row_key = f.row_key
-                      AND d.rule = f.rule)""", [run_id, src, tname, now, src, tname])
-            dirty = _dirty_sql(rules)
-            if dirty:
-                cur.execute(f"INSERT INTO etl_dirty SELECT ?, ?, ?, d FROM ({dirty})", [run_id, src, tname])
-        res.duration_ms = int((time.monotonic() - started) * 1000)
-        _run_and_watermark(cur, run_id, res, now)
-        cur.execute("COMMIT")
-    except BaseException:
-        cur.execute("ROLLBACK")
-        raise
+    if target_had_rows:
+        cur.execute(f"DELETE FROM {tgt} t USING _chg c WHERE {_key_join(table, 't', 'c')}")
+    cur.execute(f"INSERT INTO {tgt} ({names}) SELECT {names} FROM _chg")
+    res.rows_flagged = flag_rows(cur, table, rules, code_lists, org_list)
+    if inputs.open_flags.get(tname):
+        cur.execute("""UPDATE etl_dq SET resolved_at = ?
+            WHERE source = ? AND table_name = ? AND resolved_at IS NULL
+              AND row_key IN (SELECT _row_key FROM _chg)
+              AND NOT EXISTS (SELECT 1 FROM _flags f
+                              WHERE f.row_key = etl_dq.row_key AND f.rule = etl_dq.rule)""",
+                    [now, src, tname])
+    if res.rows_flagged:
+        cur.execute("""INSERT INTO etl_dq SELECT ?, ?, ?, f.row_key, f.rule, f.detail, ?, NULL
+            FROM _flags f WHERE NOT EXISTS (SELECT 1 FROM etl_dq d WHERE d.source = ?
+              AND d.table_name = ? AND d.resolved_at IS NULL AND d.row_key = f.row_key
+              AND d.rule = f.rule)""", [run_id, src, tname, now, src, tname])
 
 
-def _run_and_watermark(cur: duckdb.DuckDBPyConnection, run_id: int, res: TableResult, now: datetime) -> None:
-    insert_run_row(cur, run_id, res, now)
-    cur.execute("DELETE FROM etl_watermark WHERE source = ? AND table_name = ?", [res.source, res.table_name])
-    cur.execute("INSERT INTO etl_watermark VALUES (?, ?, ?)", [res.source, res.table_name, res.window_high])
+def open_counts(cur: duckdb.DuckDBPyConnection, source: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Open rejections and open flags per table of a source (UPDATEs are skipped where none)."""
+    rows = cur.execute("""SELECT 'reject', table_name, count(*) FROM etl_reject
+            WHERE source = ? AND resolved_at IS NULL GROUP BY 2
+        UNION ALL SELECT 'dq', table_name, count(*) FROM etl_dq
+            WHERE source = ? AND resolved_at IS NULL GROUP BY 2""", [source, source]).fetchall()
+    return ({t: n for k, t, n in rows if k == "reject"}, {t: n for k, t, n in rows if k == "dq"})
 
 
-def with_watermarks(cur: duckdb.DuckDBPyConnection, run_id: int, results: list[TableResult],
+def _run_values(run_id: int, res: TableResult, now: datetime) -> list[object]:
+    return [run_id, res.source, res.table_name, res.window_low, res.window_high, res.rows_read,
+            res.rows_merged, res.rows_rejected, json.dumps(res.rejected_by_reason, sort_keys=True),
+            res.duration_ms, res.status, res.error, now]
+
+
+def insert_run_rows(cur: duckdb.DuckDBPyConnection, run_id: int, results: list[TableResult],
                     now: datetime) -> None:
-    """Commit empty windows: their run rows and advanced watermarks together."""
-    cur.execute("BEGIN TRANSACTION")
-    try:
-        for res in results:
-            _run_and_watermark(cur, run_id, res, now)
-        cur.execute("COMMIT")
-    except BaseException:
-        cur.execute("ROLLBACK")
-        raise
+    """Append the etl_run rows of tables (or of a failed source, table_name '*') in one statement."""
+    if not results:
+        return
+    one = "(" + ", ".join("?" * 13) + ")"
+    params = [v for res in results for v in _run_values(run_id, res, now)]
+    cur.execute(f"INSERT INTO etl_run VALUES {', '.join([one] * len(results))}", params)
 
 
 def insert_run_row(cur: duckdb.DuckDBPyConnection, run_id: int, res: TableResult, now: datetime) -> None:
-    """Append the etl_run row of a table (or of a failed source, table_name '*')."""
-    cur.execute("INSERT INTO etl_run VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, res.source, res.table_name, res.window_low, res.window_high, res.rows_read,
-                 res.rows_merged, res.rows_rejected, json.dumps(res.rejected_by_reason, sort_keys=True),
-                 res.duration_ms, res.status, res.error, now])
+    """Append the etl_run row of one table (or of a failed source, table_name '*')."""
+    insert_run_rows(cur, run_id, [res], now)
+
+
+def advance_watermarks(cur: duckdb.DuckDBPyConnection, source: str, results: list[TableResult]) -> None:
+    """Set the watermark of each loaded table to its window's high (caller's transaction)."""
+    if not results:
+        return
+    cur.execute("DELETE FROM etl_watermark WHERE source = ? AND list_contains(?, table_name)",
+                [source, [r.table_name for r in results]])
+    cur.execute(f"INSERT INTO etl_watermark VALUES {', '.join(['(?, ?, ?)'] * len(results))}",
+                [v for r in results for v in (source, r.table_name, r.window_high)])
+
+
+def read_watermarks(cur: duckdb.DuckDBPyConnection, source: str) -> dict[str, datetime]:
+    """The saved high of every table of a source."""
+    return dict(cur.execute("SELECT table_name, max(high) FROM etl_watermark WHERE source = ? GROUP BY 1",
+                            [source]).fetchall())

@@ -1,8 +1,12 @@
 """One ETL pass: every source, every contract table, incremental by updated_at.
 
-A source that is down or too slow fails alone (recorded in etl_run and etl_freshness); the
-next pass catches up from its saved watermarks. Each table commits in its own transaction
-with its watermark, so a crash at any point re-reads the same window and converges.
+Per source, the windows of all tables are counted at the source in one query; empty windows
+cost no DuckDB statement. The changed tables of a source are merged in one transaction together
+with their run rows, watermarks and the source's freshness, so a crash at any point re-reads the
+same windows and converges. A first (full) load of a table commits on its own. When a statement
+fails inside the source's transaction, the source is loaded again table by table so that the
+failing table fails alone. A source that is down or too slow fails alone (etl_run, etl_freshness);
+the next pass catches up from its saved watermarks.
 """
 from __future__ import annotations
 
@@ -17,16 +21,19 @@ import duckdb
 from etl import dims
 from etl.contract import Contract, Table, load_contract
 from etl.errors import SchemaDrift, SourceUnavailable
-from etl.load import TableResult, commit_table, flag_rows, insert_run_row, stage_batch, with_watermarks
+from etl.load import (RuleInputs, TableResult, advance_watermarks, insert_run_row, insert_run_rows,
+                      merge_batch, open_counts, probe_window, read_watermarks, stage_full, stage_window)
 from etl.rules import table_rules
 from etl.schema import quote_ident as q
 from etl.settings import SOURCE_NAMES, Settings
-from etl.sources import Source, deadline, local_now, open_source
+from etl.sources import Source, deadline, local_now, open_source, parse_ts, ts_literal
 from etl.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
-TEMP_VIEWS = ("_bad", "_good", "_chg")
-TEMP_TABLES = ("_raw", "_batch", "_chgt", "_old", "_flags")
+TEMP_VIEWS = ("_chg",)
+TEMP_TABLES = ("_raw", "_keys", "_win", "_batch", "_flags")
+# a window with more rows than this is probed by key first (etl.load.probe_window)
+PROBE_ROWS = 5_000
 
 
 @dataclass
@@ -56,6 +63,10 @@ class PassResult:
 
     def __iter__(self) -> Iterator[SourceResult]:
         return iter(self.sources.values())
+
+
+class _BatchFailed(Exception):
+    """A statement failed inside the source's shared transaction (which is now rolled back)."""
 
 
 def is_nightly(table: Table) -> bool:
@@ -94,83 +105,191 @@ def _check_columns(source: Source, table: Table) -> None:
                           "the table is skipped until the source or contract/sources.sql is fixed")
 
 
-def load_table(cur: duckdb.DuckDBPyConnection, source: Source, table: Table, high: datetime,
-               run_id: int, settings: Settings, contract: Contract) -> TableResult:
-    """Extract the window of one table and commit it; exceptions propagate to the caller."""
-    started = time.monotonic()
-    row = cur.execute("SELECT max(high) FROM etl_watermark WHERE source = ? AND table_name = ?",
-                      [source.name, table.name]).fetchone()
-    overlap = settings.etl_meter_overlap_s if is_nightly(table) else settings.etl_overlap_s
-    low = None if row[0] is None else row[0] - timedelta(seconds=overlap)
-    res = TableResult(source.name, table.name, low, high)
-    _check_columns(source, table)
-    # a full load may take minutes; only a window read is held to SOURCE_TIMEOUT_S
-    return merge_from(cur, source, table, source.prepare(cur, table, low, high), res, run_id,
-                      settings, contract, timed=low is not None, started=started)
-
-
-def merge_from(cur: duckdb.DuckDBPyConnection, source: Source, table: Table, from_sql: str,
-               res: TableResult, run_id: int, settings: Settings, contract: Contract,
-               timed: bool, started: float) -> TableResult:
-    """Validate, dedupe and merge the rows `from_sql` reads; the watermark becomes res.window_high."""
-    target_empty = cur.execute(f"SELECT count(*) FROM (SELECT 1 FROM {q(table.name)} LIMIT 1)").fetchone()[0] == 0
-    if timed:
-        with deadline(cur, source.timeout_s, f"source `{source.name}` table `{table.name}`"):
-            res.rows_read = stage_batch(cur, table, from_sql, target_empty)
-    else:
-        res.rows_read = stage_batch(cur, table, from_sql, target_empty)
-    if res.rows_read == 0:
-        # most tables most minutes: the run row and watermark are committed with the source's
-        # other empty windows in one transaction (a crash before it only re-reads nothing)
-        res.duration_ms = int((time.monotonic() - started) * 1000)
-        res.status = "empty"
-        _drop_temps(cur)
-        return res
-    org_sql = "SELECT org_no FROM mis_org WHERE is_deleted = 0"
+def _rule_inputs(cur: duckdb.DuckDBPyConnection, table: Table, contract: Contract,
+                 inputs: RuleInputs) -> tuple[dict[str, list[str]], list[str] | None]:
+    if table.system not in inputs.code_lists:
+        inputs.code_lists[table.system] = _code_lists(cur, contract, table.system)
+    if not inputs.orgs_read:
+        inputs.orgs = [r[0] for r in cur.execute("SELECT org_no FROM mis_org WHERE is_deleted = 0").fetchall()]
+        inputs.orgs_read = True
+    orgs = inputs.orgs
     if table.name == "mis_org":       # a parent arriving in the same batch is known
-        org_sql += " UNION SELECT org_no FROM _chg WHERE is_deleted = 0"
-    orgs = [r[0] for r in cur.execute(org_sql).fetchall()]
-    rules = table_rules(table, contract)
+        orgs = sorted(set(orgs or ()) | {r[0] for r in cur.execute(
+            "SELECT org_no FROM _chg WHERE is_deleted = 0").fetchall()})
     # before the first mis_org load every org would look unknown: no evidence, no flag
-    flag_rows(cur, table, rules, _code_lists(cur, contract, table.system), orgs or None)
-    commit_table(cur, table, rules, res, run_id, started, local_now(settings.timezone))
-    _drop_temps(cur)
+    return inputs.code_lists[table.system], orgs or None
+
+
+def _narrowed_low(first: object, low: datetime) -> datetime | None:
+    """An inclusive lower bound that still holds every non-stale row of a probed window, or None
+    (read the whole window) when the smallest raw updated_at is not a plain timestamp."""
+    ts = first if isinstance(first, datetime) else parse_ts(first)
+    if ts is None or ts.tzinfo is not None:
+        return None
+    bound = ts.replace(microsecond=0)
+    # SQLite compares the text: the bound's text must not sort after the row's own text
+    if not isinstance(first, datetime) and ts_literal(bound)[1:-1] > str(first):
+        return None
+    return bound if bound > low else None
+
+
+def _stage_source_window(cur: duckdb.DuckDBPyConnection, source: Source, table: Table,
+                         low: datetime, high: datetime, count: int | None) -> tuple[int, bool]:
+    """Stage a window read from the source; a large one is probed by key first, and only the
+    part from its first non-stale row on is read in full. Returns the rows in the window and
+    whether `_batch` was staged (not when the probe found only stale re-reads)."""
+    if count is None or count <= PROBE_ROWS or not source.can_probe:
+        return stage_window(cur, table, source.prepare(cur, table, low, high)), True
+    read, fresh, first = probe_window(cur, table, source.select_sql(table, low, high, [*table.key, "updated_at"]),
+                                      source.name)
+    if fresh == 0:
+        return read, False
+    bound = _narrowed_low(first, low)
+    from_sql = source.select_sql(table, bound, high, from_incl=True) if bound else source.prepare(cur, table, low, high)
+    stage_window(cur, table, from_sql)
+    return read, True
+
+
+def merge_from(cur: duckdb.DuckDBPyConnection, table: Table, from_sql: str | None, res: TableResult,
+               run_id: int, settings: Settings, contract: Contract, inputs: RuleInputs,
+               full: bool, started: float, source: Source | None = None, count: int | None = None) -> TableResult:
+    """Stage the rows `from_sql` reads (None: the window of `res` from `source`, `count` rows)
+    and run the merge statements (caller's transaction). `full`: the target is empty (first
+    load). A window read is held to SOURCE_TIMEOUT_S; a full load may take minutes."""
+    if from_sql is None:
+        with deadline(cur, source.timeout_s, f"source `{source.name}` table `{table.name}`"):
+            res.rows_read, staged = _stage_source_window(cur, source, table, res.window_low,
+                                                         res.window_high, count)
+        if not staged:
+            res.duration_ms = int((time.monotonic() - started) * 1000)
+            return res
+    else:
+        res.rows_read = stage_full(cur, table, from_sql) if full else stage_window(cur, table, from_sql)
+    if inputs.open_rejects is None:
+        inputs.open_rejects, inputs.open_flags = open_counts(cur, res.source)
+    rules = table_rules(table, contract)
+    codes, orgs = _rule_inputs(cur, table, contract, inputs) if res.rows_read else ({}, None)
+    merge_batch(cur, table, rules, res, run_id, local_now(settings.timezone), inputs, codes, orgs,
+                target_had_rows=not full)
+    if res.rows_merged:
+        inputs.forget_after(table)
+    res.duration_ms = int((time.monotonic() - started) * 1000)
     return res
 
 
-def _drop_temps(cur: duckdb.DuckDBPyConnection) -> None:
+def drop_temps(cur: duckdb.DuckDBPyConnection) -> None:
     for v in TEMP_VIEWS:
         cur.execute(f"DROP VIEW IF EXISTS {v}")
     for t in TEMP_TABLES:
         cur.execute(f"DROP TABLE IF EXISTS {t}")
 
 
-def _record_failure(cur: duckdb.DuckDBPyConnection, run_id: int, res: TableResult, now: datetime) -> None:
-    _drop_temps(cur)
-    insert_run_row(cur, run_id, res, now)      # autocommit: the failure is evidence on its own
+class _SourceWriter:
+    """The open transaction of a source and the run rows and watermarks that commit with it."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, source: str, run_id: int, settings: Settings) -> None:
+        self.cur, self.source, self.run_id, self.settings = cur, source, run_id, settings
+        self.pending: list[TableResult] = []
+        self.open = False
+
+    def begin(self) -> None:
+        if not self.open:
+            self.cur.execute("BEGIN TRANSACTION")
+            self.open = True
+
+    def commit(self, freshness: SourceResult | None = None) -> None:
+        """Run rows, watermarks of the loaded tables (and the source's freshness) with the rows."""
+        if not (self.open or self.pending or freshness):
+            return
+        self.begin()
+        try:
+            now = local_now(self.settings.timezone)
+            insert_run_rows(self.cur, self.run_id, self.pending, now)
+            advance_watermarks(self.cur, self.source, [r for r in self.pending if r.ok])
+            if freshness is not None:
+                _write_freshness(self.cur, freshness, now)
+            self.cur.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        self.open = False
+        self.pending.clear()
+
+    def rollback(self) -> None:
+        if self.open:
+            self.open = False
+            self.cur.execute("ROLLBACK")
 
 
-def _update_freshness(cur: duckdb.DuckDBPyConnection, result: SourceResult, now: datetime) -> None:
+def _write_freshness(cur: duckdb.DuckDBPyConnection, result: SourceResult, now: datetime) -> None:
     prev = cur.execute("SELECT last_good_high FROM etl_freshness WHERE source = ?", [result.source]).fetchone()
     good = result.high if result.ok else (prev[0] if prev else None)
-    cur.execute("BEGIN TRANSACTION")
-    try:
-        cur.execute("DELETE FROM etl_freshness WHERE source = ?", [result.source])
-        cur.execute("INSERT INTO etl_freshness VALUES (?, ?, ?, ?, ?)",
-                    [result.source, good, now, result.status, result.error])
-        cur.execute("COMMIT")
-    except BaseException:
-        cur.execute("ROLLBACK")
-        raise
+    cur.execute("DELETE FROM etl_freshness WHERE source = ?", [result.source])
+    cur.execute("INSERT INTO etl_freshness VALUES (?, ?, ?, ?, ?)",
+                [result.source, good, now, result.status, result.error])
 
 
-def _commit_empty(cur: duckdb.DuckDBPyConnection, run_id: int, result: SourceResult,
-                  settings: Settings) -> None:
-    empty = [t for t in result.tables if t.status == "empty"]
-    for t in empty:
-        t.status = "ok"
-    if empty:
-        with_watermarks(cur, run_id, empty, local_now(settings.timezone))
+def _fail(result: SourceResult, res: TableResult, exc: BaseException) -> None:
+    msg = f"{exc.__class__.__name__}: {exc}"
+    log.error("source %s table %s failed: %s", result.source, res.table_name, msg)
+    res.status, res.error = "failed", msg
+    result.status, result.error = "failed", msg
+
+
+def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Table], result: SourceResult,
+                 writer: _SourceWriter, run_id: int, settings: Settings, contract: Contract,
+                 batched: bool) -> None:
+    """Load every table; `batched`: the windowed tables share one transaction."""
+    marks = read_watermarks(cur, source.name)
+    lows: dict[str, datetime | None] = {}
+    for t in tables:
+        mark = marks.get(t.name)
+        overlap = settings.etl_meter_overlap_s if is_nightly(t) else settings.etl_overlap_s
+        lows[t.name] = None if mark is None else mark - timedelta(seconds=overlap)
+    drift: dict[str, SchemaDrift] = {}
+    for t in tables:
+        try:
+            _check_columns(source, t)
+        except SchemaDrift as exc:
+            drift[t.name] = exc
+    windowed = [(t, lows[t.name], result.high) for t in tables if lows[t.name] is not None and t.name not in drift]
+    counts = source.window_counts(windowed) if windowed else {}
+    inputs = RuleInputs()
+    for table in tables:
+        started = time.monotonic()
+        low = lows[table.name]
+        res = TableResult(source.name, table.name, low, result.high)
+        result.tables.append(res)
+        if table.name in drift:
+            _fail(result, res, drift[table.name])
+            writer.pending.append(res)
+            continue
+        if low is not None and counts.get(table.name) == 0:
+            res.duration_ms = int((time.monotonic() - started) * 1000)
+            writer.pending.append(res)
+            continue
+        full = low is None and cur.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {q(table.name)} LIMIT 1)").fetchone()[0] == 0
+        if full or not batched:
+            writer.commit()              # a full load, or one table per transaction, stands alone
+        writer.begin()
+        try:
+            merge_from(cur, table, source.prepare(cur, table, low, result.high) if low is None else None, res,
+                       run_id, settings, contract, inputs, full, started, source, counts.get(table.name))
+        except SourceUnavailable:
+            raise
+        except (duckdb.Error, ValueError) as exc:
+            writer.rollback()
+            inputs = RuleInputs()          # what it read may include the rolled-back rows
+            if batched:
+                raise _BatchFailed(str(exc)) from exc
+            _fail(result, res, exc)
+            drop_temps(cur)
+            insert_run_row(cur, run_id, res, local_now(settings.timezone))  # the failure is evidence on its own
+            continue
+        writer.pending.append(res)
+        if full or not batched:
+            writer.commit()
 
 
 def run_source(settings: Settings, warehouse: Warehouse, name: str, run_id: int,
@@ -178,38 +297,38 @@ def run_source(settings: Settings, warehouse: Warehouse, name: str, run_id: int,
     """Load every contract table of one source; never raises for source or table problems."""
     contract = contract or load_contract()
     cur = warehouse.cursor()
-    result = SourceResult(name)
     tables = contract.system_tables(name)
     source = open_source(name, settings.source_url(name), settings.source_timeout_s,
                          settings.timezone, force_kind)
+    result = SourceResult(name)
+    writer = _SourceWriter(cur, name, run_id, settings)
     try:
         source.open(cur, warehouse.extension_dir)
         result.high = source.clock(tables) - timedelta(seconds=settings.etl_safety_lag_s)
-        for table in tables:
-            try:
-                result.tables.append(load_table(cur, source, table, result.high, run_id, settings, contract))
-            except SourceUnavailable:
-                raise
-            except (SchemaDrift, duckdb.Error, ValueError) as exc:
-                msg = f"{exc.__class__.__name__}: {exc}"
-                log.error("run %s: source %s table %s failed: %s", run_id, name, table.name, msg)
-                res = TableResult(name, table.name, None, result.high, status="failed", error=msg)
-                _record_failure(cur, run_id, res, local_now(settings.timezone))
-                result.tables.append(res)
-                result.status, result.error = "failed", msg
-        _commit_empty(cur, run_id, result, settings)
+        try:
+            _load_tables(cur, source, tables, result, writer, run_id, settings, contract, batched=True)
+        except _BatchFailed as exc:
+            log.warning("run %s: source %s: %s; loading its tables one by one", run_id, name, exc)
+            writer = _SourceWriter(cur, name, run_id, settings)
+            result = SourceResult(name, high=result.high)
+            _load_tables(cur, source, tables, result, writer, run_id, settings, contract, batched=False)
+        writer.commit(freshness=result)
     except SourceUnavailable as exc:
         log.error("run %s: source %s unavailable: %s", run_id, name, exc)
-        _commit_empty(cur, run_id, result, settings)
+        writer.rollback()
+        for t in writer.pending:
+            if t.ok and t.rows_read:
+                t.status, t.error = "failed", f"rolled back: {exc}"
         result.status, result.error = "failed", str(exc)
-        _record_failure(cur, run_id, TableResult(name, "*", None, result.high, status="failed",
-                                                 error=str(exc)), local_now(settings.timezone))
+        writer.pending.append(TableResult(name, "*", None, result.high, status="failed", error=str(exc)))
+        drop_temps(cur)
+        writer.commit(freshness=result)
     finally:
         try:
+            drop_temps(cur)
             source.close(cur)
         except duckdb.Error:
             pass
-    _update_freshness(cur, result, local_now(settings.timezone))
     cur.close()
     return result
 

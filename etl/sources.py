@@ -94,8 +94,18 @@ class Source:
         """Column names present at the source (lower case), None when the table is missing."""
         raise NotImplementedError
 
-    def select_sql(self, table: Table, low: datetime | None, high: datetime) -> str:
-        """DuckDB SQL reading the window's rows with the contract's column names (raw values)."""
+    # the scanner kinds read a window lazily and can probe it by key first (etl.pipeline)
+    can_probe = False
+
+    def select_sql(self, table: Table, low: datetime | None, high: datetime,
+                   columns: Sequence[str] | None = None, from_incl: bool = False) -> str:
+        """DuckDB SQL reading the window's rows with the contract's column names (raw values);
+        `columns` a subset, `from_incl`: `low <= updated_at` instead of `low < updated_at`."""
+        raise NotImplementedError
+
+    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]]) -> dict[str, int]:
+        """Rows in `low < updated_at <= high` per table, counted at the source in one query (on
+        its updated_at index): a pass reads and merges only the tables whose count is not 0."""
         raise NotImplementedError
 
     def prepare(self, cur: duckdb.DuckDBPyConnection, table: Table, low: datetime | None,
@@ -107,9 +117,9 @@ class Source:
         """DuckDB SQL reading the rows matching a source-side condition (reconciliation)."""
         raise NotImplementedError(f"source `{self.name}`: reconciliation needs a scanner source (sqlite, postgresql)")
 
-    def _where(self, low: datetime | None, high: datetime) -> str:
+    def _where(self, low: datetime | None, high: datetime, from_incl: bool = False) -> str:
         where = f"updated_at <= {ts_literal(high)}"
-        return where if low is None else f"updated_at > {ts_literal(low)} AND {where}"
+        return where if low is None else f"updated_at {'>=' if from_incl else '>'} {ts_literal(low)} AND {where}"
 
 
 class SqliteSource(Source):
@@ -119,6 +129,7 @@ class SqliteSource(Source):
 
     def __init__(self, name: str, url: str, timeout_s: float, tz: str = "Asia/Shanghai") -> None:
         super().__init__(name, url, timeout_s, tz)
+        self._columns: dict[str, set[str]] | None = None
         database = make_url(url).database
         if not database:
             raise SourceUnavailable(f"source `{name}`: URL {url!r} names no SQLite file")
@@ -164,22 +175,35 @@ class SqliteSource(Source):
         newest = None
         if parts:
             values = [r[0] for r in self._meta(" UNION ALL ".join(parts)) if r[0] is not None]
-            parsed = [_parse_ts(v) for v in values]
+            parsed = [parse_ts(v) for v in values]
             newest = max((p for p in parsed if p is not None), default=None)
         return newest.replace(microsecond=0) if newest else local_now(self.tz)
 
     def columns(self, table: str) -> set[str] | None:
-        rows = self._meta(f"PRAGMA table_info({_ident(table)})")
-        return {r[1].lower() for r in rows} or None
+        if self._columns is None:       # every table's columns in one query, once per pass
+            self._columns = {}
+            for t, c in self._meta("SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p "
+                                   "WHERE m.type = 'table'"):
+                self._columns.setdefault(t, set()).add(c.lower())
+        return self._columns.get(table)
 
-    def select_sql(self, table: Table, low: datetime | None, high: datetime) -> str:
-        cols = ", ".join(_ident(c) for c in table.column_names)
+    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]]) -> dict[str, int]:
+        sql = " UNION ALL ".join(f"SELECT ?, count(*) FROM {_ident(t.name)} WHERE updated_at > ? AND updated_at <= ?"
+                                 for t, _, _ in windows)
+        params = [v for t, low, high in windows for v in (t.name, low.strftime(TS_FORMAT), high.strftime(TS_FORMAT))]
+        return dict(self._meta(sql, params))
+
+    can_probe = True
+
+    def select_sql(self, table: Table, low: datetime | None, high: datetime,
+                   columns: Sequence[str] | None = None, from_incl: bool = False) -> str:
+        cols = ", ".join(_ident(c) for c in columns or table.column_names)
         if low is None:
             # full load: the attached-table scan runs on all threads (2.3x sqlite_query, measured)
             return f"SELECT {cols} FROM {self.alias}.{_ident(table.name)} WHERE {self._where(low, high)}"
         # a window: sqlite_query runs the statement inside SQLite, on its updated_at index
         # (a filter on the attached table is applied in DuckDB after reading the whole table)
-        inner = f"SELECT {cols} FROM {_ident(table.name)} WHERE {self._where(low, high)}"
+        inner = f"SELECT {cols} FROM {_ident(table.name)} WHERE {self._where(low, high, from_incl)}"
         return f"SELECT * FROM sqlite_query('{self.alias}', '{inner.replace(chr(39), chr(39) * 2)}')"
 
     def where_sql(self, table: Table, where: str) -> str:
@@ -200,6 +224,17 @@ class _EngineSource(Source):
             raise SourceUnavailable(f"source `{self.name}` ({self.describe()}): {exc.__class__.__name__}: "
                                     f"{str(exc).splitlines()[0]}") from exc
 
+    def _bound(self, value: datetime) -> object:
+        return value
+
+    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]]) -> dict[str, int]:
+        sql = " UNION ALL ".join(f"SELECT CAST(:t{i} AS VARCHAR(64)) AS t, count(*) AS n FROM {_ident(t.name)} "
+                                 f"WHERE updated_at > :lo{i} AND updated_at <= :hi{i}"
+                                 for i, (t, _, _) in enumerate(windows))
+        params: dict[str, object] = {}
+        for i, (t, low, high) in enumerate(windows):
+            params.update({f"t{i}": t.name, f"lo{i}": self._bound(low), f"hi{i}": self._bound(high)})
+        return {t: int(n) for t, n in self._meta(sql, params)}
 
 
 class PostgresSource(_EngineSource):
@@ -209,6 +244,7 @@ class PostgresSource(_EngineSource):
 
     def __init__(self, name: str, url: str, timeout_s: float, tz: str = "Asia/Shanghai") -> None:
         super().__init__(name, url, timeout_s, tz)
+        self._columns: dict[str, set[str]] | None = None
         self._engine = sa.create_engine(
             url, pool_pre_ping=True, poolclass=sa.pool.NullPool,
             connect_args={"connect_timeout": max(1, int(timeout_s)),
@@ -237,15 +273,21 @@ class PostgresSource(_EngineSource):
         return now.replace(microsecond=0)
 
     def columns(self, table: str) -> set[str] | None:
-        rows = self._meta("SELECT column_name FROM information_schema.columns "
-                          "WHERE table_schema = current_schema() AND table_name = :t", {"t": table})
-        return {r[0].lower() for r in rows} or None
+        if self._columns is None:       # every table's columns in one query, once per pass
+            self._columns = {}
+            for t, c in self._meta("SELECT table_name, column_name FROM information_schema.columns "
+                                   "WHERE table_schema = current_schema()"):
+                self._columns.setdefault(t, set()).add(c.lower())
+        return self._columns.get(table)
 
-    def select_sql(self, table: Table, low: datetime | None, high: datetime) -> str:
-        return self.where_sql(table, self._where(low, high))
+    can_probe = True
 
-    def where_sql(self, table: Table, where: str) -> str:
-        cols = ", ".join(_ident(c) for c in table.column_names)
+    def select_sql(self, table: Table, low: datetime | None, high: datetime,
+                   columns: Sequence[str] | None = None, from_incl: bool = False) -> str:
+        return self.where_sql(table, self._where(low, high, from_incl), columns)
+
+    def where_sql(self, table: Table, where: str, columns: Sequence[str] | None = None) -> str:
+        cols = ", ".join(_ident(c) for c in columns or table.column_names)
         inner = f"SELECT {cols} FROM {_ident(table.name)} WHERE {where}"
         return f"SELECT * FROM postgres_query('{self.alias}', '{inner.replace(chr(39), chr(39) * 2)}')"
 
@@ -259,6 +301,9 @@ class SqlAlchemySource(_EngineSource):
         super().__init__(name, url, timeout_s, tz)
         self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         self.dialect = self._engine.dialect.name
+
+    def _bound(self, value: datetime) -> object:
+        return value.strftime(TS_FORMAT) if self.dialect == "sqlite" else value   # text compares as text there
 
     def open(self, cur: duckdb.DuckDBPyConnection, extension_dir: Path) -> None:
         if self.dialect == "sqlite":
@@ -280,7 +325,7 @@ class SqlAlchemySource(_EngineSource):
         for t in tables:
             if t.name in insp_tables:
                 (v,), = self._meta(f"SELECT max(updated_at) FROM {_ident(t.name)}")
-                p = _parse_ts(v) if isinstance(v, str) else v
+                p = parse_ts(v) if isinstance(v, str) else v
                 if p is not None and (newest is None or p > newest):
                     newest = p
         return newest.replace(microsecond=0) if newest else local_now(self.tz)   # as SqliteSource
@@ -335,7 +380,7 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
-def _parse_ts(value: object) -> datetime | None:
+def parse_ts(value: object) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):

@@ -177,3 +177,80 @@ def test_missing_contract_column_fails_that_table_only(env, settings, wh):
     assert "`cs_urge`" in err and "`urge_reason`" in err
     assert q(wh, "SELECT status FROM etl_run WHERE table_name = 'cs_visit'") == [("ok",)]
     assert q(wh, "SELECT count(*) FROM cs_work_order") == [(1,)]
+
+
+def test_probed_window_skips_stale_rereads_and_still_takes_late_and_changed_rows(env, settings, wh, monkeypatch):
+    import etl.pipeline
+    monkeypatch.setattr(etl.pipeline, "PROBE_ROWS", 0)      # every window with rows is probed
+    insert(env, {"cs_work_order": [wo("W1"), wo("W2"), wo("W3")]})
+    assert run_two(settings, wh).ok
+    # in the next window: W1 unchanged (a stale re-read), W2 changed, W4 new but stamped early in
+    # the overlap (committed late), so the narrowed read must start at W4's stamp
+    insert(env, {"cs_work_order": [wo("W2", upd=U1, status_code="05"),
+                                   wo("W4", upd="2030-01-01 07:55:00", status_code="02")]})
+    wh.cursor().execute("UPDATE etl_watermark SET high = TIMESTAMP '2030-01-01 08:00:00' "
+                        "WHERE table_name = 'cs_work_order'")
+    r = run_two(settings, wh)
+    assert r.ok
+    assert q(wh, "SELECT wo_no, status_code FROM cs_work_order ORDER BY 1") == [
+        ("W1", "01"), ("W2", "05"), ("W3", "01"), ("W4", "02")]
+    assert q(wh, "SELECT rows_read, rows_merged FROM etl_run WHERE run_id = ? AND table_name = 'cs_work_order'",
+             [r.run_id]) == [(4, 2)]             # W1, W3 (re-read), W2, W4
+    # nothing new: the probe finds only stale rows and merges nothing
+    r = run_two(settings, wh)
+    assert q(wh, "SELECT rows_read, rows_merged FROM etl_run WHERE run_id = ? AND table_name = 'cs_work_order'",
+             [r.run_id]) == [(1, 0)]             # W2 again
+    # a bad version in the window is rejected once; re-probed it stays one open rejection, and a
+    # later correction still loads and releases it
+    insert(env, {"cs_work_order": [wo("W5", accept="2030-13-01 00:00:00", upd="2030-01-01 09:30:00")]})
+    run_two(settings, wh)
+    r = run_two(settings, wh)
+    assert q(wh, "SELECT row_key, reason, resolved_at IS NULL FROM etl_reject") == [
+        ("W5", "bad_timestamp:accept_time", True)]
+    # the second time the probe already knew it: not read in full, not counted again
+    assert q(wh, "SELECT rows_read, rows_rejected FROM etl_run WHERE run_id = ? AND table_name = 'cs_work_order'",
+             [r.run_id]) == [(1, 0)]
+    insert(env, {"cs_work_order": [wo("W5", accept="2029-12-31 10:00:00", upd="2030-01-01 09:40:00")]})
+    r = run_two(settings, wh)
+    assert q(wh, "SELECT resolved_run_id FROM etl_reject") == [(r.run_id,)]
+    assert q(wh, "SELECT accept_time::VARCHAR FROM cs_work_order WHERE wo_no = 'W5'") == [("2029-12-31 10:00:00",)]
+
+
+def test_a_failing_table_in_the_source_transaction_fails_alone(env, settings, wh, monkeypatch):
+    insert(env, {"cs_work_order": [wo("W1")], "cs_urge": [{"urge_id": "U1", "wo_no": "W1",
+                                                          "urge_time": "2026-10-15 09:00:00"}]})
+    assert run_two(settings, wh).ok
+    insert(env, {"cs_work_order": [wo("W1", upd=U1, status_code="05")],
+                 "cs_urge": [{"urge_id": "U1", "wo_no": "W1", "urge_time": "2026-10-15 10:00:00",
+                              "updated_at": U1}]})
+    import etl.load
+    real = etl.load.flag_rows
+
+    def broken(cur, table, *args):
+        if table.name == "cs_urge":
+            cur.execute("SELECT no_such_column FROM cs_urge")
+        return real(cur, table, *args)
+    monkeypatch.setattr(etl.load, "flag_rows", broken)
+    r = run_two(settings, wh)
+    assert r.sources["mis"].ok and not r.sources["cs"].ok
+    status = dict(q(wh, "SELECT table_name, status FROM etl_run WHERE run_id = ? AND source = 'cs'", [r.run_id]))
+    assert status["cs_urge"] == "failed" and status["cs_work_order"] == "ok"
+    assert q(wh, "SELECT status_code FROM cs_work_order") == [("05",)]
+    assert q(wh, "SELECT urge_time::VARCHAR FROM cs_urge") == [("2026-10-15 09:00:00",)]
+    marks = dict(q(wh, "SELECT table_name, high::VARCHAR FROM etl_watermark WHERE source = 'cs'"))
+    assert marks["cs_work_order"] == U1 and marks["cs_urge"] < U1     # re-read next pass
+    monkeypatch.setattr(etl.load, "flag_rows", real)
+    assert run_two(settings, wh).ok
+    assert q(wh, "SELECT urge_time::VARCHAR FROM cs_urge") == [("2026-10-15 10:00:00",)]
+
+
+def test_empty_windows_advance_with_one_run_row_each(env, settings, wh):
+    insert(env, {"cs_work_order": [wo("W1")]})
+    assert run_two(settings, wh).ok
+    insert(env, {"cs_work_order": [wo("W2", upd=U1)]})
+    r = run_two(settings, wh)
+    rows = q(wh, "SELECT table_name, rows_read, status FROM etl_run WHERE run_id = ? AND source = 'cs'", [r.run_id])
+    assert len(rows) == len({t for t, _, _ in rows}) == 8          # one per cs table
+    assert {t: n for t, n, _ in rows if n} == {"cs_work_order": 2}   # W1 re-read in the overlap, W2
+    assert all(s == "ok" for _, _, s in rows)
+    assert set(q(wh, "SELECT DISTINCT high::VARCHAR FROM etl_watermark WHERE source = 'cs'")) == {(U1,)}
