@@ -168,10 +168,11 @@ def _detail_keys(con, registry, kpi: str, d: date) -> set[str]:
     return keys
 
 
-def test_negative_ivr_time_rows_are_loaded_unflagged_and_counted(calls, registry):
+def test_negative_ivr_time_rows_are_loaded_flagged_and_counted(calls, registry):
     """vru_exit before vru_entry: mapped as they are, the call queued before it arrived
-    (queue_start_time < arrive_time). No contract rule compares these two times, so the ETL
-    loads the rows without a reject or flag and the engine counts them like any call."""
+    (queue_start_time < arrive_time). The ETL loads the rows and flags exactly these 19 in the
+    data-quality table (rule end_before_start:arrive_time>queue_start_time); no call KPI uses that
+    interval, so the engine still counts them like any call."""
     con, raw, _ = calls
     neg = raw[raw["vru_time"] < 0]
     ids = [f"{a}-{b}" for a, b in zip(neg["vru+line"], neg["call_id"])]
@@ -179,7 +180,8 @@ def test_negative_ivr_time_rows_are_loaded_unflagged_and_counted(calls, registry
         "SELECT call_id, arrive_time > queue_start_time FROM cs_call WHERE call_id IN "
         "(SELECT unnest(?))", [ids]).fetchall()
     assert sorted(rows) == sorted((i, True) for i in ids)
-    assert con.execute("SELECT COUNT(*) FROM etl_dq WHERE table_name = 'cs_call'").fetchone()[0] == 0
+    flagged = con.execute("SELECT row_key, rule FROM etl_dq WHERE table_name = 'cs_call'").fetchall()
+    assert sorted(flagged) == sorted((i, "end_before_start:arrive_time>queue_start_time") for i in ids)
     for d, group in neg.groupby("date"):
         keys = _detail_keys(con, registry, "call.inbound_calls", date.fromisoformat(d))
         keys_q = _detail_keys(con, registry, "call.agent_requests", date.fromisoformat(d))
