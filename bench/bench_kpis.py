@@ -1,16 +1,19 @@
 """KPI engine speed: full evaluation, incremental evaluation after a one-minute ETL pass, pandas side by side.
 
 Usage: python bench/bench_kpis.py --scale county|city [--days 45] [--workdir DIR] [--skip-incremental]
+       python bench/bench_kpis.py --data-dir DIR [--skip-incremental]
 (--skip-incremental: only (a) cold and (c); the first incremental run backfills ~100 days)
 Builds (or reuses) the simulator's sources and a warehouse in DIR (default bench/out/<scale>,
-git-ignored), then prints, each with the command that reproduces it:
+git-ignored), or works in an existing data directory (a copy: the run writes into it) holding
+source_*.db, simulator_state.json and warehouse.duckdb as `make run` / `app.py worker` leave
+them. Then prints, each with the command that reproduces it (wall and CPU seconds, load average):
 (a) all KPIs x all org units for today, its hours, the current and the last closed month, on an
-    empty kpi_value (cold) and again once kpi_value holds the backfilled history (warm);
-    the 10 slowest KPIs;
+    empty kpi_value (cold) and again once kpi_value holds the backfilled history (warm), as the
+    worker runs it (one evaluate_and_store over all KPIs); where the time goes by statement kind;
 (b) evaluate_incremental after one simulated minute of live mode and one ETL pass (its first
     run, the backfill, is timed separately and not counted);
 (c) 10 core KPIs computed with pandas from the same warehouse tables, values asserted equal to
-    the engine's, and the time ratio.
+    the engine's (computing the 10 as one plan, as a pass does), and the time ratio.
 """
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ sys.path.insert(0, str(REPO))
 from etl.pipeline import run_pass  # noqa: E402
 from etl.settings import SOURCE_NAMES, load_settings  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402
-from kpis.evaluate import (ensure_schema, evaluate_and_store, evaluate_incremental,  # noqa: E402
-                           evaluate_kpi, periods_for)
+from kpis.batch import compute_plan  # noqa: E402
+from kpis.evaluate import (apply_baselines, ensure_schema, evaluate_and_store,  # noqa: E402
+                           evaluate_incremental, periods_for)
 from kpis.periods import Period, day, hours_of, month, previous_month  # noqa: E402
 from kpis.prelude import apply_prelude  # noqa: E402
 from kpis.registry import Registry, load_registry  # noqa: E402
@@ -43,6 +47,8 @@ SIM_EPOCH = datetime(2000, 1, 1)   # simulator.clock.EPOCH: the state's clock co
 
 
 def command(args: argparse.Namespace) -> str:
+    if args.data_dir:
+        return f"python bench/bench_kpis.py --data-dir {args.data_dir}"
     extra = f" --workdir {args.workdir}" if args.workdir_given else ""
     return f"python bench/bench_kpis.py --scale {args.scale} --days {args.days}{extra}"
 
@@ -50,6 +56,11 @@ def command(args: argparse.Namespace) -> str:
 def prepare(args: argparse.Namespace) -> tuple[dict[str, str], object, Path]:
     """Sources (built once) and settings for a warehouse in the work dir."""
     import simulator
+    if args.data_dir:
+        root = args.data_dir
+        urls = {s: f"sqlite:///{root / f'source_{s}.db'}" for s in SOURCE_NAMES}
+        env = {"DATA_DIR": str(root), **{f"SOURCE_{s.upper()}_URL": u for s, u in urls.items()}}
+        return urls, load_settings(env), root
     root = args.workdir
     root.mkdir(parents=True, exist_ok=True)
     urls = {s: f"sqlite:///{root / f'source_{s}.db'}" for s in SOURCE_NAMES}
@@ -74,22 +85,55 @@ def full_periods(as_of: datetime) -> list[Period]:
     return sorted({today, cur, previous_month(cur), *hours_of(today)})
 
 
-def full_evaluation(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: datetime
-                    ) -> tuple[float, float, list[tuple[float, str]], int]:
-    """Prelude time, total time, per-KPI times (the engine's loop, one KPI at a time), rows."""
-    t = time.perf_counter()
-    apply_prelude(con)
-    prelude = time.perf_counter() - t
-    per, rows = [], 0
-    req = full_periods(as_of)
-    for k in registry.kpis.values():
+class Timed:
+    """A connection that adds up the time of each kind of statement the engine sends."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+        self.kinds: dict[str, list[float]] = {}
+
+    def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
         t = time.perf_counter()
-        s = evaluate_and_store(con, registry, req, as_of, kpis=[k], prelude=False)
-        per.append((time.perf_counter() - t, k.id))
-        rows += s.rows
-        if s.errors:
-            print(f"  ERROR {k.id}: {s.errors[k.id].splitlines()[0][:200]}")
-    return prelude, prelude + sum(p for p, _ in per), sorted(per, reverse=True), rows
+        try:
+            return self._con.execute(sql, *args)
+        finally:
+            text = " ".join(sql.split())
+            kind = ("facts (reduced per KPI, period, org, grid)" if text.startswith("INSERT INTO _fg")
+                    else "presence" if text.startswith("INSERT INTO _present")
+                    else "roll-up, value, status (all batched KPIs)" if text.startswith("INSERT INTO _result WITH agg")
+                    else "non-additive KPIs (own statement)" if text.startswith("INSERT INTO _result SELECT")
+                    else "baselines" if "baseline" in text[:80] or text.startswith("UPDATE _result SET status")
+                    else "prelude" if text.startswith(("CREATE OR REPLACE TABLE k_", "CREATE OR REPLACE VIEW",
+                                                       "CREATE OR REPLACE MACRO", "SELECT table_name"))
+                    else "store" if any(w in text[:60] for w in ("kpi_value", "_batch", "COMMIT", "BEGIN"))
+                    else "other")
+            c = self.kinds.setdefault(kind, [0, 0.0])
+            c[0] += 1
+            c[1] += time.perf_counter() - t
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._con, name)
+
+
+def load() -> str:
+    return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def full_evaluation(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: datetime
+                    ) -> tuple[float, float, int, dict[str, list[float]]]:
+    """All KPIs for today, its hours, the current and the last closed month, stored, as the
+    worker does it; wall and CPU seconds (CPU of every thread of this process), rows."""
+    timed = Timed(con)
+    t, c = time.perf_counter(), time.process_time()
+    s = evaluate_and_store(timed, registry, full_periods(as_of), as_of)
+    for kid, err in s.errors.items():
+        print(f"  ERROR {kid}: {err.splitlines()[0][:200]}")
+    return time.perf_counter() - t, time.process_time() - c, s.rows, timed.kinds
+
+
+def print_kinds(kinds: dict[str, list[float]]) -> None:
+    print("    by statement kind: " + "; ".join(f"{k} {t:.2f}s ({n})" for k, (n, t) in
+                                                 sorted(kinds.items(), key=lambda x: -x[1][1])))
 
 
 # --- (c) pandas -------------------------------------------------------------------------------
@@ -280,23 +324,29 @@ PANDAS: dict[str, Callable] = {
 
 
 def side_by_side(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: datetime) -> None:
+    """The engine computes the 10 KPIs as it computes a pass (kpis.batch, one plan: compute and
+    baselines, no store); pandas computes each from DataFrames."""
     req = full_periods(as_of)
     apply_prelude(con)
-    eng_t, pd_t, mismatches, compared = 0.0, 0.0, [], 0
+    plan = [(registry.get(kid), periods_for(registry.get(kid), req, as_of)) for kid in PANDAS]
+    t, c = time.perf_counter(), time.process_time()
+    errors: dict[str, str] = {}
+    apply_baselines(con, compute_plan(con, plan, as_of, errors))
+    all_rows = con.execute("SELECT kpi_id, org_no, org_level, grain, period_start, period_end, value, "
+                           "numerator, denominator, baseline, status, is_final FROM _result").df()
+    eng_t, eng_cpu = time.perf_counter() - t, time.process_time() - c
+    if errors:
+        raise SystemExit(f"engine failed: {errors}")
+    pd_t, pd_cpu, mismatches, compared = 0.0, 0.0, [], 0
     fr = Frames(con)
     lines = []
-    for kid, fn in PANDAS.items():
-        k = registry.get(kid)
-        ps = periods_for(k, req, as_of)
-        t = time.perf_counter()
-        rows = evaluate_kpi(con, k, ps, as_of)
-        te = time.perf_counter() - t
-        t = time.perf_counter()
+    for k, ps in plan:
+        kid, fn = k.id, PANDAS[k.id]
+        t, c = time.perf_counter(), time.process_time()
         mine = fn(fr, k, list(enumerate(ps)), as_of)
         tp = time.perf_counter() - t
-        eng_t, pd_t = eng_t + te, pd_t + tp
-        eng = pd.DataFrame(rows, columns=["kpi_id", "org_no", "org_level", "grain", "period_start", "period_end",
-                                          "value", "numerator", "denominator", "baseline", "status", "is_final"])
+        pd_t, pd_cpu = pd_t + tp, pd_cpu + time.process_time() - c
+        eng = all_rows[all_rows.kpi_id == kid]
         m = eng.merge(mine, on=["kpi_id", "org_no", "grain", "period_start"], how="outer", indicator="merge_")
         compared += len(m)
         for r in m.itertuples():
@@ -306,11 +356,13 @@ def side_by_side(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: date
             if not same:
                 mismatches.append(f"{kid} {r.grain} {r.period_start} {r.org_no}: engine {r.value_x} "
                                   f"({r.numerator}/{r.denominator}) pandas {r.value_y} ({r.num}/{r.den}) {r.merge_}")
-        lines.append(f"    {kid:40s} engine {te * 1000:8.0f} ms   pandas {tp * 1000:8.0f} ms   rows {len(eng)}")
-    print("(c) 10 core KPIs, engine (compute + baselines, no store) vs pandas (reads via .df() included):")
+        lines.append(f"    {kid:40s} pandas {tp * 1000:8.0f} ms   rows {len(eng)}")
+    print("(c) 10 core KPIs, engine (one plan: compute + baselines, no store) vs pandas "
+          "(reads via .df() included):")
     print("\n".join(lines))
-    print(f"    total: engine {eng_t:.2f} s, pandas {pd_t:.2f} s, pandas/engine = {pd_t / eng_t:.1f}x; "
-          f"{compared} values compared, {len(mismatches)} mismatches")
+    print(f"    total: engine {eng_t:.2f} s wall ({eng_cpu:.2f} s CPU), pandas {pd_t:.2f} s wall "
+          f"({pd_cpu:.2f} s CPU), pandas/engine = {pd_t / eng_t:.1f}x wall, {pd_cpu / eng_cpu:.1f}x CPU; "
+          f"{compared} values compared, {len(mismatches)} mismatches; {load()}")
     for line in mismatches[:15]:
         print("    MISMATCH " + line)
     if mismatches:
@@ -322,6 +374,8 @@ def main() -> None:
     ap.add_argument("--scale", default="county", choices=("small", "county", "city"))
     ap.add_argument("--days", type=int, default=45)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="an existing data directory (a copy: the run writes into it)")
     ap.add_argument("--skip-incremental", action="store_true")
     args = ap.parse_args()
     args.workdir_given = args.workdir is not None
@@ -341,11 +395,13 @@ def main() -> None:
         ensure_schema(con)
         as_of = sim_clock(side) - timedelta(seconds=1)
         con.execute("DELETE FROM kpi_value")
-        prelude, total, per, rows = full_evaluation(con, registry, as_of)
+        con.execute("DELETE FROM kpi_eval_state")   # so that (b0) below is the backfill
+        wall, cpu, rows, kinds = full_evaluation(con, registry, as_of)
         units = con.execute("SELECT unit_level, COUNT(*) FROM k_org GROUP BY 1 ORDER BY 2").fetchall()
         print(f"as_of {as_of}; org units {dict(units)}; {len(registry.kpis)} KPIs")
-        print(f"(a) full evaluation, cold (empty kpi_value): {total:.2f} s (prelude {prelude:.2f} s), {rows} rows")
-        print("    10 slowest: " + ", ".join(f"{n} {t:.2f}s" for t, n in per[:10]))
+        print(f"(a) full evaluation, cold (empty kpi_value): {wall:.2f} s wall, {cpu:.2f} s CPU, "
+              f"{rows} rows; {load()}")
+        print_kinds(kinds)
         print(f"    reproduce: {cmd}")
         side_by_side(con, registry, as_of)
         print(f"    reproduce: {cmd}")
@@ -356,10 +412,10 @@ def main() -> None:
         n_hist = con.execute("SELECT COUNT(*) FROM kpi_value").fetchone()[0]
         print(f"(b0) evaluate_incremental first run (backfill, not the figure): {time.perf_counter() - t:.1f} s, "
               f"{s.periods} KPI-periods, kpi_value now {n_hist} rows, errors {len(s.errors)}")
-        prelude, total, per, rows = full_evaluation(con, registry, as_of)
-        print(f"(a') full evaluation, warm (kpi_value holding {n_hist} rows): {total:.2f} s "
-              f"(prelude {prelude:.2f} s)")
-        print("    10 slowest: " + ", ".join(f"{n} {t:.2f}s" for t, n in per[:10]))
+        wall, cpu, rows, kinds = full_evaluation(con, registry, as_of)
+        print(f"(a') full evaluation, warm (kpi_value holding {n_hist} rows): {wall:.2f} s wall, "
+              f"{cpu:.2f} s CPU; {load()}")
+        print_kinds(kinds)
         from simulator import live
         for i in range(3):
             written = sum(live.step(urls, 60, side=side).values())
@@ -367,12 +423,13 @@ def main() -> None:
             r = run_pass(settings, wh)
             etl = time.perf_counter() - t
             as_of = sim_clock(side)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             s = evaluate_incremental(con, registry, as_of)
-            inc = time.perf_counter() - t
+            inc, cpu = time.perf_counter() - t, time.process_time() - c
             print(f"(b) minute {i + 1}: live wrote {written} rows, ETL pass {etl:.2f} s ok={r.ok}, "
-                  f"evaluate_incremental {inc:.2f} s ({s.periods} KPI-periods, {s.rows} rows, "
-                  f"{len(s.changed)} changed, errors {len(s.errors)})")
+                  f"evaluate_incremental {inc:.2f} s wall, {cpu:.2f} s CPU ({s.kpis} KPIs, "
+                  f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
+                  f"errors {len(s.errors)}); {load()}")
         print(f"    reproduce: {cmd}")
 
 

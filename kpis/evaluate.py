@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from kpis.compile import PERIODS_DDL, compile_kpi, is_relative, status_sql
+from kpis.batch import RESULT_COLUMNS, compute_plan, fact_columns, per_kpi
+from kpis.compile import is_relative, status_sql
 from kpis.periods import Period, day, days_of, hours_of, month, snapshot
 from kpis.prelude import apply_prelude
 from kpis.registry import Registry
@@ -101,41 +102,6 @@ def periods_for(k: KpiDef, requested: Iterable[Period], as_of: datetime) -> list
     return sorted(set(out))
 
 
-def _load_periods(con: duckdb.DuckDBPyConnection, periods: Sequence[Period], as_of: datetime) -> None:
-    # One statement over parallel lists: DuckDB's executemany costs milliseconds per row.
-    con.execute(PERIODS_DDL)
-    con.execute("""INSERT INTO _periods SELECT unnest($pid), unnest($grain), unnest($ws),
-                   unnest($we), unnest($te), $as_of, unnest($hours)""", {
-        "pid": list(range(len(periods))), "grain": [p.grain for p in periods],
-        "ws": [p.ws for p in periods], "we": [p.we for p in periods],
-        "te": [p.te(as_of) for p in periods], "as_of": as_of,
-        "hours": [(p.we - p.ws).total_seconds() / 3600 for p in periods]})
-
-
-_COLUMNS: dict[tuple[str, str], frozenset[str]] = {}
-
-
-def fact_columns(con: duckdb.DuckDBPyConnection, k: KpiDef) -> set[str]:
-    """The columns the facts query returns (binds the SQL against the warehouse schema)."""
-    key = (k.id, k.facts)
-    if key not in _COLUMNS:
-        con.execute(PERIODS_DDL)
-        rows = con.execute(f"DESCRIBE SELECT * FROM ({k.facts}) AS f").fetchall()
-        _COLUMNS[key] = frozenset(r[0] for r in rows)
-    return set(_COLUMNS[key])
-
-
-def compute(con: duckdb.DuckDBPyConnection, k: KpiDef, periods: Sequence[Period],
-            as_of: datetime) -> duckdb.DuckDBPyRelation | None:
-    """Compute the KPI for the periods into the temp table _result; returns row count."""
-    if not periods:
-        return None
-    cols = fact_columns(con, k)
-    _load_periods(con, periods, as_of)
-    con.execute("CREATE OR REPLACE TEMP TABLE _result AS " + compile_kpi(k, cols))
-    return None
-
-
 _SNAPSHOT_OFFSETS = {
     "snapshot_same_time_4w": ((7, 14, 21, 28), True),
     "snapshot_same_time_7d": ((1, 2, 3, 4, 5, 6, 7), False),
@@ -157,71 +123,106 @@ _OFFSETS = {
 }
 
 
-def _apply_baselines(con: duckdb.DuckDBPyConnection, k: KpiDef) -> None:
-    """Fill `baseline` of the rows in _result from stored values, then recompute status."""
-    if k.baseline is None or not is_relative(k):
+def _relative_with_baseline(kpis: Iterable[KpiDef]) -> list[KpiDef]:
+    return [k for k in kpis if k.baseline is not None and is_relative(k)]
+
+
+def _ids(kpis: Sequence[KpiDef]) -> str:
+    return ", ".join(f"'{k.id}'" for k in kpis)
+
+
+def apply_baselines(con: duckdb.DuckDBPyConnection,
+                    plan: Sequence[tuple[KpiDef, Sequence[Period]]]) -> None:
+    """Fill `baseline` of the rows in _result from stored values, then recompute status.
+
+    One statement per baseline kind and grain for all KPIs of the plan that use it (a KPI's
+    rows are matched on kpi_id throughout), not a statement set per KPI."""
+    relative = _relative_with_baseline(k for k, _ in plan)
+    if not relative:
         return
-    if k.baseline in _SNAPSHOT_OFFSETS:
-        days, need_all = _SNAPSHOT_OFFSETS[k.baseline]
-        need = f"= {len(days)}" if need_all else ">= 1"
-        values = ", ".join(f"({d})" for d in days)
-        # A snapshot counts for a day when one was taken within 5 minutes of the same clock time.
-        con.execute(f"""
-            UPDATE _result r SET baseline = b.base FROM (
-                SELECT org_no, period_start,
-                       CASE WHEN COUNT(v) {need} THEN AVG(v) END AS base
-                FROM (SELECT r.org_no, r.period_start, o.n, AVG(h.value) AS v
-                      FROM _result r
-                      CROSS JOIN (VALUES {values}) o(n)
-                      LEFT JOIN kpi_value h ON h.kpi_id = r.kpi_id AND h.org_no = r.org_no
-                           AND h.grain = 'near-real-time' AND h.value IS NOT NULL
-                           AND h.period_start BETWEEN r.period_start - to_days(o.n) - INTERVAL 5 MINUTE
-                                                  AND r.period_start - to_days(o.n) + INTERVAL 5 MINUTE
-                      GROUP BY r.org_no, r.period_start, o.n)
-                GROUP BY org_no, period_start) b
-            WHERE r.org_no = b.org_no AND r.period_start = b.period_start""")
-    elif k.baseline == "previous_month_end":
-        # A daily stock compared with the stock at the end of the previous month (its last day's
-        # value); a monthly row with the previous month's.
-        con.execute("""
-            UPDATE _result r SET baseline = h.value FROM (
-                SELECT org_no, grain, period_start, value FROM _result
-                UNION ALL
-                SELECT v.org_no, v.grain, v.period_start, v.value FROM kpi_value v
-                WHERE v.kpi_id = $kpi AND NOT EXISTS (
-                    SELECT 1 FROM _result x WHERE x.grain = v.grain AND x.period_start = v.period_start)
-            ) h
-            WHERE h.org_no = r.org_no AND h.grain = r.grain AND r.grain IN ('daily', 'monthly')
-              AND h.period_start = CASE r.grain
-                    WHEN 'daily' THEN date_trunc('month', r.period_start) - INTERVAL 1 DAY
-                    ELSE r.period_start - INTERVAL 1 MONTH END""", {"kpi": k.id})
-    else:
-        for grain, offsets in _OFFSETS[k.baseline].items():
-            values = ", ".join(f"(INTERVAL '{o}')" for o in offsets)
-            # Values of the same batch count too (a backfill computes many days at once).
+    grains = {k.id: {p.grain for p in ps} for k, ps in plan}
+    by_kind: dict[str, list[KpiDef]] = {}
+    for k in relative:
+        by_kind.setdefault(k.baseline, []).append(k)
+    for kind, kpis in by_kind.items():
+        ids = _ids(kpis)
+        if kind in _OFFSETS:
+            continue
+        if kind in _SNAPSHOT_OFFSETS:
+            days, need_all = _SNAPSHOT_OFFSETS[kind]
+            need = f"= {len(days)}" if need_all else ">= 1"
+            values = ", ".join(f"({d})" for d in days)
+            # A snapshot counts for a day when one was taken within 5 minutes of the same clock time.
             con.execute(f"""
                 UPDATE _result r SET baseline = b.base FROM (
-                    SELECT r.org_no, r.period_start,
-                           CASE WHEN COUNT(h.value) = {len(offsets)} THEN AVG(h.value) END AS base
-                    FROM _result r
-                    CROSS JOIN (VALUES {values}) o(off)
-                    LEFT JOIN (
-                        SELECT org_no, period_start, value FROM _result WHERE grain = $grain
-                        UNION ALL
-                        SELECT v.org_no, v.period_start, v.value FROM kpi_value v
-                        WHERE v.kpi_id = $kpi AND v.grain = $grain
-                          AND NOT EXISTS (SELECT 1 FROM _result x WHERE x.grain = $grain
-                                          AND x.period_start = v.period_start)
-                    ) h ON h.org_no = r.org_no AND h.period_start = r.period_start - o.off
-                    WHERE r.grain = $grain
-                    GROUP BY r.org_no, r.period_start) b
-                WHERE r.grain = $grain AND r.org_no = b.org_no AND r.period_start = b.period_start""",
-                        {"grain": grain, "kpi": k.id})
-    con.execute(f"UPDATE _result SET status = {status_sql(k)}")
+                    SELECT kpi_id, org_no, period_start,
+                           CASE WHEN COUNT(v) {need} THEN AVG(v) END AS base
+                    FROM (SELECT r.kpi_id, r.org_no, r.period_start, o.n, AVG(h.value) AS v
+                          FROM _result r
+                          CROSS JOIN (VALUES {values}) o(n)
+                          LEFT JOIN kpi_value h ON h.kpi_id = r.kpi_id AND h.org_no = r.org_no
+                               AND h.grain = 'near-real-time' AND h.value IS NOT NULL
+                               AND h.period_start BETWEEN r.period_start - to_days(o.n) - INTERVAL 5 MINUTE
+                                                      AND r.period_start - to_days(o.n) + INTERVAL 5 MINUTE
+                          WHERE r.kpi_id IN ({ids})
+                          GROUP BY r.kpi_id, r.org_no, r.period_start, o.n)
+                    GROUP BY kpi_id, org_no, period_start) b
+                WHERE r.kpi_id = b.kpi_id AND r.org_no = b.org_no AND r.period_start = b.period_start""")
+        elif kind == "previous_month_end":
+            # A daily stock compared with the stock at the end of the previous month (its last
+            # day's value); a monthly row with the previous month's.
+            con.execute(f"""
+                UPDATE _result r SET baseline = h.value FROM (
+                    SELECT kpi_id, org_no, grain, period_start, value FROM _result
+                    WHERE kpi_id IN ({ids})
+                    UNION ALL
+                    SELECT v.kpi_id, v.org_no, v.grain, v.period_start, v.value FROM kpi_value v
+                    WHERE v.kpi_id IN ({ids}) AND NOT EXISTS (
+                        SELECT 1 FROM _result x WHERE x.kpi_id = v.kpi_id AND x.grain = v.grain
+                                                  AND x.period_start = v.period_start)
+                ) h
+                WHERE h.kpi_id = r.kpi_id AND h.org_no = r.org_no AND h.grain = r.grain
+                  AND r.grain IN ('daily', 'monthly')
+                  AND h.period_start = CASE r.grain
+                        WHEN 'daily' THEN date_trunc('month', r.period_start) - INTERVAL 1 DAY
+                        ELSE r.period_start - INTERVAL 1 MONTH END""")
+    _offset_baselines(con, [k for k in relative if k.baseline in _OFFSETS], grains)
+    status = per_kpi("kpi_id", [k.id for k in relative], [f"({status_sql(k)})" for k in relative])
+    con.execute(f"UPDATE _result SET status = {status} WHERE kpi_id IN ({_ids(relative)})")
 
 
-def _ordered_for_baselines(periods: Sequence[Period]) -> list[list[Period]]:
-    return [list(periods)]
+def _offset_baselines(con: duckdb.DuckDBPyConnection, kpis: Sequence[KpiDef],
+                      grains: dict[str, set[str]]) -> None:
+    """The mean of the values at the KPI's offsets (all of them needed), for every KPI whose
+    baseline is one of _OFFSETS, in one statement: one scan of kpi_value instead of one per
+    KPI kind and grain. The mean is taken in offset order, so its last bit does not depend on
+    the join's row order."""
+    offsets = [(k.id, grain, off, len(offs)) for k in kpis
+               for grain, offs in _OFFSETS[k.baseline].items() if grain in grains[k.id]
+               for off in offs]
+    if not offsets:
+        return
+    ids = _ids(kpis)
+    values = ", ".join(f"('{kid}', '{grain}', INTERVAL '{off}', {n})" for kid, grain, off, n in offsets)
+    # Values of the same batch count too (a backfill computes many days at once).
+    con.execute(f"""
+        UPDATE _result r SET baseline = b.base FROM (
+            SELECT r.kpi_id, r.grain, r.org_no, r.period_start,
+                   CASE WHEN COUNT(h.value) = MAX(o.n) THEN AVG(h.value ORDER BY o.off) END AS base
+            FROM _result r
+            JOIN (VALUES {values}) o(kpi_id, grain, off, n) ON o.kpi_id = r.kpi_id AND o.grain = r.grain
+            LEFT JOIN (
+                SELECT kpi_id, grain, org_no, period_start, value FROM _result WHERE kpi_id IN ({ids})
+                UNION ALL
+                SELECT v.kpi_id, v.grain, v.org_no, v.period_start, v.value FROM kpi_value v
+                WHERE v.kpi_id IN ({ids})
+                  AND NOT EXISTS (SELECT 1 FROM _result x WHERE x.kpi_id = v.kpi_id
+                                  AND x.grain = v.grain AND x.period_start = v.period_start)
+            ) h ON h.kpi_id = r.kpi_id AND h.grain = r.grain AND h.org_no = r.org_no
+               AND h.period_start = r.period_start - o.off
+            GROUP BY r.kpi_id, r.grain, r.org_no, r.period_start) b
+        WHERE r.kpi_id = b.kpi_id AND r.grain = b.grain AND r.org_no = b.org_no
+          AND r.period_start = b.period_start""")
 
 
 def evaluate_kpi(con: duckdb.DuckDBPyConnection, k: KpiDef, periods: Sequence[Period],
@@ -229,8 +230,11 @@ def evaluate_kpi(con: duckdb.DuckDBPyConnection, k: KpiDef, periods: Sequence[Pe
     """Compute and return rows without storing them (CLI, tests)."""
     if not periods:
         return []
-    compute(con, k, periods, as_of)
-    _apply_baselines(con, k)
+    errors: dict[str, str] = {}
+    done = compute_plan(con, [(k, periods)], as_of, errors)
+    if errors:
+        raise duckdb.Error(errors[k.id])
+    apply_baselines(con, done)
     where = "WHERE org_level = $level" if level else ""
     return con.execute(
         f"SELECT kpi_id, org_no, org_level, grain, period_start, period_end, value, numerator, "
@@ -251,8 +255,6 @@ _DIFFERS = """(o.status IS DISTINCT FROM n.status OR (o.value IS NULL) <> (n.val
                OR abs(o.value - n.value) > 1e-9 * greatest(1.0, abs(n.value)))"""
 
 
-RESULT_COLUMNS = ("kpi_id", "theme", "org_no", "org_level", "grain", "period_start", "period_end",
-                  "value", "numerator", "denominator", "baseline", "status", "is_final", "sample")
 BATCH_DDL = ("CREATE OR REPLACE TEMP TABLE _batch (kpi_id VARCHAR, theme VARCHAR, org_no VARCHAR, "
              "org_level VARCHAR, grain VARCHAR, period_start TIMESTAMP, period_end TIMESTAMP, "
              "value DOUBLE, numerator DOUBLE, denominator DOUBLE, baseline DOUBLE, status VARCHAR, "
@@ -297,35 +299,68 @@ def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str
     con.execute(BATCH_DDL)
 
 
-def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]],
-                  as_of: datetime, computed_at: datetime) -> EvalSummary:
-    """Compute each KPI for its periods into _batch, then store the batch in one transaction.
-
-    Computing writes only temp tables, so a KPI that fails at run time is skipped alone (DuckDB
-    has no savepoints) and the stored values of every period change together or not at all."""
-    summary = EvalSummary()
-    watermarks = _watermarks(con)
-    con.execute(BATCH_DDL)
-    pending = 0
-    cols = ", ".join(RESULT_COLUMNS)
+def _plan_parts(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]]
+                ) -> list[list[tuple[KpiDef, Sequence[Period]]]]:
+    """The plan cut into parts of at most FLUSH_ROWS result rows (units x periods)."""
+    units = dict(con.execute("SELECT unit_level, COUNT(*) FROM k_org GROUP BY unit_level").fetchall())
+    parts: list[list[tuple[KpiDef, Sequence[Period]]]] = [[]]
+    rows = 0
     for k, periods in plan:
         if not periods:
             continue
+        n = len(periods) * sum(units.get(lvl, 0) for lvl in set(k.org_levels))
+        if parts[-1] and rows + n > FLUSH_ROWS:
+            parts.append([])
+            rows = 0
+        parts[-1].append((k, periods))
+        rows += n
+    return [p for p in parts if p]
+
+
+def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]],
+                  as_of: datetime, computed_at: datetime) -> EvalSummary:
+    """Compute the KPIs of the plan for their periods (kpis.batch: a few statements for all of
+    them), then store the batch in one transaction.
+
+    Computing writes only temp tables, so a KPI that fails at run time is skipped alone (DuckDB
+    has no savepoints) and the stored values of every period change together or not at all.
+    A backfill larger than FLUSH_ROWS rows is computed and stored in parts."""
+    summary = EvalSummary()
+    watermarks = _watermarks(con)
+    con.execute(BATCH_DDL)
+    cols = ", ".join(RESULT_COLUMNS)
+    pending = 0
+    for part in _plan_parts(con, plan):
+        done = compute_plan(con, part, as_of, summary.errors)
         try:
-            compute(con, k, periods, as_of)
-            _apply_baselines(con, k)
-            con.execute(f"INSERT INTO _batch SELECT {cols} FROM _result")
-            pending += con.execute("SELECT COUNT(*) FROM _result").fetchone()[0]
-            summary.kpis += 1
-            summary.periods += len(periods)
-        except duckdb.Error as exc:
-            log.error("KPI %s failed: %s", k.id, exc)
-            summary.errors[k.id] = str(exc)
+            apply_baselines(con, done)
+        except duckdb.Error:
+            done = _baselines_one_by_one(con, done, summary.errors)
+        con.execute(f"INSERT INTO _batch SELECT {cols} FROM _result")
+        pending += con.execute("SELECT COUNT(*) FROM _result").fetchone()[0]
+        summary.kpis += len(done)
+        summary.periods += sum(len(ps) for _, ps in done)
         if pending >= FLUSH_ROWS:
             store(con, computed_at, watermarks, summary)
             pending = 0
     store(con, computed_at, watermarks, summary)
     return summary
+
+
+def _baselines_one_by_one(con: duckdb.DuckDBPyConnection,
+                          done: list[tuple[KpiDef, Sequence[Period]]],
+                          errors: dict[str, str]) -> list[tuple[KpiDef, Sequence[Period]]]:
+    """A baseline statement failed for the whole part: find the KPI, drop its rows."""
+    kept = []
+    for k, ps in done:
+        try:
+            apply_baselines(con, [(k, ps)])
+            kept.append((k, ps))
+        except duckdb.Error as exc:
+            log.error("KPI %s failed: %s", k.id, exc)
+            errors[k.id] = str(exc)
+            con.execute("DELETE FROM _result WHERE kpi_id = $k", {"k": k.id})
+    return kept
 
 
 def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,

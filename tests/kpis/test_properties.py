@@ -20,7 +20,8 @@ import pytest
 from etl.pipeline import run_pass
 from etl.settings import SOURCE_NAMES, load_settings
 from etl.warehouse import Warehouse
-from kpis.compile import PERIODS_DDL
+from kpis.batch import compute_plan, fact_columns, load_periods
+from kpis.compile import PERIODS_DDL, compile_kpi
 from kpis.evaluate import EvalSummary, default_periods, evaluate_and_store, periods_for
 from kpis.periods import Period
 from kpis.registry import Registry, load_registry
@@ -277,3 +278,32 @@ def test_reevaluating_gives_the_same_values_and_statuses(reevaluated) -> None:
 def test_reevaluating_reports_no_changed_value(reevaluated) -> None:
     summary, _ = reevaluated
     assert summary.changed == [], f"{len(summary.changed)} rows reported changed, e.g. {summary.changed[:5]}"
+
+
+def test_batched_engine_equals_each_kpis_own_statement(evaluated) -> None:
+    """The engine computes a pass in a few statements for all KPIs (kpis.batch); each KPI's own
+    compiled statement (kpis.compile.compile_kpi) must give the same rows, to the last bit."""
+    ev = evaluated
+    requested = default_periods(AS_OF, AS_OF)
+    plan = [(k, periods_for(k, requested, AS_OF)) for k in ev.registry.kpis.values()]
+    errors: dict[str, str] = {}
+    compute_plan(ev.con, plan, AS_OF, errors)
+    assert errors == {}
+    batched = ev.con.execute("SELECT * FROM _result").df()
+    own = []
+    for k, periods in plan:
+        if periods:
+            cols = fact_columns(ev.con, k)
+            load_periods(ev.con, "_periods", range(len(periods)), periods, AS_OF)
+            own.append(ev.con.execute(compile_kpi(k, cols)).df())
+    m = batched.merge(pd.concat(own, ignore_index=True), on=KEY, how="outer", suffixes=("_b", "_o"),
+                      indicator=True)
+    assert len(m) > 1000 and (m._merge == "both").all(), \
+        "rows only on one side:\n" + m[m._merge != "both"][KEY + ["_merge"]].head(20).to_string()
+    bad = pd.Series(False, index=m.index)
+    for col in ("value", "numerator", "denominator", "sample"):
+        a, b = m[f"{col}_b"], m[f"{col}_o"]
+        bad |= ~((a == b) | (a.isna() & b.isna()))
+    for col in ("status", "is_final", "period_end", "org_level", "theme"):
+        bad |= m[f"{col}_b"] != m[f"{col}_o"]
+    assert not bad.any(), f"{int(bad.sum())} rows differ:\n" + m[bad].head(20).to_string()
