@@ -42,10 +42,16 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS kpi_eval_state (
         id INTEGER, last_dirty_run_id BIGINT, last_full_at TIMESTAMP, last_eval_at TIMESTAMP)""",
     "ALTER TABLE kpi_eval_state ADD COLUMN IF NOT EXISTS last_sweep_at TIMESTAMP",
+    # etl_dirty run id up to which closed periods have been re-evaluated (restatements)
+    "ALTER TABLE kpi_eval_state ADD COLUMN IF NOT EXISTS last_past_run_id BIGINT",
 ]
 
 # Every KPI is re-evaluated at least this often, and at each new hour; in between only KPIs whose
 # sources delivered rows, snapshots and resolved-or-due KPIs (their deadlines pass with time).
+# Closed periods touched by late or corrected rows (restatements) are re-evaluated at these
+# sweeps too, not on every pass: at county scale late meter collections touch past days every
+# minute, and re-reading a closed month of facts each minute cost 10-15 s CPU per pass. A
+# restated past value is therefore at most SWEEP_EVERY late; open periods are fresh every pass.
 SWEEP_EVERY = timedelta(minutes=10)
 
 
@@ -417,17 +423,22 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         _, top = _dirty_dates(con, None)
         summary = evaluate_and_store(con, registry, default_periods(as_of, first_day), as_of)
         con.execute("DELETE FROM kpi_eval_state")
-        con.execute("INSERT INTO kpi_eval_state VALUES (1, $r, $a, $a, $a)", {"r": top, "a": as_of})
+        con.execute("INSERT INTO kpi_eval_state (id, last_dirty_run_id, last_full_at, last_eval_at, "
+                    "last_sweep_at, last_past_run_id) VALUES (1, $r, $a, $a, $a, $r)",
+                    {"r": top, "a": as_of})
         return summary
-    last_eval, last_sweep = con.execute(
-        "SELECT last_eval_at, last_sweep_at FROM kpi_eval_state WHERE id = 1").fetchone()
+    last_eval, last_sweep, past_run = con.execute(
+        "SELECT last_eval_at, last_sweep_at, COALESCE(last_past_run_id, last_dirty_run_id) "
+        "FROM kpi_eval_state WHERE id = 1").fetchone()
     sweep = (last_sweep is None or last_eval is None or as_of - last_sweep >= SWEEP_EVERY
              or as_of.replace(minute=0, second=0, microsecond=0)
              != last_eval.replace(minute=0, second=0, microsecond=0))
     dirty, top = _dirty_dates(con, state[0])
     dirty_sources = {source for source, _ in dirty}
-    # Open periods only: today, its hours, this month (a closed month is re-evaluated when its
-    # dates turn up in etl_dirty, below).
+    if sweep:   # every restatement since the last sweep, not only since the last pass
+        dirty, top = _dirty_dates(con, past_run)
+    # Open periods: today, its hours, this month; past days of this month when their dates turn
+    # up in etl_dirty; a closed month's days and the month itself at the next sweep.
     today = day(as_of.date())
     base = {today, month(as_of.year, as_of.month), *hours_of(today)}
     by_source: dict[str, set[Period]] = {}
@@ -437,6 +448,8 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         dd = d if not isinstance(d, datetime) else d.date()
         if dd > as_of.date() or dd < as_of.date() - timedelta(days=800):
             continue
+        if not sweep and (dd.year, dd.month) != (as_of.year, as_of.month):
+            continue    # a closed month's dates wait for the next sweep (SWEEP_EVERY)
         by_source.setdefault(source, set()).update({day(dd), month(dd.year, dd.month)})
     apply_prelude(con)
     plan = []
@@ -457,6 +470,8 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         plan.append((k, periods_for(k, sorted(periods), as_of)))
     summary = evaluate_plan(con, plan, as_of, local_now())
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "
-                "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END WHERE id = 1",
-                {"r": top, "a": as_of, "sweep": sweep})
+                "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END, "
+                "last_past_run_id = CASE WHEN $sweep THEN $r "
+                "ELSE COALESCE(last_past_run_id, $p) END WHERE id = 1",
+                {"r": top, "a": as_of, "sweep": sweep, "p": past_run})
     return summary
