@@ -21,10 +21,21 @@ from simulator.config import SYSTEMS  # noqa: E402
 from simulator.territory import SCALES  # noqa: E402
 
 
-def cpu() -> float:
+def cpu_parts() -> tuple[float, float]:
     """CPU seconds of this process and of finished children (the build's meter process)."""
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def cpu() -> float:
+    return sum(cpu_parts())
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def main() -> None:
@@ -36,12 +47,17 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         urls = {s: f"sqlite:///{Path(tmp) / f'source_{s}.db'}" for s in SYSTEMS}
-        w0, c0 = time.perf_counter(), cpu()
+        print(f"load average before: {loadavg()}")
+        w0, (own0, kids0) = time.perf_counter(), cpu_parts()
         counts = simulator.build(urls, scale=args.scale, seed=42, days=args.days, start=date(2026, 9, 1))
-        wall, cpu_s = time.perf_counter() - w0, cpu() - c0
+        wall = time.perf_counter() - w0
+        own, kids = (a - b for a, b in zip(cpu_parts(), (own0, kids0)))
         size = sum(f.stat().st_size for f in Path(tmp).glob("source_*.db")) / 1e6
+        # the two processes run side by side: on an idle 2-core machine the wall time is about
+        # the larger of their CPU times
         print(f"build {args.scale} {args.days} days: {sum(counts.values()):,} rows, wall {wall:.1f} s, "
-              f"cpu {cpu_s:.1f} s (both processes), {size:.0f} MB")
+              f"cpu {own + kids:.1f} s (mis/cs/dist process {own:.1f} s, meter process {kids:.1f} s), "
+              f"{size:.0f} MB; load average after: {loadavg()}")
         top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
         print("  largest tables: " + ", ".join(f"{t} {n:,}" for t, n in top))
         runner = live.Live(urls)

@@ -14,12 +14,15 @@ from simulator.territory import Territory
 Generator = Callable[[Territory, int, int], list[Life]]
 # (name, function, horizon in days: no version of a row starts more than this after its day)
 GENERATORS: tuple[tuple[str, Generator, int], ...] = (
-    ("service", service.day, 25), ("network", network.day, 12), ("acd", acd.day, 1),
-    ("marketing", marketing.day, 100), ("bills", marketing.bills, 50), ("metering", metering.day, 5),
-    ("cases", metering.cases, 30))
+    ("service", service.day, 25), ("network", network.day, 14), ("acd", acd.day, 1),
+    ("marketing", marketing.day, 100), ("apps", marketing.apps, 120), ("arrears", marketing.arrears, 115),
+    ("bills", marketing.bills, 110), ("metering", metering.day, 5), ("cases", metering.cases, 30))
+# Days before the history start a generator also runs, so that the sources open as systems long in
+# service: 业扩 applications already in progress, and arrears carried from earlier bills.
+LEAD = {"apps": 90, "arrears": 1}
 # systems each generator writes to (the history build runs the meter system in its own process)
 WRITES = {"service": {"cs", "dist"}, "network": {"cs", "dist"}, "acd": {"cs"}, "marketing": {"mis"},
-          "bills": {"mis"}, "metering": {"meter"}, "cases": {"meter"}}
+          "apps": {"mis", "cs"}, "arrears": {"mis"}, "bills": {"mis"}, "metering": {"meter"}, "cases": {"meter"}}
 SELF_REF = {"cs_work_order", "dist_repair_task", "mis_payment", "mis_bill", "mis_org"}
 BADROWS_HEADER = ("written_at", "source", "table_name", "key", "kind")
 
@@ -113,6 +116,11 @@ def window_rows(lives: Iterable[Life], lo: dict[str, int], hi: int, bad: BadRowL
         if bad is not None and life.bad and low < life.bad_at <= hi:
             bad.add(life)
     return out
+
+
+def first_day(name: str, start_day: int) -> int:
+    """First day a generator runs for a history starting on start_day."""
+    return start_day - LEAD.get(name, 0)
 
 
 def day_range(start_day: int, lo: int, hi: int, horizon: int) -> range:

@@ -17,7 +17,8 @@ from simulator import state as st
 from simulator import territory
 from simulator.clock import DAY, day_of
 from simulator.config import REPO, SYSTEMS, side_dir
-from simulator.engine import BADROWS_HEADER, GENERATORS, WRITES, BadRowLog, final_rows, generate, table_order
+from simulator.engine import BADROWS_HEADER, GENERATORS, WRITES, BadRowLog, final_rows, first_day, generate, table_order
+from simulator.states import CrewLog
 from simulator.store import SourceStore
 
 log = logging.getLogger(__name__)
@@ -119,14 +120,22 @@ def _build_part(urls: Mapping[str, str], seed: int, start_day: int, days: int, b
 
         for table, rows in territory.rows(ter, seed, start_day, start_day + days, set(systems)):
             write(table, rows)
-        for d in range(start_day, start_day + days):
+        crews = CrewLog(ter)
+        for d in range(min(first_day(g[0], start_day) for g in gens), start_day + days):
             for name, fn, _ in gens:
-                lives = [x for x in generate(ter, seed, name, fn, d, bad_rows) if x.table.split("_", 1)[0] in stores]
+                if d < first_day(name, start_day):
+                    continue
+                # days before the start carry no bad rows (as State.bad_rate says to live mode)
+                rate = bad_rows if d >= start_day else 0.0
+                lives = [x for x in generate(ter, seed, name, fn, d, rate) if x.table.split("_", 1)[0] in stores]
+                crews.add(lives)
                 batch = final_rows(lives, end, badlog)
                 for table in sorted(batch, key=order.__getitem__):
                     write(table, batch[table])
-            if (d - start_day) % 10 == 9:
+            if d >= start_day and (d - start_day) % 10 == 9:
                 log.info("%s: %d of %d days written", part, d - start_day + 1, days)
+        if "dist" in stores:                 # crews as their repair tasks left them at the end
+            stores["dist"].upsert("dist_crew", crews.rows(end))
         for s in stores.values():
             s.create_indexes()
             s.commit()

@@ -14,9 +14,10 @@ from simulator import state as st
 from simulator import territory
 from simulator.clock import EPOCH, DAY, ts
 from simulator.config import SYSTEMS, side_dir
-from simulator.engine import GENERATORS, BadRowLog, day_range, generate, table_order, window_rows
+from simulator.engine import GENERATORS, BadRowLog, day_range, first_day, generate, table_order, window_rows
 from simulator.faults import is_down
 from simulator.life import Life
+from simulator.states import CrewLog, terminal_rows
 from simulator.store import SourceStore
 
 log = logging.getLogger(__name__)
@@ -37,22 +38,42 @@ class Live:
             self.state.bad_rates = [b for b in self.state.bad_rates if b[0] < first] + [[first, bad_rows]]
         self.ter = territory.build(self.state.scale, self.state.seed, self.state.start_day)
         self.order = table_order()
-        # per (generator, day): lives sorted by their last write, and those last write times
-        self.cache: dict[tuple[str, int], tuple[list[int], list[Life]]] = {}
+        # per (generator, day): last write times and lives sorted by them, for the lives with one
+        # version and for those with several: [lasts, lives, lasts, lives]
+        self.cache: dict[tuple[str, int], list[list]] = {}
         self.stores: dict[str, SourceStore] = {}
 
     def _lives(self, lo: int, hi: int) -> list[list[Life]]:
-        """Lives that may still write in (lo, hi]: finished ones are skipped by a binary search."""
+        """Lives that may still write in (lo, hi], found by binary searches on their last write.
+
+        Lives with one version (collection rows, flow steps, queue snapshots: most rows) write
+        exactly when their last write falls in the window; only lives with several versions are
+        scanned from lo on. At city scale this keeps a one-second step from walking the millions
+        of collection rows that tonight's run has yet to write."""
+        floor = min([self.state.written.get(s, self.state.clock) for s in SYSTEMS] + [lo])
         batches = []
         for name, fn, horizon in GENERATORS:
-            for d in day_range(self.state.start_day, lo, hi, horizon):
+            for d in day_range(first_day(name, self.state.start_day), lo, hi, horizon):
                 key = (name, d)
                 if key not in self.cache:
                     lives = generate(self.ter, self.state.seed, name, fn, d, self.state.bad_rate(d))
                     lives.sort(key=lambda x: x.versions[-1][0])
-                    self.cache[key] = ([x.versions[-1][0] for x in lives], lives)
-                lasts, lives = self.cache[key]
-                batches.append(lives[bisect_right(lasts, lo):])
+                    single = [x for x in lives if len(x.versions) == 1]
+                    multi = [x for x in lives if len(x.versions) > 1]
+                    self.cache[key] = [[x.versions[-1][0] for x in single], single,
+                                       [x.versions[-1][0] for x in multi], multi]
+                parts = self.cache[key]
+                for k in (0, 2):
+                    lasts, lives = parts[k], parts[k + 1]
+                    done = bisect_right(lasts, floor)
+                    if done > len(lasts) // 4:
+                        # no source's "written up to" ever goes back: lives finished before the
+                        # oldest one are never written again; dropping them (in a few large cuts,
+                        # not a copy every step) keeps a city day from lingering for the horizon
+                        parts[k], parts[k + 1] = lasts[done:], lives[done:]
+                lasts, single, lasts_m, multi = parts
+                batches.append(single[bisect_right(lasts, lo):bisect_right(lasts, hi)])
+                batches.append(multi[bisect_right(lasts_m, lo):])
         keep_from = {name: lo // DAY - horizon - 1 for name, _, horizon in GENERATORS}
         for key in [k for k in self.cache if k[1] < keep_from[k[0]]]:
             del self.cache[key]
@@ -86,12 +107,20 @@ class Live:
         if lo:
             rows: dict[str, list[tuple[int, tuple]]] = {}
             badlog = BadRowLog(self.side / st.BADROWS_FILE, fresh=False)
+            crews = CrewLog(self.ter)
             try:
                 for lives in self._lives(min(lo.values()), hi):
+                    crews.add(lives)
                     for table, part in window_rows(lives, lo, hi, badlog).items():
                         rows.setdefault(table, []).extend(part)
             finally:
                 badlog.close()
+            # state rows: every task still moving after lo is among the lives above
+            if "dist" in lo:
+                rows.setdefault("dist_crew", []).extend((0, r) for r in crews.rows(hi, lo["dist"]))
+            if "meter" in lo:
+                rows.setdefault("meter_terminal", []).extend(
+                    (0, r) for r in terminal_rows(self.ter, self.state.seed, lo["meter"], hi))
             for s in lo:
                 store = self._store(s)
                 store.begin()

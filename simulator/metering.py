@@ -5,6 +5,7 @@ from itertools import repeat
 
 import numpy as np
 
+from simulator import heartbeat
 from simulator.clock import _TOD, DAY, day_str, ts
 from simulator.gen import count, minutes, rng_for
 from simulator.life import Life
@@ -14,6 +15,9 @@ from simulator.territory import Territory
 EVENTS = (("E01", 8), ("E02", 6), ("E03", 6), ("E04", 4), ("E05", 5), ("E06", 3), ("E07", 15), ("E08", 4),
           ("E09", 2), ("E10", 1), ("E11", 2), ("E12", 10), ("E13", 10), ("E14", 3), ("E15", 10), ("E16", 6),
           ("E17", 8), ("E18", 2))
+DRIFTING_PER_1000 = 4     # meters with a clock off by more than 5 minutes
+FAULTY_PER_1000 = 2       # meters failing collection for days in a row
+HEAVY_EVERY = 8           # one 台区 master meter in N serves a transformer that runs heavy on peak evenings
 CURVE_SAMPLE = 40          # 台区总表 with a 96-point curve (the first N by 台区 number)
 VOLTAGE_EVERY = 50         # one customer meter in N keeps daily voltage statistics
 
@@ -31,9 +35,9 @@ def _static(ter: Territory) -> dict:
         cached = dict(users=users, idx=np.array(users, dtype=np.int64), tf=tf,
                       mean=np.array([ter.cons_kwh[i] for i in users]) / tf,
                       masters=[tg for tg in ter.tgs if tg["master"]],
-                      terminals=sorted({ter.cons_terminal[i] for i in users}),
                       meters=[ter.cons_meter[i] for i in users], terms=[ter.cons_terminal[i] for i in users],
-                      orgs=[ter.cons_org[i] for i in users], tg_idx=[ter.cons_tg[i] for i in users],
+                      orgs=[ter.cons_org[i] for i in users],
+                      tg_arr=np.array([ter.cons_tg[i] for i in users], dtype=np.int64),
                       tgs=[ter.tgs[ter.cons_tg[i]]["tg_no"] for i in users])
         ter._metering = cached
     return cached
@@ -52,7 +56,8 @@ def day(ter: Territory, seed: int, d: int) -> list[Life]:
     day_kwh = (reg_now - reg_prev) * m["tf"]
     first = (d + 1) * DAY + 1800 + g.integers(0, 6 * 3600 + 1800, n)
     u = g.random(n)
-    offline_tm = {tm for tm in m["terminals"] if rng.random() < 0.005}
+    # terminals off the network during the night's collection (the heartbeat model's outages)
+    down = heartbeat.offline_at(seed, len(ter.tgs), (d + 1) * DAY + 3 * 3600)
     fixed_at = first + g.integers(3600, 3 * DAY, n)
     dd = day_str(d)
     prefix = day_str(d + 1) + " "
@@ -60,36 +65,41 @@ def day(ter: Territory, seed: int, d: int) -> list[Life]:
     succ_txt = [prefix + _TOD[s] for s in (first + 20 - (d + 1) * DAY).tolist()]
     r = np.round(reg_now, 4)
     kwh = np.round(day_kwh, 4).tolist()
-    meters, terms, orgs, tg_idx, tgs = m["meters"], m["terms"], m["orgs"], m["tg_idx"], m["tgs"]
-    clock = ((u * 40).astype(int) - 20).tolist()
+    meters, terms, orgs, tgs = m["meters"], m["terms"], m["orgs"], m["tgs"]
+    # a few meters' clocks have drifted beyond the 5-minute tolerance (battery, never synchronised)
+    idx = m["idx"]
+    drift = (idx * 2654435761 % 1000) < DRIFTING_PER_1000
+    clock = np.where(drift, np.where(idx % 2 == 0, 1, -1) * (310 + (idx * 37 + d) % 900),
+                     (u * 40).astype(int) - 20).tolist()
     rows = list(zip(meters, repeat(dd), terms, orgs, tgs, repeat("01"), repeat(None), first_txt, succ_txt, repeat(1),
                     repeat("01"), r.tolist(), np.round(r * 0.1, 4).tolist(), np.round(r * 0.3, 4).tolist(),
                     np.round(r * 0.35, 4).tolist(), np.round(r * 0.25, 4).tolist(), repeat(0.0), kwh, clock,
                     succ_txt, succ_txt, repeat(0)))
-    failed = set(np.nonzero(u < 0.015)[0].tolist())
-    if offline_tm:
-        failed |= {k for k, tm in enumerate(terms) if tm in offline_tm}
+    failed = u < 0.015
+    # faulty meters (module or wiring) fail night after night until a technician replaces them
+    stuck = ((idx * 40503 % 1000) < FAULTY_PER_1000) & ((d + idx) % 23 < 6)
+    off = down[m["tg_arr"]]
+    failed |= stuck | off
     t_ok = (first + 20).tolist()
-    out: list[Life] = []
-    tg_sale: dict[int, list] = {}
-    for k, row in enumerate(rows):
-        acc = tg_sale.get(tg_idx[k])
-        if acc is None:
-            acc = tg_sale[tg_idx[k]] = [0.0, 0, 0]
-        acc[2] += 1
-        if k not in failed:
-            out.append(Life("meter_collection_daily", 0, versions=[(t_ok[k], row)]))
-            acc[0] += kwh[k]
-            acc[1] += 1
-            continue
-        off = terms[k] in offline_tm
-        bad = row[:5] + ("03" if off else "02", "01" if off else ("02", "03", "05", "06")[k % 4], row[7], None, 3,
-                         None) + (None,) * 7 + (None, row[8], row[8], 0)
+    ok = (~failed).tolist()
+    out: list[Life] = [Life("meter_collection_daily", 0, versions=[(t, row)])
+                       for t, row, good in zip(t_ok, rows, ok) if good]
+    for k in np.nonzero(failed)[0].tolist():
+        row = rows[k]
+        bad = row[:5] + ("03" if off[k] else "02", "01" if off[k] else ("02", "03", "05", "06")[k % 4], row[7], None,
+                         3, None) + (None,) * 7 + (None, row[8], row[8], 0)
         versions = [(t_ok[k], bad)]
-        if u[k] < 0.0105 or (off and u[k] < 0.7):                      # 补采 later
+        if not stuck[k] and (u[k] < 0.0105 or (off[k] and u[k] < 0.7)):    # 补采 later
             tf = int(fixed_at[k])
             versions.append((tf, row[:8] + (ts(tf), 4, "02") + row[11:19] + (row[8], ts(tf), 0)))
         out.append(Life("meter_collection_daily", 0, versions=versions))
+    # per 台区: energy sold by the meters collected, how many were, how many should have been
+    tg_arr, good = m["tg_arr"], ~failed
+    size = len(ter.tgs)
+    sold = np.bincount(tg_arr[good], weights=np.round(day_kwh, 4)[good], minlength=size)
+    got = np.bincount(tg_arr[good], minlength=size)
+    expected = np.bincount(tg_arr, minlength=size)
+    tg_sale = {k: [float(sold[k]), int(got[k]), int(expected[k])] for k in np.nonzero(expected)[0].tolist()}
     out += _line_loss(ter, rng, d, masters, tg_sale)
     out += _voltage(ter, rng, d, users)
     out += _curves(ter, rng, d, masters)
@@ -166,9 +176,14 @@ def _curves(ter: Territory, rng, d: int, masters: list[dict]) -> list[Life]:
     for k, tg in enumerate(masters[:CURVE_SAMPLE]):
         cap = tg["tg_cap"]
         reg = 50000.0 + d * cap * 0.3 * 24 / 60
+        # an undersized transformer: its evening peak reaches 85-105 % of capacity on most days
+        heavy = k % HEAVY_EVERY == 3 and rng.random() < 0.7
         for p in range(1, 97):
             hour = (p - 1) / 4
-            load = cap * (0.25 + 0.35 * (1 if 9 <= hour < 12 or 18 <= hour < 22 else 0.4)) * rng.uniform(0.8, 1.1)
+            if heavy and 18 <= hour < 22:
+                load = cap * rng.uniform(0.85, 1.05)
+            else:
+                load = cap * (0.25 + 0.35 * (1 if 9 <= hour < 12 or 18 <= hour < 22 else 0.4)) * rng.uniform(0.8, 1.1)
             reg += load / 4 / 60
             ia, ib, ic = (round(load / 0.66 * rng.uniform(0.7, 1.3) / 3, 3) for _ in range(3))
             tup = (tg["master"], ts(d * DAY + p * 900), round(reg, 4), round(load, 4),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 
 from simulator.clock import DAY, day_str, parse_ts as _sec, ts
-from simulator.gen import ARRIVAL_LIMIT_MIN, at, count, minutes, org_chain, rng_for
+from simulator.gen import ARRIVAL_LIMIT_MIN, CALL_RHYTHM, WORK_RHYTHM, at, count, minutes, org_chain, rng_for
 from simulator.life import Life
 from simulator.territory import Territory
 
@@ -29,21 +29,60 @@ class Ids:
         return f"{kind}{self.prefix}{self.n[kind]:06d}"
 
 
+# Orders that do not come from a 95598 call: online channels (app, website/chat, WeChat, SMS),
+# transfers from the 12398 regulator and 12345 government hotlines, and the hall. Weights per channel,
+# then the order types each channel brings (transfers are mostly complaints and requests).
+OTHER_CHANNELS = (("02", 50), ("03", 8), ("04", 20), ("05", 2), ("06", 3), ("07", 12), ("08", 5))
+OTHER_TYPES = {"online": (("01", 20), ("06", 30), ("07", 40), ("04", 5), ("05", 5)),
+               "transfer": (("02", 45), ("06", 20), ("07", 25), ("03", 5), ("04", 5)),
+               "hall": (("07", 70), ("06", 20), ("02", 5), ("05", 5))}
+# orders from other channels per 95598 call (online intake is about as large as the phone's)
+OTHER_PER_CALL = 0.75
+# Some customers complain again about the same grievance: one in REPEATER_EVERY customers is
+# aggrieved (its complaint class fixed by its number) and makes this share of all complaints.
+REPEATER_EVERY = 499
+REPEATER_SHARE = 0.12
+
+
 def day(ter: Territory, seed: int, d: int) -> list[Life]:
-    """One day of inbound calls and the orders they create."""
+    """One day of inbound calls and the orders they create, and orders from the other channels."""
     rng = rng_for(seed, "service", d)
     ids = Ids(d, "C")
     out: list[Life] = []
-    for _ in range(count(rng, ter.n * 0.0065)):
+    calls = count(rng, ter.n * 0.0065)
+    for _ in range(calls):
         i = rng.randrange(ter.n) if rng.random() < 0.85 else None
         wtype = rng.choices([w[0] for w in WO_TYPES], [w[1] for w in WO_TYPES])[0]
         sub = rng.choice(SUBTYPES[wtype]) if wtype in SUBTYPES else None
+        i, sub = complainant(ter, rng, i, wtype, sub)
         out += call(ter, rng, ids, at(rng, d), i, wtype, sub)
+    for _ in range(count(rng, calls * OTHER_PER_CALL)):
+        channel = rng.choices([c[0] for c in OTHER_CHANNELS], [c[1] for c in OTHER_CHANNELS])[0]
+        kind = "transfer" if channel in ("06", "07") else "hall" if channel == "08" else "online"
+        types = OTHER_TYPES[kind]
+        wtype = rng.choices([w[0] for w in types], [w[1] for w in types])[0]
+        sub = rng.choice(SUBTYPES[wtype]) if wtype in SUBTYPES else None
+        i = rng.randrange(ter.n) if kind != "transfer" or rng.random() < 0.7 else None
+        i, sub = complainant(ter, rng, i, wtype, sub)
+        org = ter.cons_org[i] if i is not None else rng.choice(ter.stations)
+        accept = at(rng, d, WORK_RHYTHM if kind != "online" else CALL_RHYTHM)
+        out += order(ter, rng, ids, accept, i, org, wtype, sub, channel,
+                     caller=f"137****{rng.randrange(10000):04d}" if i is None else None)
     return out
 
 
+def complainant(ter: Territory, rng: random.Random, i: int | None, wtype: str,
+                sub: str | None) -> tuple[int | None, str | None]:
+    """For a complaint, sometimes one of the aggrieved customers with its standing grievance."""
+    if wtype != "02" or rng.random() >= REPEATER_SHARE:
+        return i, sub
+    k = rng.randrange(max(1, ter.n // REPEATER_EVERY)) * REPEATER_EVERY
+    return k, SUBTYPES["02"][k // REPEATER_EVERY % len(SUBTYPES["02"])]
+
+
 def call(ter: Territory, rng: random.Random, ids: Ids, arrive: int, i: int | None, wtype: str,
-         sub: str | None, main: Life | None = None, outage_id: str | None = None) -> list[Life]:
+         sub: str | None, main: Life | None = None, outage_id: str | None = None,
+         task: Life | None = None) -> list[Life]:
     """One inbound call; if answered it may open a work order (merged into `main` if given)."""
     r = rng.random()
     result = "01" if r < 0.80 else "02" if r < 0.88 else "03" if r < 0.96 else "04" if r < 0.99 else "05"
@@ -71,7 +110,8 @@ def call(ter: Territory, rng: random.Random, ids: Ids, arrive: int, i: int | Non
     out = [c]
     if answer and rng.random() < WO_SHARE[wtype]:
         accept = answer + talk // 2
-        lives = order(ter, rng, ids, accept, i, org, wtype, sub, "01", main, outage_id)
+        lives = order(ter, rng, ids, accept, i, org, wtype, sub, "01", main, outage_id, task=task,
+                      caller=row["caller_no"])
         out = lives + out
         c.set(max(end + rng.randint(30, 300), lives[0].start), wo_no=lives[0].row["wo_no"],
               ivr_satisfaction=rng.choice(("01", "01", "01", "02", "03", None)))
@@ -82,8 +122,12 @@ def call(ter: Territory, rng: random.Random, ids: Ids, arrive: int, i: int | Non
 
 
 def order(ter: Territory, rng: random.Random, ids: Ids, accept: int, i: int | None, org: str, wtype: str,
-          sub: str | None, channel: str, main: Life | None = None, outage_id: str | None = None) -> list[Life]:
-    """A work order's whole life with its steps, 回访, 催办 and (for 报修) the repair task."""
+          sub: str | None, channel: str, main: Life | None = None, outage_id: str | None = None,
+          task: Life | None = None, caller: str | None = None, app_no: str | None = None) -> list[Life]:
+    """A work order's whole life with its steps, 回访, 催办 and (for 报修) the repair task.
+
+    task: a repair task already raised for the fault (proactive repair): the order follows it
+    instead of starting its own."""
     if main is not None:                                    # a duplicate is always accepted after its main order
         accept = max(accept, main.start + 1)
     prov, city, county = org_chain(ter, org)
@@ -97,7 +141,8 @@ def order(ter: Territory, rng: random.Random, ids: Ids, accept: int, i: int | No
         tg_no=tg["tg_no"] if tg else None, elec_type_code=ter.cons_elec[i] if i is not None else None, urban_rural=ur,
         important_flag=(ter.cons_flag[i] & 1) if i is not None else 0,
         sensitive_flag=((ter.cons_flag[i] >> 1) & 1) if i is not None else 0, call_count=1,
-        accept_content=f"客户来电反映{sub or wtype}类诉求", escalate_level="01" if rng.random() < 0.01 else None))
+        accept_content=f"客户{'来电' if channel == '01' else ''}反映{sub or wtype}类诉求", caller_no=caller, app_no=app_no,
+        escalate_level=escalation(rng, wtype, channel)))
     steps: list[Life] = []
 
     def step(t: int, code: str, who: str | None = None, remark: str | None = None) -> None:
@@ -121,11 +166,12 @@ def order(ter: Territory, rng: random.Random, ids: Ids, accept: int, i: int | No
     step(receive, "30")
     extra: list[Life] = []
     if wtype == "01":
-        task = repair_task(ter, rng, ids, receive, org, tg, ur, sub, wo_no, outage_id)
-        extra.append(task)
+        if task is None:
+            task = repair_task(ter, rng, ids, receive, org, tg, ur, sub, wo_no, outage_id)
+            extra.append(task)
         arr = task.row["arrive_time"]
-        step(task.versions[-1][0] if not arr else _sec(arr), "40")
-        reply = _sec(task.row["reply_time"]) + minutes(rng, 1, 10)
+        step(max(receive, task.versions[-1][0] if not arr else _sec(arr)), "40")
+        reply = max(receive, _sec(task.row["reply_time"])) + minutes(rng, 1, 10)
     else:
         contact = receive + minutes(rng, 20, 360)
         step(contact, "32")
@@ -164,7 +210,9 @@ def order(ter: Territory, rng: random.Random, ids: Ids, accept: int, i: int | No
     o.set(close, close_time=ts(close), status_code="06")
     step(close, "90")
     if wtype == "02":                                       # 属实认定 days after archive
-        o.set(close + rng.randint(DAY, 5 * DAY), complaint_valid=rng.choices(("01", "02", "03"), (30, 15, 55))[0])
+        # an aggrieved customer's standing grievance is usually founded
+        weights = (60, 20, 20) if i is not None and i % REPEATER_EVERY == 0 else (30, 15, 55)
+        o.set(close + rng.randint(DAY, 5 * DAY), complaint_valid=rng.choices(("01", "02", "03"), weights)[0])
     urges: list[Life] = []
     if rng.random() < 0.08:
         ut = accept + int((close - accept) * rng.uniform(0.1, 0.8))
@@ -173,6 +221,17 @@ def order(ter: Territory, rng: random.Random, ids: Ids, accept: int, i: int | No
                                               urge_reason="02" if wtype == "01" else rng.choice(("01", "03", "04")),
                                               urge_content="客户催促处理", org_no=org)))
     return [o] + steps + visits + urges + extra
+
+
+def escalation(rng: random.Random, wtype: str, channel: str) -> str | None:
+    """ESCALATE_LEVEL of a new order: complaints are escalated now and then, regulator transfers more often."""
+    if wtype != "02":
+        return "01" if rng.random() < 0.002 else None
+    share = 0.16 if channel == "06" else 0.08
+    r = rng.random()
+    if r >= share:
+        return None
+    return "01" if r < share * 0.9 else rng.choice(("02", "02", "03"))
 
 
 def repair_task(ter: Territory, rng: random.Random, ids: Ids, receive: int, org: str, tg: dict | None, ur: str,

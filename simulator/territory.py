@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from simulator.clock import DAY, day_str, to_date, ts
+from simulator import heartbeat
 from simulator.life import layout
 
 SCALES: dict[str, dict[str, int]] = {
@@ -17,6 +18,7 @@ SCALES: dict[str, dict[str, int]] = {
 }
 PROVINCE, CITY = "33101", "33401"
 CUST_PER_TG = 80
+CREWS_PER_STATION = 4       # about half of them out on a task at a busy hour of a county
 # approximate statutory holidays (month, day) ranges; Spring Festival from a table
 _FIXED_HOLIDAYS = [((1, 1), (1, 1)), ((4, 4), (4, 6)), ((5, 1), (5, 5)), ((10, 1), (10, 7))]
 _SPRING = {2024: (2, 10), 2025: (1, 28), 2026: (2, 16), 2027: (2, 5), 2028: (1, 25), 2029: (2, 12),
@@ -95,7 +97,7 @@ def build(scale: str, seed: int, start_day: int) -> Territory:
             ter.stations.append(st)
             ter.station_ur[st] = ur
             ter.station_county[st] = county
-            ter.crews[st] = [f"CR{st}{k}" for k in range(2)]
+            ter.crews[st] = [f"CR{st}{k}" for k in range(CREWS_PER_STATION)]
             feeders = [f"FD{st[-6:]}{k:02d}" for k in range(max(1, math.ceil(p["grids"] * per_grid / CUST_PER_TG / 25)))]
             ter.feeders += [(f, st) for f in feeders]
             for g in range(p["grids"]):
@@ -153,6 +155,19 @@ def _fill_grid(ter: Territory, rng: random.Random, st: str, grid: str, ur: str, 
         ter.cons_active.append(rng.random() > 0.005)
 
 
+def _importance(rng: random.Random, sort: str, important: int) -> dict:
+    """impt_level and supply_mode: 特级/一级 important customers are fed by two or more sources,
+    二级/临时性 by at least two circuits; a few do not (yet) meet their level."""
+    if not important:
+        return dict(impt_level="05", supply_mode="02" if sort == "01" else "01")
+    level = rng.choices(("01", "02", "03", "04"), (5, 30, 50, 15))[0]
+    if level in ("01", "02"):
+        mode = rng.choices(("03", "04", "02"), (85, 10, 5))[0]
+    else:
+        mode = rng.choices(("02", "03", "01"), (70, 25, 5))[0]
+    return dict(impt_level=level, supply_mode=mode)
+
+
 def _row(table: str, values: dict, t: str) -> tuple:
     cols, defaults, _ = layout(table)
     values["created_at"] = values["updated_at"] = t
@@ -162,12 +177,16 @@ def _row(table: str, values: dict, t: str) -> tuple:
 def rows(ter: Territory, seed: int, first_day: int, last_day: int,
          systems: set[str] | None = None) -> Iterator[tuple[str, list[tuple]]]:
     """The territory's rows per table (contract order within each system), in chunks."""
-    for table, part in _rows(ter, seed, first_day, last_day):
+    for table, part in _rows(ter, seed, first_day, last_day, systems or {"mis", "cs", "dist", "meter"}):
         if systems is None or table.split("_", 1)[0] in systems:
             yield table, part
 
 
-def _rows(ter: Territory, seed: int, first_day: int, last_day: int) -> Iterator[tuple[str, list[tuple]]]:
+def _rows(ter: Territory, seed: int, first_day: int, last_day: int,
+          systems: set[str]) -> Iterator[tuple[str, list[tuple]]]:
+    # The per-customer blocks are skipped for a process that does not write them (at city scale
+    # they are millions of rows); they draw from `rng`, so only tables after them (dist, which
+    # is written with mis) depend on their being run, never the meter tables.
     rng = random.Random(f"territory-rows:{seed}:{ter.scale}")
     t = ts(ter.t0)
     yield "mis_org", [_row("mis_org", o, t) for o in ter.orgs]
@@ -176,7 +195,8 @@ def _rows(ter: Territory, seed: int, first_day: int, last_day: int) -> Iterator[
                                              manager_emp_no=f"E{g[-6:]}", status_code="01"), t)
                        for g, s in ter.grids]
     chunk = 200_000
-    for lo in range(0, ter.n, chunk):
+    supply = random.Random(f"important:{seed}:{ter.scale}")     # its own stream: other values stay put
+    for lo in range(0, ter.n if "mis" in systems else 0, chunk):
         cust, mps, meters = [], [], []
         for i in range(lo, min(ter.n, lo + chunk)):
             sort, tg = ter.cons_sort[i], ter.tgs[ter.cons_tg[i]]
@@ -193,13 +213,13 @@ def _rows(ter: Territory, seed: int, first_day: int, last_day: int) -> Iterator[
                 run_cap={"03": 8.0, "02": 50.0, "01": 630.0}[sort],
                 prc_code={"03": "2101", "02": "4101", "01": "1102"}[sort] if ter.cons_elec[i][0] != "3" else "3101",
                 pay_mode=ter.cons_pay[i], lode_attr_code="2" if sort == "01" else "3",
-                impt_level=("02" if ter.cons_flag[i] & 1 else "05"), sensitive_flag=(ter.cons_flag[i] >> 1) & 1,
+                **_importance(supply, sort, ter.cons_flag[i] & 1), sensitive_flag=(ter.cons_flag[i] >> 1) & 1,
                 urban_rural=ur, org_no=st, grid_no=ter.cons_grid[i], mr_sect_no=f"S{ter.cons_grid[i][-6:]}",
                 elec_addr=f"{st[-4:]}路{i}号", status_code="01" if active else "04", build_date=build,
                 ps_date=build, cancel_date=None if active else day_str(first_day - rng.randint(1, 50)),
                 mobile_no=f"139****{i % 10000:04d}", mobile_verified_flag=int(rng.random() < 0.8),
                 echannel_bind_flag=int(rng.random() < 0.65), ebill_flag=int(rng.random() < 0.4),
-                dg_flag=(ter.cons_flag[i] >> 2) & 1, supply_mode="02" if sort == "01" else "01",
+                dg_flag=(ter.cons_flag[i] >> 2) & 1,
                 emergency_power_flag=int(bool(ter.cons_flag[i] & 1) and rng.random() < 0.8)), t))
             mps.append(_row("mis_metering_point", dict(
                 mp_no=ter.cons_mp[i], cons_no=ter.cons[i], mp_name="结算计量点", mp_attr_code="01",
@@ -239,16 +259,11 @@ def _rows(ter: Territory, seed: int, first_day: int, last_day: int) -> Iterator[
         tg_cap=tg["tg_cap"], org_no=tg["org_no"], grid_no=tg["grid_no"], urban_rural=tg["urban_rural"],
         cons_no=tg.get("cons_no"), lon=round(120 + rng.random(), 6), lat=round(30 + rng.random(), 6), run_status="01",
         rel_area_code={"01": "02", "02": "04", "03": "04"}[tg["urban_rural"]]), t) for tg in ter.tgs]
-    yield "dist_crew", [_row("dist_crew", dict(
-        crew_id=c, crew_name=f"{s[-4:]}抢修{k + 1}班", org_no=s, crew_type="02" if k else "01", member_count=4,
-        vehicle_no=f"浙A{c[-5:]}", status_code="01", status_time=t), t)
-        for s, cs in ter.crews.items() for k, c in enumerate(cs)]
-    # meter
-    yield "meter_terminal", [_row("meter_terminal", dict(
-        terminal_id=tg["terminal"], terminal_addr=f"3301{k:06d}", terminal_type="03" if tg["pub_priv_flag"] == "02" else "02",
-        protocol_code="02", comm_mode="14", tg_no=tg["tg_no"], cons_no=tg.get("cons_no"), org_no=tg["org_no"],
-        manufacturer="林洋", inst_date=day_str(first_day - 500), run_status="01", last_online_time=t), t)
-        for k, tg in enumerate(ter.tgs)]
+    yield "dist_crew", [crew_row(ter, s, k, "01", ter.t0) for s, cs in ter.crews.items() for k in range(len(cs))]
+    if "meter" not in systems:
+        return
+    beats = heartbeat.last_beats(seed, len(ter.tgs), last_day * DAY).tolist()
+    yield "meter_terminal", [terminal_row(ter, k, beats[k]) for k in range(len(ter.tgs))]
     for lo in range(0, ter.n, chunk):
         yield "meter_coll_obj", [_row("meter_coll_obj", dict(
             meter_asset_no=ter.cons_meter[i], terminal_id=ter.cons_terminal[i], mp_sn=i % 1000 + 2,
@@ -260,6 +275,31 @@ def _rows(ter: Territory, seed: int, first_day: int, last_day: int) -> Iterator[
         meter_asset_no=tg["master"], terminal_id=tg["terminal"], mp_sn=1, comm_addr=tg["master"][-12:],
         mp_no=f"MPT{k + 1:08d}", tg_no=tg["tg_no"], org_no=tg["org_no"], is_tg_master=1, t_factor=60.0,
         status_code="01", curve_flag=1), t) for k, tg in enumerate(pub)]
+
+
+def crew_row(ter: Territory, station: str, k: int, status: str, t: int) -> tuple:
+    """A repair crew's row with its status since second t (created with the territory)."""
+    c = ter.crews[station][k]
+    row = _row("dist_crew", dict(
+        crew_id=c, crew_name=f"{station[-4:]}抢修{k + 1}班", org_no=station, crew_type="02" if k else "01",
+        member_count=4, vehicle_no=f"浙A{c[-5:]}", status_code=status, status_time=ts(t)), ts(t))
+    return _restamp(row, ter.t0)
+
+
+def terminal_row(ter: Territory, k: int, last_online: int) -> tuple:
+    """A terminal's row as last stamped by the master station's heartbeat at last_online."""
+    tg = ter.tgs[k]
+    row = _row("meter_terminal", dict(
+        terminal_id=tg["terminal"], terminal_addr=f"3301{k:06d}", terminal_type="03" if tg["pub_priv_flag"] == "02" else "02",
+        protocol_code="02", comm_mode="14", tg_no=tg["tg_no"], cons_no=tg.get("cons_no"), org_no=tg["org_no"],
+        manufacturer="林洋", inst_date=day_str(ter.t0 // DAY - 470), run_status="01", last_online_time=ts(last_online)),
+        ts(max(last_online, ter.t0)))
+    return _restamp(row, ter.t0)
+
+
+def _restamp(row: tuple, created: int) -> tuple:
+    """created_at back to the territory's creation (the static rows' first write)."""
+    return row[:-3] + (ts(created),) + row[-2:]
 
 
 def calendar(first_day: int, last_day: int, t: str) -> list[tuple]:
