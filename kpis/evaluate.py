@@ -13,6 +13,7 @@ import duckdb
 
 from kpis.batch import RESULT_COLUMNS, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
+from kpis.dependencies import tables_read
 from kpis.periods import Period, day, days_of, hours_of, month, snapshot
 from kpis.prelude import apply_prelude
 from kpis.registry import Registry
@@ -47,7 +48,8 @@ SCHEMA = [
 ]
 
 # Every KPI is re-evaluated at least this often, and at each new hour; in between only KPIs whose
-# sources delivered rows, snapshots and resolved-or-due KPIs (their deadlines pass with time).
+# tables (kpis/dependencies.py) received rows, snapshots and resolved-or-due KPIs (their
+# deadlines pass with time).
 # Closed periods touched by late or corrected rows (restatements) are re-evaluated at these
 # sweeps too, not on every pass: at county scale late meter collections touch past days every
 # minute, and re-reading a closed month of facts each minute cost 10-15 s CPU per pass. A
@@ -400,9 +402,10 @@ def default_periods(as_of: datetime, first_day: datetime | None = None) -> list[
 
 
 def _dirty_dates(con: duckdb.DuckDBPyConnection, since: int | None) -> tuple[list[tuple[str, object]], int | None]:
+    """(table, business date) pairs the ETL marked since run `since`, and the newest run id."""
     try:
         rows = con.execute(
-            "SELECT DISTINCT source, business_date FROM etl_dirty "
+            "SELECT DISTINCT table_name, business_date FROM etl_dirty "
             "WHERE $since IS NULL OR run_id > $since", {"since": since}).fetchall()
         top = con.execute("SELECT MAX(run_id) FROM etl_dirty").fetchone()[0]
     except duckdb.CatalogException:
@@ -434,15 +437,15 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
              or as_of.replace(minute=0, second=0, microsecond=0)
              != last_eval.replace(minute=0, second=0, microsecond=0))
     dirty, top = _dirty_dates(con, state[0])
-    dirty_sources = {source for source, _ in dirty}
+    dirty_tables = {table for table, _ in dirty}
     if sweep:   # every restatement since the last sweep, not only since the last pass
         dirty, top = _dirty_dates(con, past_run)
     # Open periods: today, its hours, this month; past days of this month when their dates turn
     # up in etl_dirty; a closed month's days and the month itself at the next sweep.
     today = day(as_of.date())
     base = {today, month(as_of.year, as_of.month), *hours_of(today)}
-    by_source: dict[str, set[Period]] = {}
-    for source, d in dirty:
+    by_table: dict[str, set[Period]] = {}
+    for table, d in dirty:
         if d is None:
             continue
         dd = d if not isinstance(d, datetime) else d.date()
@@ -450,18 +453,19 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
             continue
         if not sweep and (dd.year, dd.month) != (as_of.year, as_of.month):
             continue    # a closed month's dates wait for the next sweep (SWEEP_EVERY)
-        by_source.setdefault(source, set()).update({day(dd), month(dd.year, dd.month)})
+        by_table.setdefault(table, set()).update({day(dd), month(dd.year, dd.month)})
     apply_prelude(con)
     plan = []
     for k in registry.kpis.values():
-        if not (sweep or set(k.sources) & dirty_sources or k.grain == "near-real-time"
+        reads = tables_read(k)
+        if not (sweep or reads & dirty_tables or k.grain == "near-real-time"
                 or k.resolved_or_due or "pending" in fact_columns(con, k)):
             continue
         periods = set(base)
-        for s in k.sources:
-            periods |= by_source.get(s, set())
-        if k.shape == "rolling" and any(s in by_source for s in k.sources):
-            earliest = min(p.ws for s in k.sources for p in by_source.get(s, ()))
+        for t in reads:
+            periods |= by_table.get(t, set())
+        if k.shape == "rolling" and any(t in by_table for t in reads):
+            earliest = min(p.ws for t in reads for p in by_table.get(t, ()))
             periods |= set(days_of(month(earliest.year, earliest.month)))
             cur = earliest
             while cur <= as_of:

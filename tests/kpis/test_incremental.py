@@ -111,3 +111,17 @@ def test_a_new_hour_is_a_sweep(con, registry):
     assert value(con, "daily", "2024-06-05") == 2
     assert not evaluate_incremental(con, registry, datetime(2024, 7, 10, 13, 0)).errors
     assert value(con, "daily", "2024-06-05") == 3
+
+
+def test_a_pass_skips_kpis_whose_tables_did_not_change(con, registry):
+    assert not evaluate_incremental(con, registry, datetime(2024, 7, 10, 12, 0)).errors
+    # terminal heartbeats (meter_terminal) are not read by newconn.applications: skipped
+    con.execute("INSERT INTO etl_dirty VALUES (2, 'meter', 'meter_terminal', DATE '2024-07-10')")
+    assert evaluate_incremental(con, registry, datetime(2024, 7, 10, 12, 1)).kpis == 0
+    # a new application is: evaluated
+    insert(con, 3, app("T1", "2024-07-10 12:01:30"))
+    summary = evaluate_incremental(con, registry, datetime(2024, 7, 10, 12, 2))
+    assert summary.kpis == 1 and value(con, "daily", "2024-07-10") == 2
+    # the org tree is read by every KPI (attribution, roll-up)
+    con.execute("INSERT INTO etl_dirty VALUES (4, 'mis', 'mis_org', NULL)")
+    assert evaluate_incremental(con, registry, datetime(2024, 7, 10, 12, 3)).kpis == 1

@@ -1,0 +1,64 @@
+"""Which contract tables each KPI reads, for incremental evaluation.
+
+A definition declares its source systems; the ETL marks tables dirty. Deciding by system made
+every meter KPI re-evaluate each minute because terminal heartbeats touch meter_terminal, which
+only the terminal KPIs read. The tables are found in the definition's own SQL (facts, presence)
+and, through the shared prelude objects and macros it names, in kpis/sql/prelude.sql. Every KPI
+also reads the org tree (attribution and roll-up) and so depends on mis_org and mis_grid.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from etl.contract import load_contract
+from kpis.prelude import statements
+from kpis.spec import KpiDef
+
+_WORD = re.compile(r"\b[a-z_][a-z0-9_]*\b")
+_DEFINES = re.compile(r"^CREATE OR REPLACE (?:TEMP )?(?:TABLE|VIEW|MACRO) (\w+)")
+# attribution and roll-up of every KPI (kpis/compile.py) read the org tree
+ALWAYS = frozenset({"mis_org", "mis_grid"})
+
+
+@lru_cache(maxsize=1)
+def _contract_tables() -> frozenset[str]:
+    return frozenset(load_contract().tables)
+
+
+@lru_cache(maxsize=1)
+def _prelude_tables() -> dict[str, frozenset[str]]:
+    """Prelude object (table, view, macro) -> contract tables it reads, transitively."""
+    bodies: dict[str, set[str]] = {}
+    for stmt in statements():
+        m = _DEFINES.match(stmt)
+        if m:
+            bodies[m.group(1)] = set(_WORD.findall(stmt[m.end():].lower()))
+    contract = _contract_tables()
+    resolved: dict[str, frozenset[str]] = {}
+
+    def resolve(name: str, seen: frozenset[str]) -> frozenset[str]:
+        if name in resolved:
+            return resolved[name]
+        out: set[str] = set()
+        for w in bodies[name]:
+            if w in contract:
+                out.add(w)
+            elif w in bodies and w not in seen:
+                out |= resolve(w, seen | {w})
+        resolved[name] = frozenset(out)
+        return resolved[name]
+
+    return {name: resolve(name, frozenset({name})) for name in bodies}
+
+
+def tables_read(k: KpiDef) -> frozenset[str]:
+    """The contract tables whose changes can change this KPI's values."""
+    contract, prelude = _contract_tables(), _prelude_tables()
+    out: set[str] = set(ALWAYS)
+    for w in _WORD.findall(f"{k.facts or ''}\n{k.presence or ''}".lower()):
+        if w in contract:
+            out.add(w)
+        elif w in prelude:
+            out |= prelude[w]
+    return frozenset(out)
