@@ -33,8 +33,13 @@ def _settings() -> Settings:
 
 
 def _logging() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+    level = os.environ.get("LOG_LEVEL", "INFO")
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    if level.upper() != "DEBUG":
+        # APScheduler logs two INFO lines per job run (alert dispatch every 15 s): noise that
+        # hides the worker's own lines; its warnings (missed runs) still show.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def server() -> Any:
