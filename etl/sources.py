@@ -76,6 +76,7 @@ class Source:
         self.timeout_s = timeout_s
         self.tz = tz
         self.alias = f"src_{name}"
+        self._columns: dict[str, set[str]] | None = None
 
     def describe(self) -> str:
         """The URL without password, for messages."""
@@ -117,6 +118,16 @@ class Source:
         """DuckDB SQL reading the rows matching a source-side condition (reconciliation)."""
         raise NotImplementedError(f"source `{self.name}`: reconciliation needs a scanner source (sqlite, postgresql)")
 
+    COLUMNS_SQL = ""    # a metadata query of (table, column) pairs, for _all_columns
+
+    def _all_columns(self) -> dict[str, set[str]]:
+        """Every table's columns (lower case) in one metadata query, cached for this pass."""
+        if self._columns is None:
+            self._columns = {}
+            for t, c in self._meta(self.COLUMNS_SQL):
+                self._columns.setdefault(t, set()).add(c.lower())
+        return self._columns
+
     def _where(self, low: datetime | None, high: datetime, from_incl: bool = False) -> str:
         where = f"updated_at <= {ts_literal(high)}"
         return where if low is None else f"updated_at {'>=' if from_incl else '>'} {ts_literal(low)} AND {where}"
@@ -129,7 +140,6 @@ class SqliteSource(Source):
 
     def __init__(self, name: str, url: str, timeout_s: float, tz: str = "Asia/Shanghai") -> None:
         super().__init__(name, url, timeout_s, tz)
-        self._columns: dict[str, set[str]] | None = None
         database = make_url(url).database
         if not database:
             raise SourceUnavailable(f"source `{name}`: URL {url!r} names no SQLite file")
@@ -179,13 +189,12 @@ class SqliteSource(Source):
             newest = max((p for p in parsed if p is not None), default=None)
         return newest.replace(microsecond=0) if newest else local_now(self.tz)
 
+    # (table, column) of every table, read once per pass by Source._all_columns
+    COLUMNS_SQL = ("SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p "
+                   "WHERE m.type = 'table'")
+
     def columns(self, table: str) -> set[str] | None:
-        if self._columns is None:       # every table's columns in one query, once per pass
-            self._columns = {}
-            for t, c in self._meta("SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p "
-                                   "WHERE m.type = 'table'"):
-                self._columns.setdefault(t, set()).add(c.lower())
-        return self._columns.get(table)
+        return self._all_columns().get(table)
 
     def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]]) -> dict[str, int]:
         sql = " UNION ALL ".join(f"SELECT ?, count(*) FROM {_ident(t.name)} WHERE updated_at > ? AND updated_at <= ?"
@@ -244,7 +253,6 @@ class PostgresSource(_EngineSource):
 
     def __init__(self, name: str, url: str, timeout_s: float, tz: str = "Asia/Shanghai") -> None:
         super().__init__(name, url, timeout_s, tz)
-        self._columns: dict[str, set[str]] | None = None
         self._engine = sa.create_engine(
             url, pool_pre_ping=True, poolclass=sa.pool.NullPool,
             connect_args={"connect_timeout": max(1, int(timeout_s)),
@@ -272,13 +280,11 @@ class PostgresSource(_EngineSource):
         (now,), = self._meta("SELECT (now() AT TIME ZONE :tz)", {"tz": self.tz})
         return now.replace(microsecond=0)
 
+    COLUMNS_SQL = ("SELECT table_name, column_name FROM information_schema.columns "
+                   "WHERE table_schema = current_schema()")
+
     def columns(self, table: str) -> set[str] | None:
-        if self._columns is None:       # every table's columns in one query, once per pass
-            self._columns = {}
-            for t, c in self._meta("SELECT table_name, column_name FROM information_schema.columns "
-                                   "WHERE table_schema = current_schema()"):
-                self._columns.setdefault(t, set()).add(c.lower())
-        return self._columns.get(table)
+        return self._all_columns().get(table)
 
     can_probe = True
 

@@ -54,6 +54,20 @@ def per_day(mask: pd.Series, facts: pd.DataFrame, weights: pd.Series | None = No
     return vals.groupby(facts["day"][mask] + shift).sum().reindex(DAYS, fill_value=0)
 
 
+def assert_sum_explained(rows: dict[int, tuple], metrics: pd.DataFrame, mean_column: str,
+                         other: pd.Series, out_: pd.Series, in_: pd.Series) -> None:
+    """Each day: the third party's mean x its calls = the engine's numerator + the seconds it
+    counts that the catalogue does not (`other`) + those the engine places on the next day
+    (`out_`) - those it takes from the previous day (`in_`). The third party's mean is rounded to
+    2 decimals, so its sum is known to +-0.005 * calls."""
+    for d in DAYS:
+        num = rows[d][1]
+        third_party_sum = metrics.loc[d, mean_column] * metrics.loc[d, "total_calls"]
+        explained = num + other[d] + out_[d] - in_[d]
+        tolerance = 0.005 * metrics.loc[d, "total_calls"] + 1e-6
+        assert abs(explained - third_party_sum) <= tolerance, f"{mean_column}, day {d}"
+
+
 @pytest.fixture(scope="module")
 def facts(calls) -> pd.DataFrame:
     return raw_facts(calls[1])
@@ -113,13 +127,9 @@ def test_handle_time_relates_to_third_party_service_time(calls, facts):
     ends_later = agent & f["end_next_day"]
     out_, in_ = per_day(ends_later, f, f["ser_time"]), per_day(ends_later, f, f["ser_time"], shift=1)
     aht = kpi_rows(con, "call.aht_seconds")
+    assert_sum_explained(aht, metrics, "avg_service_time", other, out_, in_)
     for d in DAYS:
         value, num, den = aht[d]
-        third_party_sum = metrics.loc[d, "avg_service_time"] * metrics.loc[d, "total_calls"]
-        explained = num + other[d] + out_[d] - in_[d]
-        # the third party's mean is rounded to 2 decimals: its sum is known to +-0.005 * calls
-        tolerance = 0.005 * metrics.loc[d, "total_calls"] + 1e-6
-        assert abs(explained - third_party_sum) <= tolerance, f"day {d}"
         # answered calls of the day, less those ending after midnight, plus the previous day's
         assert den == (agent & (f["day"] == d)).sum() - (ends_later & (f["day"] == d)).sum() \
             + (ends_later & (f["day"] == d - 1)).sum(), f"day {d}"
@@ -137,12 +147,9 @@ def test_speed_of_answer_relates_to_third_party_queue_time(calls, facts):
     late = queued_agent & f["queue_next_day"]
     out_, in_ = per_day(late, f, f["q_time"]), per_day(late, f, f["q_time"], shift=1)
     asa = kpi_rows(con, "call.asa_seconds")
+    assert_sum_explained(asa, metrics, "avg_queue_time", other, out_, in_)
     for d in DAYS:
         value, num, den = asa[d]
-        third_party_sum = metrics.loc[d, "avg_queue_time"] * metrics.loc[d, "total_calls"]
-        explained = num + other[d] + out_[d] - in_[d]
-        tolerance = 0.005 * metrics.loc[d, "total_calls"] + 1e-6
-        assert abs(explained - third_party_sum) <= tolerance, f"day {d}"
         assert value == pytest.approx(num / den, rel=1e-12)
 
 
