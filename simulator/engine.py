@@ -56,6 +56,13 @@ def key_text(table: str, row: tuple) -> str:
     return "|".join(str(row[pos[c]]) for c in schema.load().tables[table].key)
 
 
+def bad_line(life: Life) -> tuple:
+    """The side-file line of a bad row: written_at, source, table_name, key, kind."""
+    k = next(k for k, (t, _) in enumerate(life.versions) if t >= life.bad_at)
+    row = row_at(life, k)
+    return (ts(life.bad_at), life.table.split("_", 1)[0], life.table, key_text(life.table, row), life.bad)
+
+
 class BadRowLog:
     """Side file listing every bad row written and its kind (CSV next to the databases)."""
 
@@ -68,9 +75,10 @@ class BadRowLog:
             self.w.writerow(BADROWS_HEADER)
 
     def add(self, life: Life) -> None:
-        k = next(k for k, (t, _) in enumerate(life.versions) if t >= life.bad_at)
-        row = row_at(life, k)
-        self.w.writerow((ts(life.bad_at), life.table.split("_", 1)[0], life.table, key_text(life.table, row), life.bad))
+        self.w.writerow(bad_line(life))
+
+    def add_line(self, line: tuple) -> None:
+        self.w.writerow(line)
 
     def close(self) -> None:
         self.f.close()
@@ -95,27 +103,6 @@ def final_rows(lives: Iterable[Life], end: int, bad: BadRowLog | None) -> dict[s
             rows.sort(key=lambda r: r[0])
         result[table] = [r for _, r in rows]
     return result
-
-
-def window_rows(lives: Iterable[Life], lo: dict[str, int], hi: int, bad: BadRowLog | None
-                ) -> dict[str, list[tuple[int, tuple]]]:
-    """For live mode: each row whose latest version falls in (lo[system], hi], with its creation time."""
-    out: dict[str, list[tuple[int, tuple]]] = {}
-    for life in lives:
-        vs = life.versions
-        low = lo.get(life.table.split("_", 1)[0])
-        if low is None or vs[-1][0] <= low or vs[0][0] > hi:
-            continue
-        k = len(vs) - 1
-        while vs[k][0] > hi:
-            k -= 1
-        if vs[k][0] <= low:
-            continue
-        # keyed by creation time: a referenced row (main order, original payment) is always older
-        out.setdefault(life.table, []).append((vs[0][0], row_at(life, k)))
-        if bad is not None and life.bad and low < life.bad_at <= hi:
-            bad.add(life)
-    return out
 
 
 def first_day(name: str, start_day: int) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from bisect import bisect_right
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,9 +14,9 @@ from simulator import state as st
 from simulator import territory
 from simulator.clock import EPOCH, DAY, ts
 from simulator.config import SYSTEMS, side_dir
-from simulator.engine import GENERATORS, BadRowLog, day_range, first_day, generate, table_order, window_rows
+from simulator.engine import GENERATORS, BadRowLog, day_range, first_day, generate, table_order
 from simulator.faults import is_down
-from simulator.life import Life
+from simulator.spool import DaySpool
 from simulator.states import CrewLog, terminal_rows
 from simulator.store import SourceStore
 
@@ -38,46 +38,53 @@ class Live:
             self.state.bad_rates = [b for b in self.state.bad_rates if b[0] < first] + [[first, bad_rows]]
         self.ter = territory.build(self.state.scale, self.state.seed, self.state.start_day)
         self.order = table_order()
-        # per (generator, day): last write times and lives sorted by them, for the lives with one
-        # version and for those with several: [lasts, lives, lasts, lives]
-        self.cache: dict[tuple[str, int], list[list]] = {}
+        # per (generator, day) still open: its versions, compact (see simulator/spool.py)
+        self.cache: dict[tuple[str, int], DaySpool] = {}
         self.stores: dict[str, SourceStore] = {}
+        self._ahead: ThreadPoolExecutor | None = None
+        self._pending: dict[tuple[str, int], Future] = {}
 
-    def _lives(self, lo: int, hi: int) -> list[list[Life]]:
-        """Lives that may still write in (lo, hi], found by binary searches on their last write.
-
-        Lives with one version (collection rows, flow steps, queue snapshots: most rows) write
-        exactly when their last write falls in the window; only lives with several versions are
-        scanned from lo on. At city scale this keeps a one-second step from walking the millions
-        of collection rows that tonight's run has yet to write."""
-        floor = min([self.state.written.get(s, self.state.clock) for s in SYSTEMS] + [lo])
-        batches = []
+    def _days(self, lo: int, hi: int):
         for name, fn, horizon in GENERATORS:
             for d in day_range(first_day(name, self.state.start_day), lo, hi, horizon):
-                key = (name, d)
-                if key not in self.cache:
-                    lives = generate(self.ter, self.state.seed, name, fn, d, self.state.bad_rate(d))
-                    lives.sort(key=lambda x: x.versions[-1][0])
-                    single = [x for x in lives if len(x.versions) == 1]
-                    multi = [x for x in lives if len(x.versions) > 1]
-                    self.cache[key] = [[x.versions[-1][0] for x in single], single,
-                                       [x.versions[-1][0] for x in multi], multi]
-                parts = self.cache[key]
-                for k in (0, 2):
-                    lasts, lives = parts[k], parts[k + 1]
-                    done = bisect_right(lasts, floor)
-                    if done > len(lasts) // 4:
-                        # no source's "written up to" ever goes back: lives finished before the
-                        # oldest one are never written again; dropping them (in a few large cuts,
-                        # not a copy every step) keeps a city day from lingering for the horizon
-                        parts[k], parts[k + 1] = lasts[done:], lives[done:]
-                lasts, single, lasts_m, multi = parts
-                batches.append(single[bisect_right(lasts, lo):bisect_right(lasts, hi)])
-                batches.append(multi[bisect_right(lasts_m, lo):])
-        keep_from = {name: lo // DAY - horizon - 1 for name, _, horizon in GENERATORS}
-        for key in [k for k in self.cache if k[1] < keep_from[k[0]]]:
-            del self.cache[key]
-        return batches
+                yield name, fn, d
+
+    def _make(self, name: str, fn, d: int, after: int) -> DaySpool:
+        return DaySpool(generate(self.ter, self.state.seed, name, fn, d, self.state.bad_rate(d)), after)
+
+    def _floor(self) -> int:
+        """No source's "written up to" ever goes back: versions at or before the oldest are done."""
+        return min(self.state.written.get(s, self.state.clock) for s in SYSTEMS)
+
+    def _spool(self, name: str, fn, d: int) -> DaySpool:
+        key = (name, d)
+        sp = self.cache.get(key)
+        if sp is None:
+            job = self._pending.pop(key, None)
+            sp = self.cache[key] = job.result() if job is not None else self._make(name, fn, d, self._floor())
+        return sp
+
+    def prepare(self, seconds: int = 1) -> None:
+        """Generate the days the next step reads (at city: minutes), before a run starts its clock."""
+        for name, fn, d in self._days(self._floor(), self.state.clock + seconds):
+            self._spool(name, fn, d)
+
+    def generate_ahead(self) -> None:
+        """From now on, generate the next simulated day in a background thread while this one runs.
+
+        A new day's generators (at city: 3.6 M collection rows, 1.2 M bills on the 1st-3rd) take a
+        minute or more; their first versions are hours away (collection from 00:30 the next day,
+        bills from 02:00), but calls start at midnight. Generated ahead, the midnight step only
+        reads what is ready; the steps meanwhile share the interpreter with the thread."""
+        if self._ahead is None:
+            self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simulator-ahead")
+
+    def _queue_ahead(self, hi: int) -> None:
+        if self._ahead is None:
+            return
+        for name, fn, d in self._days(hi, (hi // DAY + 1) * DAY):
+            if (name, d) not in self.cache and (name, d) not in self._pending:
+                self._pending[(name, d)] = self._ahead.submit(self._make, name, fn, d, self._floor())
 
     def _store(self, system: str) -> SourceStore:
         if system not in self.stores:
@@ -105,17 +112,27 @@ class Live:
             lo[s] = self.state.written.get(s, self.state.clock)
         written: dict[str, int] = {}
         if lo:
+            low = min(lo.values())
+            floor = min(self._floor(), low)
             rows: dict[str, list[tuple[int, tuple]]] = {}
             badlog = BadRowLog(self.side / st.BADROWS_FILE, fresh=False)
             crews = CrewLog(self.ter)
             try:
-                for lives in self._lives(min(lo.values()), hi):
-                    crews.add(lives)
-                    for table, part in window_rows(lives, lo, hi, badlog).items():
-                        rows.setdefault(table, []).extend(part)
+                for name, fn, d in self._days(low, hi):
+                    sp = self._spool(name, fn, d)
+                    sp.drop(floor)
+                    # keyed by creation time: a referenced row (main order, original payment) is always older
+                    for created, table, row in sp.window(lo, hi).values():
+                        rows.setdefault(table, []).append((created, row))
+                    for line in sp.bad_lines(lo, hi):
+                        badlog.add_line(line)
+                    # state rows: every task still moving after lo is among these
+                    crews.add(sp.tasks_after(low))
             finally:
                 badlog.close()
-            # state rows: every task still moving after lo is among the lives above
+            keep_from = {name: low // DAY - horizon - 1 for name, _, horizon in GENERATORS}
+            for key in [k for k in self.cache if k[1] < keep_from[k[0]]]:
+                del self.cache[key]
             if "dist" in lo:
                 rows.setdefault("dist_crew", []).extend((0, r) for r in crews.rows(hi, lo["dist"]))
             if "meter" in lo:
@@ -132,9 +149,16 @@ class Live:
                 self.state.written[s] = hi
         self.state.clock = hi
         st.save(self.side, self.state)
+        self._queue_ahead(hi)
         return written
 
     def close(self) -> None:
+        if self._ahead is not None:
+            for job in self._pending.values():
+                job.cancel()
+            self._ahead.shutdown(wait=True)
+            self._ahead = None
+            self._pending.clear()
         for s in list(self.stores):
             self.stores.pop(s).close()
 
@@ -175,24 +199,38 @@ def run(urls: Mapping[str, str], speed: float = 1.0, seconds: float | None = Non
 
     follow_wall_clock: first catch up with the wall clock (Asia/Shanghai) when behind it."""
     live = Live(urls, side, bad_rows)
-    if follow_wall_clock:
-        catch_up(live)
+    was_enabled = gc.isenabled()
+    # as in the build: millions of short-lived rows and no reference cycles, here also in the
+    # thread generating the next day between steps
+    gc.disable()
+    try:
+        if follow_wall_clock:
+            catch_up(live)
+        began = time.monotonic()
+        live.prepare(max(1, int(speed * tick)))
+        log.info("open days generated in %.1f s; following wall time x %g", time.monotonic() - began, speed)
+        live.generate_ahead()
+        _follow(live, speed, seconds, tick)
+    finally:
+        live.close()
+        if was_enabled:
+            gc.enable()
+
+
+def _follow(live: Live, speed: float, seconds: float | None, tick: float) -> None:
     began = last = logged = time.monotonic()
     carry = 0.0
     rows = 0
-    try:
-        while seconds is None or time.monotonic() - began < seconds:
-            time.sleep(max(0.0, tick - (time.monotonic() - last)))
-            now = time.monotonic()
-            carry += (now - last) * speed
-            last = now
-            whole = int(carry)
-            if whole:
-                carry -= whole
-                written = live.step(whole)
-                rows += sum(written.values())
-                if time.monotonic() - logged >= 60:    # one line a minute, not one a second
-                    log.info("clock %s: %d rows in the last minute", ts(live.state.clock), rows)
-                    logged, rows = time.monotonic(), 0
-    finally:
-        live.close()
+    while seconds is None or time.monotonic() - began < seconds:
+        time.sleep(max(0.0, tick - (time.monotonic() - last)))
+        now = time.monotonic()
+        carry += (now - last) * speed
+        last = now
+        whole = int(carry)
+        if whole:
+            carry -= whole
+            written = live.step(whole)
+            rows += sum(written.values())
+            if time.monotonic() - logged >= 60:    # one line a minute, not one a second
+                log.info("clock %s: %d rows in the last minute", ts(live.state.clock), rows)
+                logged, rows = time.monotonic(), 0
