@@ -2,7 +2,7 @@
 
 Usage:
   python bench/bench_etl.py [--scale county] [--days 30] [--dir DIR] [--kind scanner|sqlalchemy]
-                            [--minutes 3] [--sources-from-env]
+                            [--minutes 3] [--sources-from-env] [--staging TABLE]
 
 DIR holds the simulator's SQLite sources (built there once when absent; a copy of a prebuilt
 build works too). `--sources-from-env` takes SOURCE_*_URL from the environment instead
@@ -20,6 +20,9 @@ Figures, each printed with wall time, CPU seconds of this process and the load a
    follows one real minute: a server source's clock is its `now()`, so rows stamped at a
    simulated time behind it would fall before the window. The sources are changed by this;
    rerun on a fresh copy to repeat the figures exactly.
+`--staging TABLE` instead times only the typing and checks of one table's full load, from an
+in-memory copy of its raw rows (no scan, no insert), three rounds: the cast alone, then the
+loader's staging statement (`etl.load._batch_sql`); the difference is what the checks cost.
 """
 from __future__ import annotations
 
@@ -98,6 +101,26 @@ def floor(settings, ext_dir: Path) -> tuple[int, Timer]:
     return rows, t
 
 
+def staging(settings, ext_dir: Path, table_name: str) -> None:
+    """Typing alone vs the loader's typing + checks, from the raw rows held in memory."""
+    from etl.load import _batch_sql, _typed
+    from etl.schema import quote_ident
+    table = load_contract().tables[table_name]
+    con = duckdb.connect(config={"threads": THREADS, "autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False})
+    source = open_source(table.system, settings.source_url(table.system), 600, settings.timezone)
+    source.open(con, ext_dir)
+    n = con.execute(f"CREATE TEMP TABLE _r AS {source.select_sql(table, None, datetime(9999, 1, 1))}").fetchone()[0]
+    typed = ", ".join(f"{_typed(c)} AS {quote_ident(c.name)}" for c in table.columns)
+    for i in range(3):
+        with Timer() as a:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _t AS SELECT {typed} FROM _r r")
+        with Timer() as b:
+            con.execute(_batch_sql(table, "SELECT * FROM _r", dedupe=False))
+        print(f"staging {table_name} ({n:,} rows), round {i + 1}: cast only {a}; typing + checks {b}")
+    con.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", default="county", choices=("small", "county", "city"))
@@ -107,6 +130,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=3)
     ap.add_argument("--sources-from-env", action="store_true")
     ap.add_argument("--realtime", action="store_true", help="follow the wall clock (see above)")
+    ap.add_argument("--staging", metavar="TABLE", help="time only the typing and checks of TABLE (see above)")
     args = ap.parse_args()
     args.realtime = args.realtime or args.sources_from_env
     root = args.dir or Path(tempfile.mkdtemp(prefix="bench_etl_"))
@@ -127,11 +151,15 @@ def main() -> None:
     force = "sqlalchemy" if args.kind == "sqlalchemy" else None
     repro = ("python bench/bench_etl.py" + (" --sources-from-env" if args.sources_from_env else
                                             f" --scale {args.scale} --days {args.days} --dir DIR")
-             + f" --kind {args.kind} --minutes {args.minutes}" + (" --realtime" if args.realtime else ""))
+             + f" --kind {args.kind} --minutes {args.minutes}" + (" --realtime" if args.realtime else "")
+             + (f" --staging {args.staging}" if args.staging else ""))
     print(f"sources: {', '.join(sorted({u.split(':')[0] for u in urls.values()}))}; "
           f"build {built:.1f} s (0 = reused); {os.cpu_count()} cores, threads={THREADS}")
     print(f"reproduce: {repro}")
 
+    if args.staging:
+        staging(settings, settings.warehouse_path.parent / "duckdb_extensions", args.staging)
+        return
     floor_rows, ft = floor(settings, settings.warehouse_path.parent / "duckdb_extensions")
     print(f"floor, raw scanner read of every table: {floor_rows:,} rows in {ft} "
           f"= {floor_rows / ft.wall:,.0f} rows/s")

@@ -20,7 +20,7 @@ from etl.contract import Column, Table
 from etl.rules import TableRules
 from etl.schema import quote_ident as q
 
-CHANGED_VIEW = "CREATE OR REPLACE TEMP VIEW _chg AS SELECT * FROM _batch WHERE len(_reasons) = 0"
+CHANGED_VIEW = "CREATE OR REPLACE TEMP VIEW _chg AS SELECT * FROM _batch WHERE NOT _bad"
 
 
 @dataclass
@@ -69,30 +69,43 @@ def _typed(c: Column) -> str:
     return f"TRY_CAST(r.{q(c.name)} AS {c.duckdb_type})"
 
 
-def _reason_exprs(table: Table) -> list[str]:
-    """One CASE per check; each yields '<reason>:<column>' or NULL."""
+def _cast_name(c: Column) -> str:
+    return q(f"_t_{c.name}")
+
+
+def _checks(table: Table) -> list[tuple[str, str]]:
+    """One (condition, reason) per check; the reason is '<kind>:<column>'. The typed values are
+    columns `_t_<name>` of `r` already (each TRY_CAST computed once per row, see _batch_sql)."""
     out = []
     for c in table.columns:
-        raw, typed = _raw(c), _typed(c)
+        raw, typed = _raw(c), f"r.{_cast_name(c)}"
         if c.name in table.key:
-            out.append(f"CASE WHEN {raw} IS NULL OR CAST({raw} AS VARCHAR) = '' "
-                       f"THEN 'missing_key:{c.name}' END")
+            out.append((f"{raw} IS NULL OR CAST({raw} AS VARCHAR) = ''", f"missing_key:{c.name}"))
         elif c.not_null:
             # an empty string is no value either (sources write '' where a code is missing)
-            out.append(f"CASE WHEN {raw} IS NULL OR CAST({raw} AS VARCHAR) = '' "
-                       f"THEN 'missing_required:{c.name}' END")
+            out.append((f"{raw} IS NULL OR CAST({raw} AS VARCHAR) = ''", f"missing_required:{c.name}"))
         kind = {"TIMESTAMP": "bad_timestamp", "DATE": "bad_date"}.get(c.base_type, "bad_number")
         if c.base_type != "VARCHAR":
-            out.append(f"CASE WHEN {raw} IS NOT NULL AND CAST({raw} AS VARCHAR) <> '' AND {typed} IS NULL "
-                       f"THEN '{kind}:{c.name}' END")
+            out.append((f"{raw} IS NOT NULL AND CAST({raw} AS VARCHAR) <> '' AND {typed} IS NULL",
+                        f"{kind}:{c.name}"))
         if c.base_type in ("SMALLINT", "INTEGER", "BIGINT"):
             # TRY_CAST('1.5' AS INTEGER) rounds to 2: a fraction is not a faithful integer
-            out.append(f"CASE WHEN {typed} IS NOT NULL AND TRY_CAST({raw} AS DOUBLE) <> {typed} "
-                       f"THEN 'bad_number:{c.name}' END")
+            out.append((f"{typed} IS NOT NULL AND TRY_CAST({raw} AS DOUBLE) <> {typed}", f"bad_number:{c.name}"))
         if c.base_type == "VARCHAR" and "(" in c.type:
             n = int(c.type.split("(")[1].rstrip(")"))
-            out.append(f"CASE WHEN length(CAST({raw} AS VARCHAR)) > {n} THEN 'too_long:{c.name}' END")
+            out.append((f"length(CAST({raw} AS VARCHAR)) > {n}", f"too_long:{c.name}"))
     return out
+
+
+def _reason_exprs(table: Table) -> list[str]:
+    """One CASE per check; each yields '<reason>:<column>' or NULL."""
+    return [f"CASE WHEN {cond} THEN '{reason}' END" for cond, reason in _checks(table)]
+
+
+def _bad_expr(table: Table) -> str:
+    """True when any check fails (a NULL condition fails no check, as in CASE WHEN)."""
+    conds = [f"({cond})" for cond, _ in _checks(table)]
+    return "coalesce(" + " OR ".join(conds) + ", false)" if conds else "false"
 
 
 def _key_text(table: Table, alias: str) -> str:
@@ -113,16 +126,23 @@ def _newest_per_key(table: Table) -> str:
 
 
 def _batch_sql(table: Table, rows_sql: str, where: str = "", dedupe: bool = True) -> str:
-    cols = ", ".join(f"{_typed(c)} AS {q(c.name)}" for c in table.columns)
+    casts = ", ".join(f"{_typed(c)} AS {_cast_name(c)}" for c in table.columns)
+    cols = ", ".join(f"r.{_cast_name(c)} AS {q(c.name)}" for c in table.columns)
     reasons = "list_filter([" + ", ".join(_reason_exprs(table)) + "], x -> x IS NOT NULL)"
     raw_struct = "{" + ", ".join(f"'{c.name}': r.{q(c.name)}" for c in table.columns) + "}"
-    # the newest version per key decides (an older clean version never hides a newer bad one)
+    # Each value is cast once (innermost query) and the checks read the cast column: written
+    # inline, the checks' TRY_CASTs ran a second time. One boolean per row decides; the list
+    # of reasons and the raw values as JSON are built only for the rows it marks (CASE
+    # evaluates its branch for those rows alone).
+    # The newest version per key decides (an older clean version never hides a newer bad one).
     return f"""CREATE OR REPLACE TEMP TABLE _batch AS
         SELECT * FROM (
-            SELECT {_key_text(table, 'r')} AS _row_key, {reasons} AS _reasons,
-                   CASE WHEN len(_reasons) > 0 THEN CAST(to_json({raw_struct}) AS VARCHAR) END AS _raw_json,
+            SELECT {_key_text(table, 'r')} AS _row_key, r._bad,
+                   CASE WHEN r._bad THEN {reasons} END AS _reasons,
+                   CASE WHEN r._bad THEN CAST(to_json({raw_struct}) AS VARCHAR) END AS _raw_json,
                    {cols}
-            FROM ({rows_sql}) r {where}) b
+            FROM (SELECT r.*, {_bad_expr(table)} AS _bad
+                  FROM (SELECT r.*, {casts} FROM ({rows_sql}) r) r) r {where}) b
         {_newest_per_key(table) if dedupe else ''}"""
 
 
@@ -239,7 +259,7 @@ def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
         # one open rejection per (key, reason, raw values): a re-read window does not duplicate it
         cur.execute("""INSERT INTO etl_reject
             SELECT ?, ?, ?, b._row_key, b._reasons[1], b._raw_json, ?, NULL, NULL FROM _batch b
-            WHERE len(b._reasons) > 0 AND NOT EXISTS (SELECT 1 FROM etl_reject e
+            WHERE b._bad AND NOT EXISTS (SELECT 1 FROM etl_reject e
                 WHERE e.source = ? AND e.table_name = ? AND e.resolved_at IS NULL
                   AND e.row_key = b._row_key AND e.reason = b._reasons[1] AND e.raw = b._raw_json)""",
                     [run_id, src, tname, now, src, tname])
