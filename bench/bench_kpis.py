@@ -1,7 +1,7 @@
 """KPI engine speed: full evaluation, incremental evaluation after a one-minute ETL pass, pandas side by side.
 
-Usage: python bench/bench_kpis.py --scale county|city [--days 45] [--workdir DIR] [--skip-incremental]
-       python bench/bench_kpis.py --data-dir DIR [--skip-incremental]
+Usage: python bench/bench_kpis.py --scale county|city [--days 45] [--workdir DIR] [--skip-incremental] [--skip-pandas]
+       python bench/bench_kpis.py --data-dir DIR [--skip-incremental] [--skip-pandas]
 (--skip-incremental: only (a) cold and (c); the first incremental run backfills ~100 days)
 Builds (or reuses) the simulator's sources and a warehouse in DIR (default bench/out/<scale>,
 git-ignored), or works in an existing data directory (a copy: the run writes into it) holding
@@ -13,7 +13,9 @@ them. Then prints, each with the command that reproduces it (wall and CPU second
 (b) evaluate_incremental after one simulated minute of live mode and one ETL pass (its first
     run, the backfill, is timed separately and not counted);
 (c) 10 core KPIs computed with pandas from the same warehouse tables, values asserted equal to
-    the engine's (computing the 10 as one plan, as a pass does), and the time ratio.
+    the engine's (computing the 10 as one plan, as a pass does), and the time ratio;
+(d) the same 10 KPIs in hand-written DuckDB statements (the floor of ARCHITECTURE.md §5), values
+    compared, and engine/floor for the 10 and for the full evaluation.
 """
 from __future__ import annotations
 
@@ -47,10 +49,12 @@ SIM_EPOCH = datetime(2000, 1, 1)   # simulator.clock.EPOCH: the state's clock co
 
 
 def command(args: argparse.Namespace) -> str:
+    flags = "".join(f" --{f}" for f in ("skip-incremental", "skip-pandas")
+                    if getattr(args, f.replace("-", "_")))
     if args.data_dir:
-        return f"python bench/bench_kpis.py --data-dir {args.data_dir}"
+        return f"python bench/bench_kpis.py --data-dir {args.data_dir}{flags}"
     extra = f" --workdir {args.workdir}" if args.workdir_given else ""
-    return f"python bench/bench_kpis.py --scale {args.scale} --days {args.days}{extra}"
+    return f"python bench/bench_kpis.py --scale {args.scale} --days {args.days}{extra}{flags}"
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict[str, str], object, Path]:
@@ -124,6 +128,7 @@ def full_evaluation(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: d
     """All KPIs for today, its hours, the current and the last closed month, stored, as the
     worker does it; wall and CPU seconds (CPU of every thread of this process), rows."""
     timed = Timed(con)
+    print(f"    (full evaluation starts; {load()})")
     t, c = time.perf_counter(), time.process_time()
     s = evaluate_and_store(timed, registry, full_periods(as_of), as_of)
     for kid, err in s.errors.items():
@@ -369,6 +374,182 @@ def side_by_side(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: date
         raise SystemExit(f"{len(mismatches)} values differ between the engine and pandas")
 
 
+# --- (d) the floor: the same 10 core KPIs in plain hand-written DuckDB statements --------------
+#
+# ARCHITECTURE.md §5 measured a floor (10 core KPIs at every org level in one set of DuckDB
+# statements); a goal below it is reported as a ratio to it, measured side by side. Each flow is
+# read once over the whole window and reduced to (hour or day, org, grid) before being placed in
+# its periods; the stock is counted at every period end in one statement; one roll-up for all
+# ten. Inputs are the warehouse tables and the prelude tables k_task / k_wo (as for pandas).
+
+# kpi id -> (bucket, SQL of (t, org_no, grid_no, num, den)) for flows placed by one time t
+FLOOR_FLOWS = {
+    "repair.arrival_ontime_rate_urban": ("day", """
+        SELECT start_time AS t, org_no, tg_grid_no AS grid_no,
+               CASE WHEN upto(arrive_time, $as_of) <= dl THEN 1 ELSE 0 END AS num,
+               CASE WHEN upto(arrive_time, $as_of) IS NOT NULL OR dl <= $as_of THEN 1 ELSE 0 END AS den
+        FROM k_task WHERE main_task AND appoint_time IS NULL AND area = '01'
+          AND NOT COALESCE(upto(arrive_time, $as_of) < start_time, FALSE)"""),
+    "repair.orders": ("hour", """
+        SELECT receive_time AS t, org_no, tg_grid_no AS grid_no, 1 AS num, 0 AS den
+        FROM k_task WHERE main_task"""),
+    "call.answer_rate": ("hour", """
+        SELECT queue_start_time AS t, org_no, NULL AS grid_no,
+               CASE WHEN call_result = '01' THEN 1 ELSE 0 END AS num, 1 AS den
+        FROM cs_call WHERE is_deleted = 0 AND call_direction = '01' AND queue_start_time IS NOT NULL
+          AND NOT (call_result IN ('03', '04') AND end_time IS NOT NULL
+                   AND end_time - queue_start_time <= INTERVAL 5 SECOND)"""),
+    "call.inbound_calls": ("hour", """
+        SELECT arrive_time AS t, org_no, NULL AS grid_no, 1 AS num, 0 AS den
+        FROM cs_call WHERE is_deleted = 0 AND call_direction = '01'"""),
+    "order.total": ("day", """
+        SELECT accept_time AS t, attr_org AS org_no, attr_grid AS grid_no, 1 AS num, 0 AS den
+        FROM k_wo WHERE vwo"""),
+    "order.complaint": ("day", """
+        SELECT accept_time AS t, attr_org AS org_no, attr_grid AS grid_no, 1 AS num, 0 AS den
+        FROM k_wo WHERE vwo AND busi_type_code = '02'"""),
+    "metering.daily_collect_success_rate": ("day", """
+        SELECT CAST(m.data_date AS TIMESTAMP) AS t, m.org_no, g.grid_no,
+               CASE WHEN m.coll_status = '01' AND upto(m.success_time, $as_of)
+                         < CAST(m.data_date AS TIMESTAMP) + INTERVAL 33 HOUR THEN 1 ELSE 0 END AS num,
+               1 AS den
+        FROM meter_collection_daily m
+        JOIN meter_coll_obj o ON o.meter_asset_no = m.meter_asset_no AND o.is_deleted = 0
+                             AND o.coll_flag = 1
+        LEFT JOIN dist_tg g ON g.tg_no = m.tg_no AND g.is_deleted = 0
+        WHERE m.is_deleted = 0 AND m.coll_status <> '04'
+          AND m.data_date >= CAST($lo AS DATE) AND m.data_date <= CAST($as_of AS DATE)"""),
+    "billing.online_payment_share": ("day", """
+        SELECT y.pay_time AS t, y.org_no, c.grid_no,
+               CASE WHEN y.pay_channel IN ('0104', '0105', '0106', '0207', '0208', '0209')
+                    THEN 1 ELSE 0 END AS num, 1 AS den
+        FROM mis_payment y LEFT JOIN mis_customer c ON c.cons_no = y.cons_no AND c.is_deleted = 0
+        WHERE y.is_deleted = 0 AND y.status_code = '01'
+          AND y.pay_time >= $lo AND y.pay_time < $as_of"""),
+    "newconn.online_application_share": ("day", """
+        SELECT accept_time AS t, org_no, grid_no,
+               CASE WHEN accept_channel IN ('02', '05', '06') THEN 1 ELSE 0 END AS num, 1 AS den
+        FROM mis_app WHERE is_deleted = 0
+          AND busi_type_code IN ('101', '102', '103', '111', '112', '121', '122', '131')"""),
+}
+# Counts whose period has no source row at all are no_data (the definition's presence).
+FLOOR_PRESENCE = {"repair.orders": ("dist_repair_task", "receive_time"),
+                  "call.inbound_calls": ("cs_call", "arrive_time"),
+                  "order.total": ("cs_work_order", "accept_time"),
+                  "order.complaint": ("cs_work_order", "accept_time")}
+# The stock: customers grouped by their validity dates first, then counted at every period end.
+FLOOR_RESIDENTIAL = """
+    WITH c AS (
+        SELECT c.org_no, c.grid_no, COALESCE(c.build_date, CAST(c.created_at AS DATE)) AS d_from,
+               c.cancel_date AS d_to, CASE WHEN e.parent_value = '2' THEN 1 ELSE 0 END AS res,
+               COUNT(*) AS n
+        FROM mis_customer c
+        LEFT JOIN mis_code e ON e.code_type = 'ELEC_TYPE' AND e.code_value = c.elec_type_code
+                            AND e.is_deleted = 0
+        WHERE c.is_deleted = 0 AND NOT (c.status_code = '04' AND c.cancel_date IS NULL)
+        GROUP BY ALL)
+    SELECT p.kix, p.pid, c.org_no, c.grid_no, SUM(c.res * c.n) AS num, SUM(c.n) AS den
+    FROM c JOIN _flp p ON p.kix = $kix AND c.d_from <= p.x AND (c.d_to IS NULL OR c.d_to > p.x)
+    GROUP BY ALL"""
+
+
+def floor_sql(con: duckdb.DuckDBPyConnection, plan: list[tuple[KpiDef, list[Period]]],
+              as_of: datetime) -> list[tuple]:
+    """The 10 KPIs by hand: rows (kpi_id, org_no, grain, period_start, value, numerator)."""
+    rows = [(kix, p.grain, p.ws, p.we, p.te(as_of)) for kix, (_, ps) in enumerate(plan) for p in ps]
+    con.execute("CREATE OR REPLACE TEMP TABLE _flp AS SELECT row_number() OVER () AS pid, kix, grain, "
+                "ws, we, te, CAST(te - INTERVAL 1 MICROSECOND AS DATE) AS x FROM "
+                "(SELECT unnest($k) AS kix, unnest($g) AS grain, unnest($ws) AS ws, unnest($we) AS we, "
+                "unnest($te) AS te)", {"k": [r[0] for r in rows], "g": [r[1] for r in rows],
+                                       "ws": [r[2] for r in rows], "we": [r[3] for r in rows],
+                                       "te": [r[4] for r in rows]})
+    con.execute("CREATE OR REPLACE TEMP TABLE _flr (kix INTEGER, pid BIGINT, org_no VARCHAR, "
+                "grid_no VARCHAR, num HUGEINT, den HUGEINT)")
+    lo = min(r[2] for r in rows)
+    for kix, (k, _) in enumerate(plan):
+        if k.id == "customer.residential_share":
+            con.execute(f"INSERT INTO _flr {FLOOR_RESIDENTIAL}", {"kix": kix})
+            continue
+        bucket, facts = FLOOR_FLOWS[k.id]
+        params = {"kix": kix, "as_of": as_of, **({"lo": lo} if "$lo" in facts else {})}
+        con.execute(f"""INSERT INTO _flr
+            WITH b AS (SELECT date_trunc('{bucket}', t) AS b, org_no, grid_no, SUM(num) AS num,
+                              SUM(den) AS den
+                       FROM ({facts}) f WHERE t < $as_of GROUP BY ALL)
+            SELECT p.kix, p.pid, b.org_no, b.grid_no, SUM(b.num), SUM(b.den)
+            FROM b JOIN _flp p ON p.kix = $kix AND b.b >= p.ws AND b.b < p.we
+            GROUP BY ALL""", params)
+    absent = [f"SELECT pid FROM _flp WHERE kix = {kix} AND NOT EXISTS (SELECT 1 FROM {table} x "
+              f"WHERE x.{col} >= _flp.ws AND x.{col} < _flp.te)"
+              for kix, (k, _) in enumerate(plan) if k.id in FLOOR_PRESENCE
+              for table, col in [FLOOR_PRESENCE[k.id]]]
+    meta = [(kix, k.id, float(k.scale), k.kind in ("count", "sum"), lvl)
+            for kix, (k, _) in enumerate(plan) for lvl in k.org_levels]
+    con.execute("CREATE OR REPLACE TEMP TABLE _flmeta AS SELECT unnest($a) AS kix, unnest($b) AS kpi_id, "
+                "unnest($c) AS scale, unnest($d) AS counting, unnest($e) AS level",
+                {n: [m[i] for m in meta] for i, n in enumerate("abcde")})
+    return con.execute(f"""
+        WITH a AS (
+            SELECT r.kix, r.pid, COALESCE(ko.unit_no, (SELECT unit_no FROM k_root)) AS org,
+                   kg.unit_no AS grid, SUM(r.num) AS num, SUM(r.den) AS den
+            FROM _flr r
+            LEFT JOIN k_org ko ON ko.unit_no = r.org_no AND ko.unit_level <> 'grid'
+            LEFT JOIN k_org kg ON kg.unit_no = r.grid_no AND kg.unit_level = 'grid'
+            GROUP BY ALL),
+        up AS (
+            SELECT a.kix, a.pid, an.ancestor_no AS unit_no, SUM(a.num) AS num, SUM(a.den) AS den
+            FROM a JOIN k_org_ancestor an ON an.unit_no = a.org GROUP BY ALL
+            UNION ALL
+            SELECT kix, pid, grid, SUM(num), SUM(den) FROM a WHERE grid IS NOT NULL GROUP BY ALL),
+        absent AS ({" UNION ALL ".join(absent) or "SELECT NULL::BIGINT AS pid WHERE FALSE"})
+        SELECT m.kpi_id, u.unit_no, p.grain, p.ws,
+               CASE WHEN p.pid IN (SELECT pid FROM absent) THEN NULL
+                    WHEN m.counting THEN CAST(COALESCE(up.num, 0) AS DOUBLE)
+                    ELSE m.scale * CAST(up.num AS DOUBLE) / NULLIF(CAST(up.den AS DOUBLE), 0) END,
+               CASE WHEN p.pid IN (SELECT pid FROM absent) THEN NULL
+                    ELSE CAST(COALESCE(up.num, 0) AS DOUBLE) END
+        FROM _flp p JOIN _flmeta m ON m.kix = p.kix
+        JOIN k_org u ON u.unit_level = m.level
+        LEFT JOIN up ON up.kix = p.kix AND up.pid = p.pid AND up.unit_no = u.unit_no""").fetchall()
+
+
+def floor_side_by_side(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: datetime,
+                       full_cpu: float, full_wall: float) -> None:
+    """Engine (one plan, compute + baselines) vs the hand-written floor for the 10 core KPIs,
+    values compared; and the full evaluation against the same floor."""
+    req = full_periods(as_of)
+    apply_prelude(con)
+    plan = [(registry.get(kid), periods_for(registry.get(kid), req, as_of)) for kid in PANDAS]
+    start = load()
+    t, c = time.perf_counter(), time.process_time()
+    errors: dict[str, str] = {}
+    apply_baselines(con, compute_plan(con, plan, as_of, errors))
+    eng = {(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in con.execute(
+        "SELECT kpi_id, org_no, grain, period_start, value, numerator FROM _result").fetchall()}
+    eng_t, eng_cpu = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
+    mine = {(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in floor_sql(con, plan, as_of)}
+    fl_t, fl_cpu = time.perf_counter() - t, time.process_time() - c
+    if errors:
+        raise SystemExit(f"engine failed: {errors}")
+
+    def same(a: object, b: object) -> bool:
+        return (a is None and b is None) or (a is not None and b is not None
+                                             and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9))
+    bad = [key for key in eng.keys() | mine.keys()
+           if key not in eng or key not in mine or not all(map(same, eng[key], mine[key]))]
+    print(f"(d) floor: 10 core KPIs in hand-written DuckDB SQL (ARCHITECTURE.md §5) vs the engine "
+          f"(one plan: compute + baselines); {start} at the start")
+    print(f"    engine {eng_t:.2f} s wall ({eng_cpu:.2f} s CPU), floor {fl_t:.2f} s wall "
+          f"({fl_cpu:.2f} s CPU): engine/floor = {eng_t / fl_t:.2f}x wall, {eng_cpu / fl_cpu:.2f}x CPU; "
+          f"full evaluation (all KPIs)/floor = {full_wall / fl_t:.1f}x wall, {full_cpu / fl_cpu:.1f}x CPU; "
+          f"{len(eng.keys() | mine.keys())} values compared, mismatches = {len(bad)}; {load()} at the end")
+    for key in sorted(bad, key=str)[:15]:
+        print(f"    MISMATCH {key}: engine {eng.get(key)} floor {mine.get(key)}")
+    if bad:
+        raise SystemExit(f"{len(bad)} values differ between the engine and the floor")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", default="county", choices=("small", "county", "city"))
@@ -377,6 +558,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="an existing data directory (a copy: the run writes into it)")
     ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--skip-pandas", action="store_true", help="leave out (c); (d), the floor, still runs")
     args = ap.parse_args()
     args.workdir_given = args.workdir is not None
     args.workdir = args.workdir or REPO / "bench" / "out" / args.scale
@@ -403,7 +585,9 @@ def main() -> None:
               f"{rows} rows; {load()}")
         print_kinds(kinds)
         print(f"    reproduce: {cmd}")
-        side_by_side(con, registry, as_of)
+        if not args.skip_pandas:
+            side_by_side(con, registry, as_of)
+        floor_side_by_side(con, registry, as_of, cpu, wall)
         print(f"    reproduce: {cmd}")
         if args.skip_incremental:
             return
@@ -423,13 +607,14 @@ def main() -> None:
             r = run_pass(settings, wh)
             etl = time.perf_counter() - t
             as_of = sim_clock(side)
+            start = load()
             t, c = time.perf_counter(), time.process_time()
             s = evaluate_incremental(con, registry, as_of)
             inc, cpu = time.perf_counter() - t, time.process_time() - c
             print(f"(b) minute {i + 1}: live wrote {written} rows, ETL pass {etl:.2f} s ok={r.ok}, "
                   f"evaluate_incremental {inc:.2f} s wall, {cpu:.2f} s CPU ({s.kpis} KPIs, "
                   f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
-                  f"errors {len(s.errors)}); {load()}")
+                  f"errors {len(s.errors)}); {start} at the start, {load()} at the end")
         print(f"    reproduce: {cmd}")
 
 

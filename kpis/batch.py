@@ -17,12 +17,13 @@ quantiles) keep their own compiled statement.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
 import duckdb
 
-from kpis.compile import (_EXACT, PERIODS_DDL, _additive, attributed_facts, compile_kpi,
+from kpis.compile import (_EXACT, PERIODS_DDL, _additive, compile_kpi,
                           status_sql, value_sql)
 from kpis.periods import Period
 from kpis.spec import KpiDef
@@ -49,17 +50,47 @@ def batchable(k: KpiDef) -> bool:
             and k.num_agg == "sum")
 
 
+# Columns of _periods other than pid, te and as_of (as_of is the same for every period).
+_PERIOD_SHAPE = re.compile(r"\b(ws|we|grain|hours)\b", re.IGNORECASE)
+_COMMENT_OR_STRING = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
+
+
+def te_only(k: KpiDef) -> bool:
+    """Facts and presence that see their period only through te (and pid): periods with the same
+    te get the same facts. Today and the running month both end at as_of, so a stock is read
+    once for both instead of once each. Derived from the SQL: it names no other column of
+    _periods (a false positive only costs the saving)."""
+    code = _COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith("'") else "",
+                                  f"{k.facts}\n{k.presence or ''}")
+    return not _PERIOD_SHAPE.search(code)
+
+
 def _fg_sql(kix: int, k: KpiDef, cols: set[str]) -> str:
-    """The KPI's facts reduced to (kix, pid, attr_org, attr_grid): compile._agg_cte's `fg`."""
+    """The KPI's facts reduced to (kix, pid, attr_org, attr_grid): compile._agg_cte's `fg`.
+
+    Reduced by the facts' own (pid, org_no, grid_no) first and attributed to known units after:
+    at city scale a stock of 3.5 M customers per period paid two k_org look-ups per fact row.
+    DECIMAL sums are exact, so summing the partial sums gives the same values to the last bit."""
     exact = _EXACT.format
     sample = f"SUM({exact('sample')})" if "sample" in cols else f"SUM({exact('den')})"
     pending = "BOOL_OR(pending)" if "pending" in cols else "FALSE"
     missing = "BOOL_OR(missing)" if "missing" in cols else "FALSE"
     return f"""SELECT * FROM (-- {k.id} (named for profiles and logs)
-{attributed_facts(k)}
-SELECT {kix} AS kix, pid, attr_org, attr_grid, SUM({exact('num')}) AS num, SUM({exact('den')}) AS den,
-       {sample} AS sample, {pending} AS pending, {missing} AS missing
-FROM fa GROUP BY pid, attr_org, attr_grid)"""
+WITH f AS (
+{k.facts}
+),
+r AS (
+    SELECT pid, org_no, grid_no, SUM({exact('num')}) AS num, SUM({exact('den')}) AS den,
+           {sample} AS sample, {pending} AS pending, {missing} AS missing
+    FROM f GROUP BY pid, org_no, grid_no
+)
+SELECT {kix} AS kix, r.pid, COALESCE(ko.unit_no, rt.unit_no) AS attr_org, kg.unit_no AS attr_grid,
+       SUM(r.num) AS num, SUM(r.den) AS den, SUM(r.sample) AS sample, BOOL_OR(r.pending) AS pending,
+       BOOL_OR(r.missing) AS missing
+FROM r CROSS JOIN k_root rt
+LEFT JOIN k_org ko ON ko.unit_no = r.org_no AND ko.unit_level <> 'grid'
+LEFT JOIN k_org kg ON kg.unit_no = r.grid_no AND kg.unit_level = 'grid'
+GROUP BY r.pid, COALESCE(ko.unit_no, rt.unit_no), kg.unit_no)"""
 
 
 def _presence_sql(kix: int, k: KpiDef) -> str:
@@ -179,6 +210,36 @@ def _run_chunk(con: duckdb.DuckDBPyConnection, chunk: Sequence[tuple[int, KpiDef
     return ok
 
 
+def _run_group(con: duckdb.DuckDBPyConnection, periods: Sequence[Period],
+               items: Sequence[tuple[int, KpiDef, set[str]]], pid_of: dict[Period, int],
+               as_of: datetime, errors: dict[str, str]) -> list[int]:
+    """The facts of KPIs sharing a period list; te-only KPIs are read for one period per
+    distinct te and their rows copied to the other periods with that te."""
+    ok: list[int] = []
+    first: dict[datetime, Period] = {}
+    for p in periods:
+        first.setdefault(p.te(as_of), p)
+    copies = [(pid_of[first[p.te(as_of)]], pid_of[p]) for p in periods if first[p.te(as_of)] != p]
+    shared = [it for it in items if te_only(it[1])] if copies else []
+    rest = [it for it in items if not (copies and te_only(it[1]))]
+    for chosen, group in ((list(first.values()), shared), (periods, rest)):
+        if not group:
+            continue
+        load_periods(con, "_periods", [pid_of[p] for p in chosen], chosen, as_of)
+        done: list[int] = []
+        for start in range(0, len(group), CHUNK):
+            done.extend(_run_chunk(con, group[start:start + CHUNK], errors))
+        if done and group is shared:
+            kixs = ", ".join(str(i) for i in done)
+            pairs = ", ".join(f"({a}, {b})" for a, b in copies)
+            for table in ("_fg", "_present"):
+                con.execute(f"INSERT INTO {table} SELECT t.* REPLACE (c.dst AS pid) FROM {table} t "
+                            f"JOIN (VALUES {pairs}) c(src, dst) ON t.pid = c.src "
+                            f"WHERE t.kix IN ({kixs})")
+        ok.extend(done)
+    return ok
+
+
 def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]],
                  as_of: datetime, errors: dict[str, str]) -> list[tuple[KpiDef, Sequence[Period]]]:
     """Compute every KPI of the plan for its periods into the temp table _result (baseline NULL,
@@ -219,9 +280,7 @@ def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Se
         con.execute("CREATE OR REPLACE TEMP TABLE _present (kix INTEGER, pid INTEGER)")
         ok: list[int] = []
         for periods, items in batched.items():
-            load_periods(con, "_periods", [pid_of[p] for p in periods], periods, as_of)
-            for start in range(0, len(items), CHUNK):
-                ok.extend(_run_chunk(con, items[start:start + CHUNK], errors))
+            ok.extend(_run_group(con, periods, items, pid_of, as_of, errors))
         if ok:
             _load_meta(con, [(i, by_kix[i][0]) for i in ok],
                        [(i, pid_of[p]) for i in ok for p in by_kix[i][1]])

@@ -16,6 +16,7 @@ from kpis.prelude import statements
 from kpis.spec import KpiDef
 
 _WORD = re.compile(r"\b[a-z_][a-z0-9_]*\b")
+_COMMENT = re.compile(r"--[^\n]*")
 _DEFINES = re.compile(r"^CREATE OR REPLACE (?:TEMP )?(?:TABLE|VIEW|MACRO) (\w+)")
 # attribution and roll-up of every KPI (kpis/compile.py) read the org tree
 ALWAYS = frozenset({"mis_org", "mis_grid"})
@@ -50,6 +51,36 @@ def _prelude_tables() -> dict[str, frozenset[str]]:
         return resolved[name]
 
     return {name: resolve(name, frozenset({name})) for name in bodies}
+
+
+@lru_cache(maxsize=1)
+def _prelude_refs() -> dict[str, frozenset[str]]:
+    """Prelude object -> the prelude objects it reads, transitively, itself included."""
+    bodies: dict[str, set[str]] = {}
+    for stmt in statements():
+        m = _DEFINES.match(stmt)
+        if m:
+            bodies[m.group(1)] = set(_WORD.findall(stmt[m.end():].lower()))
+
+    def resolve(name: str, seen: frozenset[str]) -> frozenset[str]:
+        out = {name}
+        for w in bodies[name]:
+            if w in bodies and w not in seen:
+                out |= resolve(w, seen | {w})
+        return frozenset(out)
+
+    return {name: resolve(name, frozenset({name})) for name in bodies}
+
+
+def prelude_objects(k: KpiDef) -> frozenset[str]:
+    """The prelude objects (tables, views, macros) the KPI's SQL reads, directly or through
+    other prelude objects: which on-demand prelude tables an evaluation must build."""
+    refs = _prelude_refs()
+    out: set[str] = set()
+    code = _COMMENT.sub("", f"{k.facts or ''}\n{k.presence or ''}")
+    for w in _WORD.findall(code.lower()):
+        out |= refs.get(w, frozenset())
+    return frozenset(out)
 
 
 def tables_read(k: KpiDef) -> frozenset[str]:

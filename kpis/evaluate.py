@@ -13,9 +13,9 @@ import duckdb
 
 from kpis.batch import RESULT_COLUMNS, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
-from kpis.dependencies import tables_read
+from kpis.dependencies import prelude_objects, tables_read
 from kpis.periods import Period, day, days_of, hours_of, month, snapshot
-from kpis.prelude import apply_prelude
+from kpis.prelude import ON_DEMAND, apply_prelude, build_on_demand
 from kpis.registry import Registry
 from kpis.spec import KpiDef
 
@@ -377,11 +377,16 @@ def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
                        computed_at: datetime | None = None, prelude: bool = True) -> EvalSummary:
     """Evaluate the KPIs for the requested periods and store them (the worker's path)."""
     ensure_schema(con)
-    if prelude:
-        apply_prelude(con)
     chosen = kpis if kpis is not None else list(registry.kpis.values())
+    if prelude:
+        apply_prelude(con, needed=on_demand_tables(chosen))
     plan = [(k, periods_for(k, requested, as_of)) for k in chosen]
     return evaluate_plan(con, plan, as_of, computed_at or local_now())
+
+
+def on_demand_tables(kpis: Iterable[KpiDef]) -> set[str]:
+    """The on-demand prelude tables (kpis.prelude.ON_DEMAND) these KPIs read."""
+    return {name for k in kpis for name in prelude_objects(k) if name in ON_DEMAND}
 
 
 def default_periods(as_of: datetime, first_day: datetime | None = None) -> list[Period]:
@@ -454,7 +459,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         if not sweep and (dd.year, dd.month) != (as_of.year, as_of.month):
             continue    # a closed month's dates wait for the next sweep (SWEEP_EVERY)
         by_table.setdefault(table, set()).update({day(dd), month(dd.year, dd.month)})
-    apply_prelude(con)
+    apply_prelude(con, needed=())
     plan = []
     for k in registry.kpis.values():
         reads = tables_read(k)
@@ -472,6 +477,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 periods.add(day(cur.date()))
                 cur += timedelta(days=1)
         plan.append((k, periods_for(k, sorted(periods), as_of)))
+    build_on_demand(con, on_demand_tables(k for k, _ in plan))
     summary = evaluate_plan(con, plan, as_of, local_now())
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "
                 "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END, "

@@ -69,17 +69,21 @@ CREATE OR REPLACE MACRO is_active(is_deleted, build_date, created_at, cancel_dat
     AND (cancel_date IS NULL OR cancel_date > CAST(t - INTERVAL 1 MICROSECOND AS DATE))
     AND NOT (status_code = '04' AND cancel_date IS NULL);
 
--- Customers with CLASS(c) and TG(c) (the 台区 of the settlement point with the smallest mp_no).
+-- TG(c): the 台区 of the customer's settlement point with the smallest mp_no. A table, built
+-- once per pass that needs it: as part of the view below it was recomputed over every metering
+-- point by each of the ~20 reliability KPIs that read k_customer.
+CREATE OR REPLACE TABLE k_settle_tg AS
+SELECT cons_no, arg_min(tg_no, mp_no) AS tg_no FROM mis_metering_point
+WHERE is_deleted = 0 AND mp_attr_code = '01' AND status_code IN ('01', '02')
+GROUP BY cons_no;
+
+-- Customers with CLASS(c) and TG(c).
 CREATE OR REPLACE VIEW k_customer AS
 SELECT c.*, e.parent_value AS cust_class, tg.tg_no AS settle_tg_no
 FROM mis_customer c
 LEFT JOIN mis_code e ON e.code_type = 'ELEC_TYPE' AND e.code_value = c.elec_type_code
                     AND e.is_deleted = 0
-LEFT JOIN (
-    SELECT cons_no, arg_min(tg_no, mp_no) AS tg_no FROM mis_metering_point
-    WHERE is_deleted = 0 AND mp_attr_code = '01' AND status_code IN ('01', '02')
-    GROUP BY cons_no
-) tg ON tg.cons_no = c.cons_no;
+LEFT JOIN k_settle_tg tg ON tg.cons_no = c.cons_no;
 
 -- 台区 with their org and grid as known units.
 CREATE OR REPLACE VIEW k_tg AS

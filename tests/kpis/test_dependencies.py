@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from kpis.dependencies import tables_read
+from kpis.dependencies import prelude_objects, tables_read
+from kpis.evaluate import on_demand_tables
 from kpis.registry import load_registry
 
 
@@ -37,3 +38,20 @@ def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registr
     for k in registry.kpis.values():
         systems = {t.split("_")[0] for t in tables_read(k)}
         assert systems & set(k.sources) or k.id == "grid.manager_coverage_rate", k.id
+
+
+@pytest.mark.parametrize("kpi, objects", [
+    # reads k_customer (TG(c)), which reads the table k_settle_tg and the macro is_active
+    ("reliability.saifi", {"k_customer", "k_settle_tg", "is_active", "upto"}),
+    # names k_customer only in a comment: needs no prelude table
+    ("customer.residential_share", {"is_active"}),
+    ("order.total", {"k_wo", "k_org"}),
+])
+def test_prelude_objects_by_hand(registry, kpi, objects):
+    assert prelude_objects(registry.get(kpi)) == objects
+
+
+def test_only_the_on_demand_tables_a_plan_reads_are_built(registry):
+    assert on_demand_tables([registry.get("newconn.applications")]) == set()
+    assert on_demand_tables([registry.get("order.total"), registry.get("reliability.saifi")]) \
+        == {"k_wo", "k_settle_tg"}
