@@ -89,6 +89,8 @@ def create_app(settings: Settings, service: KpiService | None = None, warm: bool
     _share_page_callbacks()
     from dashboards._components.auth import init_auth
     init_auth(app.server, settings, reader=reader)
+    from dashboards._fastpath import install as install_fast_path
+    install_fast_path(app)      # behind the login guard: cached page bodies without Dash's re-encoding
     from dashboards._routes import register_routes
     register_routes(app.server, service)
     if warm and service.cache is not None:

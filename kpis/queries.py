@@ -104,8 +104,7 @@ class KpiService:
               build: Callable[[], Any]) -> Any:
         if self.cache is None:
             return build()
-        raw = repr((name, version, orgs, filters)).encode("utf-8")
-        key = f"kpi:{name}:{version}:{hashlib.sha1(raw).hexdigest()}"
+        key = _memo_key(name, version, orgs, filters)
         hit = self.cache.get(key)
         if hit is not None:
             return hit
@@ -131,8 +130,16 @@ class KpiService:
         """A finished page body, memoised like the frames: keyed by the snapshot version, the
         authorised units and the filters (building figures costs more than reading DuckDB)."""
         version = version or self._require_version()
-        key = tuple(sorted((k, str(v)) for k, v in filters.items()))
-        return self._memo("view:" + name, version, self.visible_orgs(scope, version), key, build)
+        return self._memo(VIEW_MEMO + name, version, self.visible_orgs(scope, version),
+                          _view_filters(filters), build)
+
+    def cached_view_only(self, name: str, scope: Any, filters: dict[str, Any], version: int) -> Any:
+        """The entry `cached_view` would return for these arguments if it is cached, else None
+        (never builds: the web fast path answers hits only and lets Dash render misses)."""
+        if self.cache is None:
+            return None
+        key = _memo_key(VIEW_MEMO + name, version, self.visible_orgs(scope, version), _view_filters(filters))
+        return self.cache.get(key)
 
     def _df(self, sql: str, params: list[Any] | dict[str, Any] | None = None,
             version: int | None = None) -> pd.DataFrame:
@@ -593,6 +600,20 @@ class DetailOutsideWindow(LookupError):
                          f"choose a day from then")
         self.kpi_id = kpi_id
         self.first_day = first_day
+
+
+# page bodies are cached as the UTF-8 JSON text Dash sends; the prefix changed with the value
+# type, so a cache directory shared with an older web process never hands one the other's type
+VIEW_MEMO = "viewjson:"
+
+
+def _memo_key(name: str, version: int, orgs: tuple[str, ...], filters: tuple[Any, ...]) -> str:
+    raw = repr((name, version, orgs, filters)).encode("utf-8")
+    return f"kpi:{name}:{version}:{hashlib.sha1(raw).hexdigest()}"
+
+
+def _view_filters(filters: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, str(v)) for k, v in filters.items()))
 
 
 def _pick_sql(p: str) -> str:

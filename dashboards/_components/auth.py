@@ -8,7 +8,9 @@ header `X-CSRFToken`, which dashboards/assets/csrf.js adds to Dash's POSTs). See
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -49,6 +51,63 @@ class _SessionInterface(SecureCookieSessionInterface):
             has_request_context() and request.is_secure)
 
 
+SESSION_MEMO_S = 5.0        # a positive session lookup is reused this long in one process ...
+SESSION_MEMO_MAX = 10_000   # ... unless the app database changed meanwhile (logout, disable)
+
+
+class _SessionMemo:
+    """Per process: session id -> its user, so a request costs no app-database query.
+
+    A lookup through SQLAlchemy cost ~1 ms of CPU, on every request. An entry is reused only
+    while SQLite's `PRAGMA data_version` of the app database is unchanged: it changes with every
+    commit of any other connection, in this process or another web worker or the users CLI, so
+    a logout, a disabled user or a new login is seen at the next request. Commits unrelated to
+    sessions (audit rows) only cost a fresh lookup. The absolute session age is checked by the
+    lookup, so an entry also ends SESSION_MEMO_S after it was checked: a session outlives its
+    24 h limit by at most that. Only positive answers are kept.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._con: sqlite3.Connection | None = None
+        self._pid = 0
+        self._users: dict[str, tuple[User, int, float]] = {}
+        self.clock: Callable[[], float] = time.monotonic     # tests move it
+
+    def _data_version(self) -> int:
+        with self._lock:
+            if self._con is None or self._pid != os.getpid():
+                # opened in the process that asks: an SQLite handle must not cross a fork
+                # (gunicorn --preload builds the app in the master)
+                self._con = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+                self._pid = os.getpid()
+                self._users.clear()
+            return int(self._con.execute("PRAGMA data_version").fetchone()[0])
+
+    def user(self, sid: Any, lookup: Callable[[Any], User | None]) -> User | None:
+        if not sid or not isinstance(sid, str):
+            return lookup(sid)
+        seen = self._data_version()     # read before the lookup: a commit in between misses next time
+        now = self.clock()
+        hit = self._users.get(sid)
+        if hit is not None and hit[1] == seen and now < hit[2]:
+            return hit[0]
+        user = lookup(sid)
+        with self._lock:
+            if user is None:
+                self._users.pop(sid, None)
+                return None
+            if len(self._users) >= SESSION_MEMO_MAX:
+                self._users.clear()
+            self._users[sid] = (user, seen, now + SESSION_MEMO_S)
+        return user
+
+    def forget(self, sid: Any) -> None:
+        with self._lock:
+            self._users.pop(sid, None)
+
+
 @dataclass
 class _AuthState:
     settings: Settings
@@ -58,6 +117,7 @@ class _AuthState:
     tree_version: int | None = None
     tree_rows: tuple[tuple[str, str], ...] = ()
     scopes: dict[tuple[int, str, str, str], Scope] = field(default_factory=dict)
+    sessions: _SessionMemo | None = None
 
     def ancestor_rows(self) -> tuple[int | None, tuple[tuple[str, str], ...]]:
         """(version, (org_no, ancestor_no) pairs) of the current snapshot, read once per version."""
@@ -104,9 +164,10 @@ def init_auth(server: Flask, settings: Settings, reader: SnapshotReader | None =
         PERMANENT_SESSION_LIFETIME=IDLE_LIFETIME,
         SESSION_REFRESH_EACH_REQUEST=True,
     )
+    db = db or AppDb(settings.app_db_path, settings.timezone)
     server.extensions[EXTENSION] = _AuthState(
-        settings=settings, db=db or AppDb(settings.app_db_path, settings.timezone),
-        reader=reader or SnapshotReader(settings.serving_dir))
+        settings=settings, db=db, reader=reader or SnapshotReader(settings.serving_dir),
+        sessions=_SessionMemo(str(db.path)))
     server.add_url_rule("/login", "auth_login", _login, methods=["GET", "POST"])
     server.add_url_rule("/logout", "auth_logout", _logout, methods=["POST"])
     server.add_url_rule("/healthz", "auth_healthz", _healthz, methods=["GET"])
@@ -150,7 +211,10 @@ def _quote(text: str) -> str:
 
 def _session_user() -> User | None:
     if "kpi_user" not in g:
-        g.kpi_user = _state().db.session_user(session.get("sid"))
+        state = _state()
+        sid = session.get("sid")
+        g.kpi_user = (state.db.session_user(sid) if state.sessions is None
+                      else state.sessions.user(sid, state.db.session_user))
     return g.kpi_user
 
 
@@ -298,6 +362,8 @@ def _logout() -> Response:
     state = _state()
     user = _session_user()
     state.db.end_session(session.get("sid"))
+    if state.sessions is not None:
+        state.sessions.forget(session.get("sid"))
     if user is not None:
         state.db.audit(user.name, "logout", {"ip": _client_ip()})
     session.clear()
