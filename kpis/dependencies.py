@@ -28,39 +28,20 @@ def _contract_tables() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
-def _prelude_tables() -> dict[str, frozenset[str]]:
-    """Prelude object (table, view, macro) -> contract tables it reads, transitively."""
-    bodies: dict[str, set[str]] = {}
+def _prelude_bodies() -> dict[str, frozenset[str]]:
+    """Prelude object (table, view, macro) -> the words of its definition."""
+    bodies: dict[str, frozenset[str]] = {}
     for stmt in statements():
         m = _DEFINES.match(stmt)
         if m:
-            bodies[m.group(1)] = set(_WORD.findall(stmt[m.end():].lower()))
-    contract = _contract_tables()
-    resolved: dict[str, frozenset[str]] = {}
-
-    def resolve(name: str, seen: frozenset[str]) -> frozenset[str]:
-        if name in resolved:
-            return resolved[name]
-        out: set[str] = set()
-        for w in bodies[name]:
-            if w in contract:
-                out.add(w)
-            elif w in bodies and w not in seen:
-                out |= resolve(w, seen | {w})
-        resolved[name] = frozenset(out)
-        return resolved[name]
-
-    return {name: resolve(name, frozenset({name})) for name in bodies}
+            bodies[m.group(1)] = frozenset(_WORD.findall(stmt[m.end():].lower()))
+    return bodies
 
 
 @lru_cache(maxsize=1)
 def _prelude_refs() -> dict[str, frozenset[str]]:
     """Prelude object -> the prelude objects it reads, transitively, itself included."""
-    bodies: dict[str, set[str]] = {}
-    for stmt in statements():
-        m = _DEFINES.match(stmt)
-        if m:
-            bodies[m.group(1)] = set(_WORD.findall(stmt[m.end():].lower()))
+    bodies = _prelude_bodies()
 
     def resolve(name: str, seen: frozenset[str]) -> frozenset[str]:
         out = {name}
@@ -70,6 +51,14 @@ def _prelude_refs() -> dict[str, frozenset[str]]:
         return frozenset(out)
 
     return {name: resolve(name, frozenset({name})) for name in bodies}
+
+
+@lru_cache(maxsize=1)
+def _prelude_tables() -> dict[str, frozenset[str]]:
+    """Prelude object -> contract tables it reads, directly or through other prelude objects."""
+    bodies, contract = _prelude_bodies(), _contract_tables()
+    return {name: frozenset(w for o in refs for w in bodies[o] if w in contract)
+            for name, refs in _prelude_refs().items()}
 
 
 def prelude_objects(k: KpiDef) -> frozenset[str]:
