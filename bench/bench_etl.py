@@ -130,6 +130,10 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=3)
     ap.add_argument("--sources-from-env", action="store_true")
     ap.add_argument("--realtime", action="store_true", help="follow the wall clock (see above)")
+    ap.add_argument("--parallel", default="0", choices=("0", "1"),
+                    help="ETL_PARALLEL: 1 = cs + dist beside meter after mis, 0 = one after another (default)")
+    ap.add_argument("--meter-reread-s", default="3600", metavar="S",
+                    help="ETL_METER_REREAD_S: 0 = re-read the 26 h metering overlap every pass (no count guard)")
     ap.add_argument("--staging", metavar="TABLE", help="time only the typing and checks of TABLE (see above)")
     args = ap.parse_args()
     args.realtime = args.realtime or args.sources_from_env
@@ -143,7 +147,8 @@ def main() -> None:
         built = build(root, args.scale, args.days)
         urls = {s: f"sqlite:///{root / f'source_{s}.db'}" for s in SOURCE_NAMES}
         side = root
-    env = {"DATA_DIR": str(root / f"data_{args.kind}"),
+    env = {"DATA_DIR": str(root / f"data_{args.kind}"), "ETL_PARALLEL": args.parallel,
+           "ETL_METER_REREAD_S": args.meter_reread_s,
            **{f"SOURCE_{s.upper()}_URL": u for s, u in urls.items()}}
     settings = load_settings(env)
     for p in settings.warehouse_path.parent.glob("warehouse.duckdb*"):
@@ -151,7 +156,9 @@ def main() -> None:
     force = "sqlalchemy" if args.kind == "sqlalchemy" else None
     repro = ("python bench/bench_etl.py" + (" --sources-from-env" if args.sources_from_env else
                                             f" --scale {args.scale} --days {args.days} --dir DIR")
-             + f" --kind {args.kind} --minutes {args.minutes}" + (" --realtime" if args.realtime else "")
+             + f" --kind {args.kind} --minutes {args.minutes} --parallel {args.parallel}"
+             + f" --meter-reread-s {args.meter_reread_s}"
+             + (" --realtime" if args.realtime else "")
              + (f" --staging {args.staging}" if args.staging else ""))
     print(f"sources: {', '.join(sorted({u.split(':')[0] for u in urls.values()}))}; "
           f"build {built:.1f} s (0 = reused); {os.cpu_count()} cores, threads={THREADS}")
@@ -172,6 +179,8 @@ def main() -> None:
               f"= {(rows / t.wall) / (floor_rows / ft.wall):.2f} x the floor's rate, ok={r.ok}")
         slow = sorted(((x.duration_ms, x.table_name, x.rows_read) for s in r for x in s.tables), reverse=True)[:4]
         print("  slowest tables: " + ", ".join(f"{n} {ms} ms ({rr:,} rows)" for ms, n, rr in slow))
+        print("  per source (sum of its tables): " + ", ".join(
+            f"{s.source} {sum(x.duration_ms for x in s.tables) / 1000:.1f} s" for s in r))
         if args.minutes:
             from simulator.live import Live, catch_up, wall_clock
             live = Live(urls, side=side)

@@ -38,10 +38,20 @@ class TableResult:
     duration_ms: int = 0
     status: str = "ok"
     error: str | None = None
+    reread: bool = False      # the whole long overlap was read (or the table loaded in full)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def add(self, other: TableResult) -> None:
+        """Fold in a second read of the same table in the same pass (the long overlap)."""
+        self.rows_read += other.rows_read
+        self.rows_merged += other.rows_merged
+        self.rows_rejected += other.rows_rejected
+        self.rows_flagged += other.rows_flagged
+        for k, n in other.rejected_by_reason.items():
+            self.rejected_by_reason[k] = self.rejected_by_reason.get(k, 0) + n
 
 
 @dataclass
@@ -322,14 +332,41 @@ def insert_run_row(cur: duckdb.DuckDBPyConnection, run_id: int, res: TableResult
     insert_run_rows(cur, run_id, [res], now)
 
 
-def advance_watermarks(cur: duckdb.DuckDBPyConnection, source: str, results: list[TableResult]) -> None:
-    """Set the watermark of each loaded table to its window's high (caller's transaction)."""
+def _replace_highs(cur: duckdb.DuckDBPyConnection, table: str, source: str, results: list[TableResult]) -> None:
+    """Replace the (source, table_name) rows of a bookkeeping table with each result's high."""
     if not results:
         return
-    cur.execute("DELETE FROM etl_watermark WHERE source = ? AND list_contains(?, table_name)",
+    cur.execute(f"DELETE FROM {table} WHERE source = ? AND list_contains(?, table_name)",
                 [source, [r.table_name for r in results]])
-    cur.execute(f"INSERT INTO etl_watermark VALUES {', '.join(['(?, ?, ?)'] * len(results))}",
+    cur.execute(f"INSERT INTO {table} VALUES {', '.join(['(?, ?, ?)'] * len(results))}",
                 [v for r in results for v in (source, r.table_name, r.window_high)])
+
+
+def advance_watermarks(cur: duckdb.DuckDBPyConnection, source: str, results: list[TableResult]) -> None:
+    """Set the watermark of each loaded table to its window's high (caller's transaction)."""
+    _replace_highs(cur, "etl_watermark", source, results)
+
+
+def record_rereads(cur: duckdb.DuckDBPyConnection, source: str, results: list[TableResult]) -> None:
+    """Remember the high of each table whose whole long overlap was read (caller's transaction)."""
+    _replace_highs(cur, "etl_reread", source, results)
+
+
+def read_rereads(cur: duckdb.DuckDBPyConnection, source: str) -> dict[str, datetime]:
+    """The high of the last full re-read of the long overlap, per table."""
+    return dict(cur.execute("SELECT table_name, max(high) FROM etl_reread WHERE source = ? GROUP BY 1",
+                            [source]).fetchall())
+
+
+def held_count(cur: duckdb.DuckDBPyConnection, table: Table, source: str, low: datetime, high: datetime) -> int:
+    """What the warehouse knows of the source's rows in `low < updated_at <= high`: the rows it
+    holds plus the keys rejected there and still open (a rejected row is at the source, not here)."""
+    return cur.execute(f"""SELECT (SELECT count(*) FROM {q(table.name)} WHERE updated_at > ? AND updated_at <= ?)
+        + (SELECT count(DISTINCT row_key) FROM etl_reject WHERE source = ? AND table_name = ?
+             AND resolved_at IS NULL
+             AND TRY_CAST(json_extract_string(raw, '$.updated_at') AS TIMESTAMP) > ?
+             AND TRY_CAST(json_extract_string(raw, '$.updated_at') AS TIMESTAMP) <= ?)""",
+                       [low, high, source, table.name, low, high]).fetchone()[0]
 
 
 def read_watermarks(cur: duckdb.DuckDBPyConnection, source: str) -> dict[str, datetime]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,8 +22,10 @@ import duckdb
 from etl import dims
 from etl.contract import Contract, Table, load_contract
 from etl.errors import SchemaDrift, SourceUnavailable
-from etl.load import (RuleInputs, TableResult, advance_watermarks, insert_run_row, insert_run_rows,
-                      merge_batch, open_counts, probe_window, read_watermarks, stage_full, stage_window)
+from etl.extensions import load_scanner
+from etl.load import (RuleInputs, TableResult, advance_watermarks, held_count, insert_run_row, insert_run_rows,
+                      merge_batch, open_counts, probe_window, read_rereads, read_watermarks, record_rereads,
+                      stage_full, stage_window)
 from etl.rules import table_rules
 from etl.schema import quote_ident as q
 from etl.settings import SOURCE_NAMES, Settings
@@ -206,6 +209,7 @@ class _SourceWriter:
             now = local_now(self.settings.timezone)
             insert_run_rows(self.cur, self.run_id, self.pending, now)
             advance_watermarks(self.cur, self.source, [r for r in self.pending if r.ok])
+            record_rereads(self.cur, self.source, [r for r in self.pending if r.ok and r.reread])
             if freshness is not None:
                 _write_freshness(self.cur, freshness, now)
             self.cur.execute("COMMIT")
@@ -236,16 +240,54 @@ def _fail(result: SourceResult, res: TableResult, exc: BaseException) -> None:
     result.status, result.error = "failed", msg
 
 
+def _lows(settings: Settings, tables: list[Table], marks: dict[str, datetime], rereads: dict[str, datetime],
+          high: datetime | None) -> tuple[dict[str, datetime | None], dict[str, tuple[datetime, datetime]]]:
+    """Each table's window low (None: full load), and for nightly tables whose long overlap is
+    not due for a full re-read, that older range (long low, short low): read only if counts differ."""
+    lows: dict[str, datetime | None] = {}
+    older: dict[str, tuple[datetime, datetime]] = {}
+    for t in tables:
+        mark = marks.get(t.name)
+        if mark is None:
+            lows[t.name] = None
+            continue
+        short = mark - timedelta(seconds=settings.etl_overlap_s)
+        if not is_nightly(t):
+            lows[t.name] = short
+            continue
+        long = mark - timedelta(seconds=settings.etl_meter_overlap_s)
+        last = rereads.get(t.name)
+        due = (settings.etl_meter_reread_s == 0 or long >= short or last is None or high is None
+               or (high - last).total_seconds() >= settings.etl_meter_reread_s)
+        lows[t.name] = long if due else short
+        if not due:
+            older[t.name] = (long, short)
+    return lows, older
+
+
+def _guard_older(cur: duckdb.DuckDBPyConnection, source: Source, table: Table, res: TableResult,
+                 rng: tuple[datetime, datetime], source_count: int | None, run_id: int, settings: Settings,
+                 contract: Contract, inputs: RuleInputs) -> None:
+    """The count guard of a nightly table's long overlap, after its short window was merged (so
+    a version that moved from the older range into the short window is counted where the source
+    has it now): equal counts, nothing to read; else the range is read as before the guard (probed
+    by key, stale re-reads dropped) and folded into `res`, whose window then starts at its low."""
+    low, high = rng
+    if source_count is not None and held_count(cur, table, source.name, low, high) == source_count:
+        return
+    part = TableResult(source.name, table.name, low, high)
+    merge_from(cur, table, None, part, run_id, settings, contract, inputs, False, time.monotonic(),
+               source, source_count)
+    res.add(part)
+    res.window_low, res.reread = low, True
+
+
 def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Table], result: SourceResult,
                  writer: _SourceWriter, run_id: int, settings: Settings, contract: Contract,
                  batched: bool) -> None:
     """Load every table; `batched`: the windowed tables share one transaction."""
     marks = read_watermarks(cur, source.name)
-    lows: dict[str, datetime | None] = {}
-    for t in tables:
-        mark = marks.get(t.name)
-        overlap = settings.etl_meter_overlap_s if is_nightly(t) else settings.etl_overlap_s
-        lows[t.name] = None if mark is None else mark - timedelta(seconds=overlap)
+    lows, older = _lows(settings, tables, marks, read_rereads(cur, source.name), result.high)
     drift: dict[str, SchemaDrift] = {}
     for t in tables:
         try:
@@ -253,7 +295,12 @@ def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Ta
         except SchemaDrift as exc:
             drift[t.name] = exc
     windowed = [(t, lows[t.name], result.high) for t in tables if lows[t.name] is not None and t.name not in drift]
-    counts = source.window_counts(windowed) if windowed else {}
+    labels = [t.name for t, _, _ in windowed]
+    for t, _, _ in list(windowed):
+        if t.name in older:
+            windowed.append((t, *older[t.name]))
+            labels.append(f"{t.name} older")
+    counts = source.window_counts(windowed, labels) if windowed else {}
     inputs = RuleInputs()
     for table in tables:
         started = time.monotonic()
@@ -264,18 +311,26 @@ def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Ta
             _fail(result, res, drift[table.name])
             writer.pending.append(res)
             continue
-        if low is not None and counts.get(table.name) == 0:
+        guard = older.get(table.name)
+        empty = low is not None and counts.get(table.name) == 0
+        if empty and guard is None:
             res.duration_ms = int((time.monotonic() - started) * 1000)
             writer.pending.append(res)
             continue
         full = low is None and cur.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {q(table.name)} LIMIT 1)").fetchone()[0] == 0
+        res.reread = is_nightly(table) and guard is None
         if full or not batched:
             writer.commit()              # a full load, or one table per transaction, stands alone
         writer.begin()
         try:
-            merge_from(cur, table, source.prepare(cur, table, low, result.high) if low is None else None, res,
-                       run_id, settings, contract, inputs, full, started, source, counts.get(table.name))
+            if not empty:
+                merge_from(cur, table, source.prepare(cur, table, low, result.high) if low is None else None, res,
+                           run_id, settings, contract, inputs, full, started, source, counts.get(table.name))
+            if guard is not None:
+                _guard_older(cur, source, table, res, guard, counts.get(f"{table.name} older"), run_id,
+                             settings, contract, inputs)
+                res.duration_ms = int((time.monotonic() - started) * 1000)
         except SourceUnavailable:
             raise
         except (duckdb.Error, ValueError) as exc:
@@ -293,10 +348,12 @@ def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Ta
 
 
 def run_source(settings: Settings, warehouse: Warehouse, name: str, run_id: int,
-               contract: Contract | None = None, force_kind: str | None = None) -> SourceResult:
-    """Load every contract table of one source; never raises for source or table problems."""
+               contract: Contract | None = None, force_kind: str | None = None,
+               cur: duckdb.DuckDBPyConnection | None = None) -> SourceResult:
+    """Load every contract table of one source on its own cursor (`cur`, taken from the
+    warehouse when None, closed at the end); never raises for source or table problems."""
     contract = contract or load_contract()
-    cur = warehouse.cursor()
+    cur = cur or warehouse.cursor()
     tables = contract.system_tables(name)
     source = open_source(name, settings.source_url(name), settings.source_timeout_s,
                          settings.timezone, force_kind)
@@ -333,17 +390,70 @@ def run_source(settings: Settings, warehouse: Warehouse, name: str, run_id: int,
     return result
 
 
+# flags of the other systems read the MIS customers, org tree and code tables: MIS goes first
+FIRST = ("mis",)
+# the metering tables are most of a load; the other sources run beside them on the second core
+LANES = (("meter",), ("cs", "dist"))
+SCANNER_OF_KIND = {"sqlite": "sqlite_scanner", "postgres": "postgres_scanner"}
+
+
+def _lanes(names: list[str]) -> list[list[str]]:
+    lanes = [[n for n in lane if n in names] for lane in LANES]
+    lanes[-1] += [n for n in names if not any(n in lane for lane in LANES)]
+    return [lane for lane in lanes if lane]
+
+
+def _preload_scanners(settings: Settings, warehouse: Warehouse, names: list[str], force_kind: str | None) -> None:
+    """LOAD the scanners before the threads start (loading is per database, not per cursor)."""
+    kinds = {force_kind or open_source(n, settings.source_url(n), settings.source_timeout_s).kind for n in names}
+    cur = warehouse.cursor()
+    try:
+        for kind in kinds:
+            if kind in SCANNER_OF_KIND:
+                load_scanner(cur, SCANNER_OF_KIND[kind], warehouse.extension_dir)
+    except Exception as exc:   # noqa: BLE001 -- only a head start: the source's own open() reports it
+        log.warning("scanner preload: %s", exc)
+    finally:
+        cur.close()
+
+
 def run_pass(settings: Settings, warehouse: Warehouse, sources: tuple[str, ...] = SOURCE_NAMES,
              force_kind: str | None = None) -> PassResult:
-    """One pass over the sources; a down source fails alone. Dimensions follow their inputs."""
+    """One pass over the sources; a down source fails alone. Dimensions follow their inputs.
+
+    MIS first; then, with ETL_PARALLEL=1 (off by default: no gain measured on 2 cores), meter
+    in one thread and cs, dist in another, each source on its own cursor and in its own
+    transactions exactly as when run one after the other (the sources write disjoint rows:
+    their own tables, and their own source's rows of the bookkeeping tables), so the
+    crash-safety contract is unchanged."""
     warehouse.migrate()
     contract = load_contract()
     run_id = new_run_id(warehouse, local_now(settings.timezone))
     result = PassResult(run_id, {})
-    for name in sources:
-        result.sources[name] = run_source(settings, warehouse, name, run_id, contract, force_kind)
+
+    def one(name: str, cur: duckdb.DuckDBPyConnection | None = None) -> None:
+        result.sources[name] = run_source(settings, warehouse, name, run_id, contract, force_kind, cur)
         log.info("run %s: source %s %s (%s rows merged)", run_id, name, result.sources[name].status,
                  sum(t.rows_merged for t in result.sources[name].tables))
+
+    for name in [n for n in sources if n in FIRST]:
+        one(name)
+    rest = [n for n in sources if n not in FIRST]
+    lanes = _lanes(rest) if settings.etl_parallel else [rest]
+    if len(lanes) > 1:
+        _preload_scanners(settings, warehouse, rest, force_kind)
+        curs = {n: warehouse.cursor() for lane in lanes for n in lane}    # cursors made on this thread
+
+        def lane_run(lane: list[str]) -> None:
+            for name in lane:
+                one(name, curs[name])
+        with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="etl") as pool:
+            for f in [pool.submit(lane_run, lane) for lane in lanes]:
+                f.result()
+    else:
+        for name in rest:
+            one(name)
+    result.sources = {n: result.sources[n] for n in sources}     # the caller's order
     cur = warehouse.cursor()
     result.dims_rebuilt = dims.rebuild_if_changed(cur)
     cur.execute("UPDATE etl_pass SET finished_at = ?, ok = ? WHERE run_id = ?",

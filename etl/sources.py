@@ -104,9 +104,11 @@ class Source:
         `columns` a subset, `from_incl`: `low <= updated_at` instead of `low < updated_at`."""
         raise NotImplementedError
 
-    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]]) -> dict[str, int]:
-        """Rows in `low < updated_at <= high` per table, counted at the source in one query (on
-        its updated_at index): a pass reads and merges only the tables whose count is not 0."""
+    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]],
+                      labels: Sequence[str] | None = None) -> dict[str, int]:
+        """Rows in `low < updated_at <= high` per window, counted at the source in one query (on
+        its updated_at index), keyed by `labels` (default: the table names): a pass reads and
+        merges only the tables whose count is not 0."""
         raise NotImplementedError
 
     def prepare(self, cur: duckdb.DuckDBPyConnection, table: Table, low: datetime | None,
@@ -196,10 +198,13 @@ class SqliteSource(Source):
     def columns(self, table: str) -> set[str] | None:
         return self._all_columns().get(table)
 
-    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]]) -> dict[str, int]:
+    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]],
+                      labels: Sequence[str] | None = None) -> dict[str, int]:
         sql = " UNION ALL ".join(f"SELECT ?, count(*) FROM {_ident(t.name)} WHERE updated_at > ? AND updated_at <= ?"
                                  for t, _, _ in windows)
-        params = [v for t, low, high in windows for v in (t.name, low.strftime(TS_FORMAT), high.strftime(TS_FORMAT))]
+        names = labels or [t.name for t, _, _ in windows]
+        params = [v for n, (_, low, high) in zip(names, windows)
+                  for v in (n, low.strftime(TS_FORMAT), high.strftime(TS_FORMAT))]
         return dict(self._meta(sql, params))
 
     can_probe = True
@@ -236,13 +241,15 @@ class _EngineSource(Source):
     def _bound(self, value: datetime) -> object:
         return value
 
-    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]]) -> dict[str, int]:
+    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]],
+                      labels: Sequence[str] | None = None) -> dict[str, int]:
         sql = " UNION ALL ".join(f"SELECT CAST(:t{i} AS VARCHAR(64)) AS t, count(*) AS n FROM {_ident(t.name)} "
                                  f"WHERE updated_at > :lo{i} AND updated_at <= :hi{i}"
                                  for i, (t, _, _) in enumerate(windows))
+        names = labels or [t.name for t, _, _ in windows]
         params: dict[str, object] = {}
-        for i, (t, low, high) in enumerate(windows):
-            params.update({f"t{i}": t.name, f"lo{i}": self._bound(low), f"hi{i}": self._bound(high)})
+        for i, (n, (_, low, high)) in enumerate(zip(names, windows)):
+            params.update({f"t{i}": n, f"lo{i}": self._bound(low), f"hi{i}": self._bound(high)})
         return {t: int(n) for t, n in self._meta(sql, params)}
 
 

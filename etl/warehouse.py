@@ -27,6 +27,8 @@ BOOKKEEPING = [
        resolved_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR,
        business_date DATE)""",
+    # per nightly metering table: the window high of its last full re-read of the long overlap
+    """CREATE TABLE IF NOT EXISTS etl_reread (source VARCHAR, table_name VARCHAR, high TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS etl_freshness (source VARCHAR, last_good_high TIMESTAMP,
        last_pass_at TIMESTAMP, last_status VARCHAR, last_error VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS etl_dim_state (name VARCHAR, signature VARCHAR,
