@@ -102,7 +102,10 @@ class Timed:
             return self._con.execute(sql, *args)
         finally:
             text = " ".join(sql.split())
-            kind = ("facts (reduced per KPI, period, org, grid)" if text.startswith("INSERT INTO _fg")
+            kind = ("facts (reduced per KPI, period, org, grid)" if text.startswith("INSERT INTO _fr SELECT * FROM (")
+                    else "attribution" if text.startswith("INSERT INTO _fg")
+                    else "day store (kpis/day_store.py)" if ("kpi_day" in text or "_dmap" in text
+                                                             or "_mmap" in text)
                     else "presence" if text.startswith("INSERT INTO _present")
                     else "roll-up, value, status (all batched KPIs)" if text.startswith("INSERT INTO _result WITH agg")
                     else "non-additive KPIs (own statement)" if text.startswith("INSERT INTO _result SELECT")
@@ -608,13 +611,15 @@ def main() -> None:
             etl = time.perf_counter() - t
             as_of = sim_clock(side)
             start = load()
+            timed = Timed(con)
             t, c = time.perf_counter(), time.process_time()
-            s = evaluate_incremental(con, registry, as_of)
+            s = evaluate_incremental(timed, registry, as_of)
             inc, cpu = time.perf_counter() - t, time.process_time() - c
             print(f"(b) minute {i + 1}: live wrote {written} rows, ETL pass {etl:.2f} s ok={r.ok}, "
                   f"evaluate_incremental {inc:.2f} s wall, {cpu:.2f} s CPU ({s.kpis} KPIs, "
                   f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
                   f"errors {len(s.errors)}); {start} at the start, {load()} at the end")
+            print_kinds(timed.kinds)
         print(f"    reproduce: {cmd}")
 
 

@@ -6,7 +6,9 @@ table even when its facts were empty (4.4 s of 18 s with every facts query empti
 
 1. KPIs that ask for the same periods share one `_periods` load (global pids);
 2. the facts of additive KPIs (sums of numerators, denominators and samples) are reduced to one
-   row per (KPI, period, org, grid) by one `INSERT … UNION ALL` statement per chunk of KPIs;
+   row per (KPI, period, org, grid) by one `INSERT … UNION ALL` statement per chunk of KPIs
+   (`_fr`), then attributed to known units by one statement (`_fg`); months of day-additive
+   KPIs may instead be summed from stored days (kpis/day_store.py);
 3. one statement rolls all of them up the org tree, fills every unit and period, and computes
    value and status (per-KPI expressions as `CASE kix WHEN …`).
 
@@ -23,9 +25,11 @@ from datetime import datetime
 
 import duckdb
 
+from kpis import day_store as day_store_mod
 from kpis.compile import (_EXACT, PERIODS_DDL, _additive, compile_kpi,
                           status_sql, value_sql)
 from kpis.periods import Period
+from kpis.registry import day_additive
 from kpis.spec import KpiDef
 
 log = logging.getLogger(__name__)
@@ -65,12 +69,13 @@ def te_only(k: KpiDef) -> bool:
     return not _PERIOD_SHAPE.search(code)
 
 
-def _fg_sql(kix: int, k: KpiDef, cols: set[str]) -> str:
-    """The KPI's facts reduced to (kix, pid, attr_org, attr_grid): compile._agg_cte's `fg`.
+def _fr_sql(kix: int, k: KpiDef, cols: set[str]) -> str:
+    """The KPI's facts reduced by their own (pid, org_no, grid_no): the rows of compile._agg_cte's
+    `fg` before attribution (see _ATTRIBUTE), and the rows the day store keeps for a day.
 
-    Reduced by the facts' own (pid, org_no, grid_no) first and attributed to known units after:
-    at city scale a stock of 3.5 M customers per period paid two k_org look-ups per fact row.
-    DECIMAL sums are exact, so summing the partial sums gives the same values to the last bit."""
+    Reduced first and attributed after: at city scale a stock of 3.5 M customers per period paid
+    two k_org look-ups per fact row. DECIMAL sums are exact, so summing the partial sums gives
+    the same values to the last bit."""
     exact = _EXACT.format
     sample = f"SUM({exact('sample')})" if "sample" in cols else f"SUM({exact('den')})"
     pending = "BOOL_OR(pending)" if "pending" in cols else "FALSE"
@@ -78,19 +83,23 @@ def _fg_sql(kix: int, k: KpiDef, cols: set[str]) -> str:
     return f"""SELECT * FROM (-- {k.id} (named for profiles and logs)
 WITH f AS (
 {k.facts}
-),
-r AS (
-    SELECT pid, org_no, grid_no, SUM({exact('num')}) AS num, SUM({exact('den')}) AS den,
-           {sample} AS sample, {pending} AS pending, {missing} AS missing
-    FROM f GROUP BY pid, org_no, grid_no
 )
-SELECT {kix} AS kix, r.pid, COALESCE(ko.unit_no, rt.unit_no) AS attr_org, kg.unit_no AS attr_grid,
+SELECT {kix} AS kix, pid, org_no, grid_no, SUM({exact('num')}) AS num, SUM({exact('den')}) AS den,
+       {sample} AS sample, {pending} AS pending, {missing} AS missing
+FROM f GROUP BY pid, org_no, grid_no)"""
+
+
+# _fr attributed to known units (unknown org -> the root; a grid only when known), for the
+# (KPI, period) pairs the plan outputs (_kperiod; the store's extra days are not output).
+_ATTRIBUTE = """INSERT INTO _fg
+SELECT r.kix, r.pid, COALESCE(ko.unit_no, rt.unit_no) AS attr_org, kg.unit_no AS attr_grid,
        SUM(r.num) AS num, SUM(r.den) AS den, SUM(r.sample) AS sample, BOOL_OR(r.pending) AS pending,
        BOOL_OR(r.missing) AS missing
-FROM r CROSS JOIN k_root rt
+FROM _fr r JOIN _kperiod kp ON kp.kix = r.kix AND kp.pid = r.pid
+CROSS JOIN k_root rt
 LEFT JOIN k_org ko ON ko.unit_no = r.org_no AND ko.unit_level <> 'grid'
 LEFT JOIN k_org kg ON kg.unit_no = r.grid_no AND kg.unit_level = 'grid'
-GROUP BY r.pid, COALESCE(ko.unit_no, rt.unit_no), kg.unit_no)"""
+GROUP BY r.kix, r.pid, COALESCE(ko.unit_no, rt.unit_no), kg.unit_no"""
 
 
 def _presence_sql(kix: int, k: KpiDef) -> str:
@@ -183,13 +192,13 @@ def _run_chunk(con: duckdb.DuckDBPyConnection, chunk: Sequence[tuple[int, KpiDef
     so that one broken KPI fails alone. Returns the kixs that succeeded."""
     def run(items: Sequence[tuple[int, KpiDef, set[str]]]) -> None:
         try:
-            con.execute("INSERT INTO _fg " + "\nUNION ALL\n".join(_fg_sql(i, k, c) for i, k, c in items))
+            con.execute("INSERT INTO _fr " + "\nUNION ALL\n".join(_fr_sql(i, k, c) for i, k, c in items))
             con.execute("INSERT INTO _present "
                         + "\nUNION ALL\n".join(_presence_sql(i, k) for i, k, _ in items))
         except duckdb.Error:
             # the facts may be in while the presence failed: a retry must not count them twice
             kixs = ", ".join(str(i) for i, _, _ in items)
-            con.execute(f"DELETE FROM _fg WHERE kix IN ({kixs})")
+            con.execute(f"DELETE FROM _fr WHERE kix IN ({kixs})")
             con.execute(f"DELETE FROM _present WHERE kix IN ({kixs})")
             raise
 
@@ -232,7 +241,7 @@ def _run_group(con: duckdb.DuckDBPyConnection, periods: Sequence[Period],
         if done and group is shared:
             kixs = ", ".join(str(i) for i in done)
             pairs = ", ".join(f"({a}, {b})" for a, b in copies)
-            for table in ("_fg", "_present"):
+            for table in ("_fr", "_present"):
                 con.execute(f"INSERT INTO {table} SELECT t.* REPLACE (c.dst AS pid) FROM {table} t "
                             f"JOIN (VALUES {pairs}) c(src, dst) ON t.pid = c.src "
                             f"WHERE t.kix IN ({kixs})")
@@ -241,17 +250,27 @@ def _run_group(con: duckdb.DuckDBPyConnection, periods: Sequence[Period],
 
 
 def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]],
-                 as_of: datetime, errors: dict[str, str]) -> list[tuple[KpiDef, Sequence[Period]]]:
+                 as_of: datetime, errors: dict[str, str],
+                 day_store: day_store_mod.Mode | None = None) -> list[tuple[KpiDef, Sequence[Period]]]:
     """Compute every KPI of the plan for its periods into the temp table _result (baseline NULL,
     status as if no baseline). KPIs that fail are left out and named in `errors`; returns the
-    plan entries that were computed."""
+    plan entries that were computed.
+
+    day_store: months of day-additive KPIs are built from stored days (kpis/day_store.py) and
+    the days read are stored; None reads every period from the facts (the reference path)."""
     con.execute(RESULT_DDL)
     plan = [(k, ps) for k, ps in plan if ps]
     if not plan:
         return []
+    jobs: dict[int, day_store_mod.Job] = {}
+    if day_store is not None:
+        jobs = day_store_mod.plan(con, [(kix, k, ps) for kix, (k, ps) in enumerate(plan)
+                                        if day_additive(k)], as_of, day_store.refresh)
+    reads = {kix: day_store_mod.read_periods(jobs[kix], ps) if kix in jobs else list(ps)
+             for kix, (_, ps) in enumerate(plan)}
     pid_of: dict[Period, int] = {}
-    for _, ps in plan:
-        for p in ps:
+    for kix, (_, ps) in enumerate(plan):
+        for p in (*ps, *reads[kix]):
             pid_of.setdefault(p, len(pid_of))
     ordered = sorted(pid_of, key=pid_of.__getitem__)
     load_periods(con, "_periods_all", [pid_of[p] for p in ordered], ordered, as_of)
@@ -267,13 +286,16 @@ def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Se
             errors[k.id] = str(exc)
             continue
         if batchable(k):
-            batched.setdefault(tuple(sorted(ps)), []).append((kix, k, cols))
+            batched.setdefault(tuple(sorted(reads[kix])), []).append((kix, k, cols))
             by_kix[kix] = (k, ps)
         else:
             single.append((k, ps))
 
     done: list[tuple[KpiDef, Sequence[Period]]] = []
     if batched:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _fr (kix INTEGER, pid INTEGER, org_no VARCHAR,
+                        grid_no VARCHAR, num {_DEC}, den {_DEC}, sample {_DEC}, pending BOOLEAN,
+                        missing BOOLEAN)""")
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _fg (kix INTEGER, pid INTEGER, attr_org VARCHAR,
                         attr_grid VARCHAR, num {_DEC}, den {_DEC}, sample {_DEC}, pending BOOLEAN,
                         missing BOOLEAN)""")
@@ -281,10 +303,25 @@ def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Se
         ok: list[int] = []
         for periods, items in batched.items():
             ok.extend(_run_group(con, periods, items, pid_of, as_of, errors))
+        if jobs:
+            failed = [jobs[kix].k.id for kix in jobs if kix not in ok]
+            day_store_mod.forget(con, failed)
+            try:
+                day_store_mod.store_and_build(con, [jobs[kix] for kix in ok if kix in jobs], pid_of,
+                                              as_of, day_store.computed_at)
+            except duckdb.Error as exc:
+                # the store's KPIs fail together (their months cannot be built); the rest go on
+                log.error("day store failed: %s", exc)
+                day_store_mod.forget(con, [jobs[kix].k.id for kix in ok if kix in jobs])
+                for kix in ok:
+                    if kix in jobs:
+                        errors[jobs[kix].k.id] = str(exc)
+                ok = [kix for kix in ok if kix not in jobs]
         if ok:
             _load_meta(con, [(i, by_kix[i][0]) for i in ok],
                        [(i, pid_of[p]) for i in ok for p in by_kix[i][1]])
             try:
+                con.execute(_ATTRIBUTE)
                 con.execute("INSERT INTO _result " + _rollup_sql([(i, by_kix[i][0]) for i in ok]))
                 done.extend(by_kix[i] for i in ok)
             except duckdb.Error as exc:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
+from kpis import day_store
 from kpis.batch import RESULT_COLUMNS, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import prelude_objects, tables_read
@@ -45,6 +46,7 @@ SCHEMA = [
     "ALTER TABLE kpi_eval_state ADD COLUMN IF NOT EXISTS last_sweep_at TIMESTAMP",
     # etl_dirty run id up to which closed periods have been re-evaluated (restatements)
     "ALTER TABLE kpi_eval_state ADD COLUMN IF NOT EXISTS last_past_run_id BIGINT",
+    *day_store.DDL,
 ]
 
 # Every KPI is re-evaluated at least this often, and at each new hour; in between only KPIs whose
@@ -326,7 +328,8 @@ def _plan_parts(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Seq
 
 
 def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]],
-                  as_of: datetime, computed_at: datetime) -> EvalSummary:
+                  as_of: datetime, computed_at: datetime,
+                  store_mode: day_store.Mode | None = None) -> EvalSummary:
     """Compute the KPIs of the plan for their periods (kpis.batch: a few statements for all of
     them), then store the batch in one transaction.
 
@@ -339,7 +342,7 @@ def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
     cols = ", ".join(RESULT_COLUMNS)
     pending = 0
     for part in _plan_parts(con, plan):
-        done = compute_plan(con, part, as_of, summary.errors)
+        done = compute_plan(con, part, as_of, summary.errors, store_mode)
         try:
             apply_baselines(con, done)
         except duckdb.Error:
@@ -374,14 +377,18 @@ def _baselines_one_by_one(con: duckdb.DuckDBPyConnection,
 def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
                        requested: Sequence[Period], as_of: datetime,
                        kpis: Sequence[KpiDef] | None = None,
-                       computed_at: datetime | None = None, prelude: bool = True) -> EvalSummary:
-    """Evaluate the KPIs for the requested periods and store them (the worker's path)."""
+                       computed_at: datetime | None = None, prelude: bool = True,
+                       use_day_store: bool = False) -> EvalSummary:
+    """Evaluate the KPIs for the requested periods and store them (the worker's path).
+    use_day_store: months of day-additive KPIs from stored days (kpis/day_store.py)."""
     ensure_schema(con)
     chosen = kpis if kpis is not None else list(registry.kpis.values())
     if prelude:
         apply_prelude(con, needed=on_demand_tables(chosen))
     plan = [(k, periods_for(k, requested, as_of)) for k in chosen]
-    return evaluate_plan(con, plan, as_of, computed_at or local_now())
+    at = computed_at or local_now()
+    mode = day_store.Mode(refresh=False, computed_at=at) if use_day_store else None
+    return evaluate_plan(con, plan, as_of, at, mode)
 
 
 def on_demand_tables(kpis: Iterable[KpiDef]) -> set[str]:
@@ -429,7 +436,8 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         lower = datetime(as_of.year, as_of.month, 1) - timedelta(days=100)
         first_day = max(datetime.combine(first, datetime.min.time()), lower) if first else None
         _, top = _dirty_dates(con, None)
-        summary = evaluate_and_store(con, registry, default_periods(as_of, first_day), as_of)
+        summary = evaluate_and_store(con, registry, default_periods(as_of, first_day), as_of,
+                                     use_day_store=True)
         con.execute("DELETE FROM kpi_eval_state")
         con.execute("INSERT INTO kpi_eval_state (id, last_dirty_run_id, last_full_at, last_eval_at, "
                     "last_sweep_at, last_past_run_id) VALUES (1, $r, $a, $a, $a, $r)",
@@ -478,7 +486,12 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 cur += timedelta(days=1)
         plan.append((k, periods_for(k, sorted(periods), as_of)))
     build_on_demand(con, on_demand_tables(k for k, _ in plan))
-    summary = evaluate_plan(con, plan, as_of, local_now())
+    # The sweep re-reads every day of the months it evaluates: a change the dirty dates do not
+    # show (a row of a joined table) reaches the stored days at most SWEEP_EVERY late.
+    at = local_now()
+    if sweep:   # older months are evaluated only when restated; they read absent days again
+        day_store.prune(con, (month(as_of.year, as_of.month).ws - timedelta(days=1)).replace(day=1).date())
+    summary = evaluate_plan(con, plan, as_of, at, day_store.Mode(refresh=sweep, computed_at=at))
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "
                 "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END, "
                 "last_past_run_id = CASE WHEN $sweep THEN $r "

@@ -6,6 +6,7 @@ binding against the warehouse schema. Every problem is collected and reported to
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,72 @@ def units_and_sources_known(parsed: list[Located]) -> list[Issue]:
     return issues
 
 
-DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known)
+# Names of _periods columns and fact columns in a definition's SQL (comments dropped, strings kept).
+_PERIOD_WORD = re.compile(r"\b(ws|we|te|grain|hours|as_of|pending)\b", re.IGNORECASE)
+_COMMENT_OR_STRING = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
+
+
+def _period_words(k: KpiDef) -> list[str]:
+    code = _COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith("'") else "",
+                                  f"{k.facts}\n{k.presence or ''}")
+    return [w.lower() for w in _PERIOD_WORD.findall(code)]
+
+
+def day_additive_blockers(k: KpiDef) -> list[str]:
+    """Why a month of this KPI is not the exact sum of its days (empty: it is).
+
+    A month equals the sum of its days when every fact row is placed by one time inside
+    [ws, te) and reduced by sums only: then each row falls in exactly one day, and the day
+    sums are exact DECIMALs. The shapes that break it: stocks, snapshots and rolling windows
+    (a value at te, not a sum over the period), distinct counts, MAX and quantiles, items that
+    stay pending, facts that read as_of (a day keeps moving after it ends) or the period's
+    end, length or grain. The first entries are hard (an override cannot lift them); the last,
+    `te without its ws`, is a heuristic for a population taken at te beside a flow (e.g. a
+    count of customers at the end): the author may override it after checking."""
+    from kpis.batch import batchable  # noqa: PLC0415  (batch imports the compiler)
+
+    out = []
+    if k.shape != "flow":
+        out.append(f"shape {k.shape}")
+    if not batchable(k):
+        out.append("not a sum (distinct count, max or quantile)")
+    if k.resolved_or_due:
+        out.append("resolved_or_due")
+    words = _period_words(k)
+    named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"})
+    if named:
+        out.append("names " + ", ".join(named))
+    if "ws" not in words or "te" not in words:
+        out.append("does not place its rows in [ws, te)")
+    elif words.count("te") != words.count("ws"):
+        out.append("te without its ws")
+    return out
+
+
+def day_additive(k: KpiDef) -> bool:
+    """Whether months of the KPI are built from stored days (the YAML may say false; true is
+    validated by day_additive_valid)."""
+    if k.day_additive is not None:
+        return k.day_additive
+    return not day_additive_blockers(k)
+
+
+def day_additive_valid(parsed: list[Located]) -> list[Issue]:
+    """`day_additive: true` only where no hard blocker holds (the ws/te heuristic may be lifted)."""
+    issues = []
+    for loc in parsed:
+        k = loc.kpi
+        if k.day_additive:
+            hard = [b for b in day_additive_blockers(k) if b != "te without its ws"]
+            if hard:
+                issues.append(Issue(loc.file, loc.line, k.id,
+                                    f"day_additive: true, but {'; '.join(hard)}; expected a flow "
+                                    "summed over rows placed by one time in [ws, te)"))
+    return issues
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known,
+                                   day_additive_valid)
 
 
 def sql_binds(parsed: list[Located]) -> list[Issue]:

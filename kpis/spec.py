@@ -56,6 +56,10 @@ class KpiDef(BaseModel):
     baseline: Baseline | None = None
     complete_months_only: bool = False
     resolved_or_due: bool = False
+    # Months built from stored day reductions (kpis/day_store.py). None: derived from the
+    # definition (kpis.registry.day_additive); false opts out; true is accepted only where the
+    # derivation finds no shape that makes days non-additive.
+    day_additive: bool | None = None
     presence: str | None = None        # SQL returning rows when the source delivered data for p
     facts: str                         # SQL returning pid, org_no, grid_no, num, den [, ...]
 

@@ -166,3 +166,16 @@ def check_case(path: Path, registry: Registry) -> None:
                 assert got[key] == exp[key], f"{path.name} {org}: {key} {got[key]!r} != {exp[key]!r}"
     for org in case.get("absent", []) or []:
         assert not [r for r in rows if r["org_no"] == str(org)], f"{path.name}: unexpected row for {org}"
+
+
+def simulated_small(root: Path, start: date, days: int):
+    """Build the simulated `small` sources (seed 42) under root; the ETL settings that read them
+    (no safety lag: every written row is in the first pass)."""
+    import simulator  # noqa: PLC0415  (tests that use it skip without it)
+    from etl.settings import SOURCE_NAMES, load_settings  # noqa: PLC0415
+
+    urls = {s: f"sqlite:///{root / f'source_{s}.db'}" for s in SOURCE_NAMES}
+    simulator.build(urls, scale="small", seed=42, days=days, start=start, side=root / "side")
+    env = {"DATA_DIR": str(root / "data"), "WAREHOUSE_PATH": str(root / "data" / "warehouse.duckdb"),
+           "ETL_SAFETY_LAG_S": "0", **{f"SOURCE_{s.upper()}_URL": u for s, u in urls.items()}}
+    return load_settings(env)

@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 
 from etl.pipeline import run_pass
-from etl.settings import SOURCE_NAMES, load_settings
 from etl.warehouse import Warehouse
 from kpis.batch import compute_plan, fact_columns, load_periods
 from kpis.compile import PERIODS_DDL, compile_kpi
@@ -26,8 +25,9 @@ from kpis.evaluate import EvalSummary, default_periods, evaluate_and_store, peri
 from kpis.periods import Period
 from kpis.registry import Registry, load_registry
 from kpis.spec import KpiDef
+from tests.kpis.harness import simulated_small
 
-simulator = pytest.importorskip("simulator")
+pytest.importorskip("simulator")
 
 START = date(2026, 4, 25)          # 40 days: all of May is a closed month, June is running
 DAYS = 40
@@ -60,12 +60,7 @@ class Evaluated:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory) -> Iterator[Evaluated]:
-    root = tmp_path_factory.mktemp("kpi_props")
-    urls = {s: f"sqlite:///{root / f'source_{s}.db'}" for s in SOURCE_NAMES}
-    simulator.build(urls, scale="small", seed=42, days=DAYS, start=START, side=root / "side")
-    env = {"DATA_DIR": str(root / "data"), "WAREHOUSE_PATH": str(root / "data" / "warehouse.duckdb"),
-           "ETL_SAFETY_LAG_S": "0", **{f"SOURCE_{s.upper()}_URL": u for s, u in urls.items()}}
-    settings = load_settings(env)
+    settings = simulated_small(tmp_path_factory.mktemp("kpi_props"), START, DAYS)
     with Warehouse(settings.warehouse_path, threads=2, memory_limit="2GB") as wh:
         loaded = run_pass(settings, wh)
         assert loaded.ok, f"ETL pass over the simulated sources failed: {loaded}"

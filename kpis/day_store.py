@@ -1,0 +1,203 @@
+"""Per-day store of reduced flow facts: months of day-additive KPIs as exact sums of their days.
+
+After a one-minute ETL pass the running month of every woken flow KPI used to be re-read whole
+to change a few of today's rows. A day-additive KPI (kpis.registry.day_additive: each fact row
+placed by one time inside [ws, te), summed) has, per day, the reduction the engine makes anyway
+before attribution: (org_no, grid_no) -> DECIMAL num, den, sample and a missing flag, plus the
+day's presence. Those rows are kept in `kpi_day_fact` (one header row per KPI and day in
+`kpi_day`: its te, presence and the hash of the SQL that produced it), and a month (or the month
+to date) is the DECIMAL sum of its days, grouped by the same raw org and grid, then attributed
+and rolled up as before. DECIMAL sums are exact, so the result is that of a month read to the
+last bit (tests/kpis/test_day_store.py checks it on simulated data).
+
+A stored day is used only when it was computed with the same SQL (facts, presence and the prelude
+objects they read: `facts_hash`) and up to the te the month needs (a day stored while it was
+today holds rows up to that minute only). Anything else is read again from the facts in the
+same statements as the pass's other periods ("backfill"), then stored.
+
+Freshness: the days a pass reads are the periods it already evaluates (today, and past days the
+ETL marked dirty); the sweep (kpis.evaluate.SWEEP_EVERY) re-reads every day of the months it
+evaluates (the running month, and a closed month with restated days), so a change the dirty
+dates do not show (a row of a joined table) reaches the month at the next sweep, as restatements
+of closed months already do.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from functools import lru_cache
+
+import duckdb
+
+from kpis.periods import Period, days_of
+from kpis.spec import KpiDef
+
+DDL = (
+    """CREATE TABLE IF NOT EXISTS kpi_day (
+        kpi_id VARCHAR, day DATE, te TIMESTAMP, present BOOLEAN, facts_hash VARCHAR,
+        computed_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS kpi_day_fact (
+        kpi_id VARCHAR, day DATE, org_no VARCHAR, grid_no VARCHAR, num DECIMAL(38, 9),
+        den DECIMAL(38, 9), sample DECIMAL(38, 9), missing BOOLEAN)""",
+)
+# Part of every hash: a change of what a stored row means invalidates every stored day.
+FORMAT = "day-store 1"
+
+
+_DEFINES = re.compile(r"^CREATE OR REPLACE (?:TEMP )?(?:TABLE|VIEW|MACRO) (\w+)")
+
+
+@lru_cache(maxsize=1)
+def _prelude_sql() -> dict[str, str]:
+    """Prelude object name -> the statement defining it."""
+    from kpis.prelude import statements  # noqa: PLC0415
+    return {m.group(1): stmt for stmt in statements() if (m := _DEFINES.match(stmt))}
+
+
+def facts_hash(k: KpiDef) -> str:
+    """The SQL a stored day depends on: facts, presence and the prelude objects they read."""
+    from kpis.dependencies import prelude_objects  # noqa: PLC0415
+    prelude = _prelude_sql()
+    parts = [FORMAT, k.facts, k.presence or ""]
+    parts += [prelude.get(name, name) for name in sorted(prelude_objects(k))]
+    return hashlib.sha256("\n\x00".join(parts).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How an evaluation uses the store: refresh re-reads every day of the months it builds
+    (the sweep); computed_at stamps the days written."""
+    refresh: bool
+    computed_at: datetime
+
+
+@dataclass
+class Job:
+    """One day-additive KPI of a plan: which periods it reads, which days it stores, which
+    months it builds from the store."""
+    kix: int
+    k: KpiDef
+    hash: str
+    store_days: list[Period]                # daily periods read: written to the store
+    months: dict[Period, list[Period]] = field(default_factory=dict)   # month -> its days to te
+    extra: set[Period] = field(default_factory=set)    # read for the store only (not output)
+
+
+def needed_days(m: Period, as_of: datetime) -> list[Period]:
+    """The days a month (or month to date) sums: those starting before its te."""
+    te = m.te(as_of)
+    return [d for d in days_of(m) if d.ws < te]
+
+
+def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Sequence[Period]]],
+         as_of: datetime, refresh: bool) -> dict[int, Job]:
+    """A Job per entry that has a daily or monthly period. Months take their days from the store
+    when stored with the same hash up to the right te; other days are added to the reads.
+    refresh (the sweep): every day of the months is read again, as a month read did."""
+    jobs: dict[int, Job] = {}
+    wanted: list[tuple[int, KpiDef, list[Period], list[Period]]] = []
+    for kix, k, ps in entries:
+        months = [p for p in ps if p.grain == "monthly"]
+        days = [p for p in ps if p.grain == "daily"]
+        if months or days:
+            wanted.append((kix, k, months, days))
+    if not wanted:
+        return jobs
+    lo = min(p.ws for _, _, ms, ds in wanted for p in ms + ds).date()
+    hi = max(p.we for _, _, ms, ds in wanted for p in ms + ds).date()
+    ids = sorted({k.id for _, k, _, _ in wanted})
+    stored: dict[tuple[str, date], tuple[datetime, str]] = {
+        (kid, d): (te, h) for kid, d, te, h in con.execute(
+            "SELECT kpi_id, day, te, facts_hash FROM kpi_day WHERE kpi_id IN (SELECT unnest($ids)) "
+            "AND day >= $lo AND day < $hi", {"ids": ids, "lo": lo, "hi": hi}).fetchall()}
+    for kix, k, months, days in wanted:
+        h = facts_hash(k)
+        own = set(days)
+        extra: set[Period] = set()
+        by_month: dict[Period, list[Period]] = {}
+        for m in months:
+            need = needed_days(m, as_of)
+            if not need:
+                continue    # a month starting at as_of: read as it is (presence of no day)
+            by_month[m] = need
+            for d in need:
+                if d in own:
+                    continue
+                if refresh or stored.get((k.id, d.ws.date())) != (d.te(as_of), h):
+                    extra.add(d)
+        jobs[kix] = Job(kix, k, h, sorted(own | extra), by_month, extra)
+    return jobs
+
+
+def read_periods(job: Job, ps: Sequence[Period]) -> list[Period]:
+    """The periods whose facts the engine reads for this KPI: the plan's periods without the
+    months built from the store, plus the days read for the store only."""
+    months = set(job.months)
+    return sorted({p for p in ps if p not in months} | job.extra)
+
+
+def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of: dict[Period, int],
+                    as_of: datetime, computed_at: datetime) -> None:
+    """Write the days read this pass from _fr/_present into the store, then add each month's
+    rows to _fr/_present as the sums of its stored days. One transaction: a crash leaves the
+    days as they were."""
+    written = [(j.kix, pid_of[d], j.k.id, d.ws.date(), d.te(as_of), j.hash)
+               for j in jobs for d in j.store_days]
+    month_days = [(j.kix, pid_of[m], j.k.id, d.ws.date())
+                  for j in jobs for m, ds in j.months.items() for d in ds]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if written:
+            cols = list(zip(*written))
+            con.execute("CREATE OR REPLACE TEMP TABLE _dmap AS SELECT unnest($kix) AS kix, "
+                        "unnest($pid) AS pid, unnest($kpi) AS kpi_id, unnest($day) AS day, "
+                        "unnest($te) AS te, unnest($h) AS facts_hash",
+                        {"kix": cols[0], "pid": cols[1], "kpi": cols[2], "day": cols[3],
+                         "te": cols[4], "h": cols[5]})
+            for table in ("kpi_day", "kpi_day_fact"):
+                con.execute(f"DELETE FROM {table} t USING _dmap m "
+                            "WHERE t.kpi_id = m.kpi_id AND t.day = m.day")
+            con.execute("""INSERT INTO kpi_day_fact
+                           SELECT m.kpi_id, m.day, r.org_no, r.grid_no, r.num, r.den, r.sample, r.missing
+                           FROM _fr r JOIN _dmap m ON m.kix = r.kix AND m.pid = r.pid""")
+            con.execute("""INSERT INTO kpi_day
+                           SELECT m.kpi_id, m.day, m.te, pr.pid IS NOT NULL, m.facts_hash, $at
+                           FROM _dmap m LEFT JOIN (SELECT DISTINCT kix, pid FROM _present) pr
+                                ON pr.kix = m.kix AND pr.pid = m.pid""", {"at": computed_at})
+        if month_days:
+            cols = list(zip(*month_days))
+            con.execute("CREATE OR REPLACE TEMP TABLE _mmap AS SELECT unnest($kix) AS kix, "
+                        "unnest($pid) AS pid, unnest($kpi) AS kpi_id, unnest($day) AS day",
+                        {"kix": cols[0], "pid": cols[1], "kpi": cols[2], "day": cols[3]})
+            con.execute("""INSERT INTO _fr
+                           SELECT m.kix, m.pid, f.org_no, f.grid_no, SUM(f.num), SUM(f.den),
+                                  SUM(f.sample), FALSE, BOOL_OR(f.missing)
+                           FROM kpi_day_fact f JOIN _mmap m ON m.kpi_id = f.kpi_id AND m.day = f.day
+                           GROUP BY m.kix, m.pid, f.org_no, f.grid_no""")
+            con.execute("""INSERT INTO _present
+                           SELECT DISTINCT m.kix, m.pid
+                           FROM kpi_day d JOIN _mmap m ON m.kpi_id = d.kpi_id AND m.day = d.day
+                           WHERE d.present""")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def prune(con: duckdb.DuckDBPyConnection, before: date) -> None:
+    """Drop stored days before `before`: months that old are rebuilt only when restated, and
+    then read their absent days again."""
+    for table in ("kpi_day", "kpi_day_fact"):
+        con.execute(f"DELETE FROM {table} WHERE day < $d", {"d": before})
+
+
+def forget(con: duckdb.DuckDBPyConnection, kpi_ids: Iterable[str]) -> None:
+    """Drop every stored day of these KPIs (their pass failed: the dirty days it was to store
+    will not be marked again, so the next month build must read them)."""
+    ids = sorted(set(kpi_ids))
+    if ids:
+        for table in ("kpi_day", "kpi_day_fact"):
+            con.execute(f"DELETE FROM {table} WHERE kpi_id IN (SELECT unnest($ids))", {"ids": ids})

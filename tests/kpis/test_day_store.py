@@ -1,0 +1,274 @@
+"""The per-day store (kpis/day_store.py): months of day-additive KPIs built from stored days.
+
+1. On simulated data (scale small), for every day-additive KPI, the month and the month to date
+   built from stored days equal the direct evaluation (every period read from the facts) to the
+   last bit in value, numerator, denominator, sample, status and is_final: with an empty store
+   (days read for the store), a filled one (months from stored days only) and at a sweep.
+2. The derivation (kpis.registry.day_additive) rejects every shape whose month is not the sum of
+   its days, and the registry refuses an override that contradicts a hard rule.
+3. Which days a pass reads: stored days are used only with the same SQL and up to the right te.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import duckdb
+import pytest
+
+from etl.pipeline import run_pass
+from etl.warehouse import Warehouse
+from kpis import day_store
+from kpis.batch import compute_plan
+from kpis.evaluate import ensure_schema, evaluate_incremental, on_demand_tables, periods_for
+from kpis.periods import Period, day, month
+from kpis.prelude import apply_prelude
+from kpis.registry import (Located, Registry, day_additive, day_additive_blockers,
+                           day_additive_valid, load_registry)
+from kpis.spec import KpiDef
+from tests.kpis.harness import load_inputs, simulated_small
+
+START = date(2026, 4, 25)          # 40 days: May is closed, June runs to 06-03
+DAYS = 40
+END = datetime.combine(START + timedelta(days=DAYS), datetime.min.time())
+# The last second of the history, and a time inside the last day: rows after it exist in the
+# sources, so the month to date must stop at te.
+AS_OFS = (END - timedelta(seconds=1), END - timedelta(hours=9, minutes=22, seconds=48))
+COLUMNS = "kpi_id, org_no, grain, period_start, value, numerator, denominator, sample, status, is_final"
+
+
+@dataclass
+class Sim:
+    con: duckdb.DuckDBPyConnection
+    registry: Registry
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Iterator[Sim]:
+    pytest.importorskip("simulator")
+    settings = simulated_small(tmp_path_factory.mktemp("day_store"), START, DAYS)
+    with Warehouse(settings.warehouse_path, threads=2, memory_limit="2GB") as wh:
+        assert run_pass(settings, wh).ok
+        con = wh.cursor()
+        ensure_schema(con)
+        registry = load_registry()
+        apply_prelude(con, needed=on_demand_tables(registry.kpis.values()))
+        yield Sim(con, registry)
+        con.close()
+
+
+def _requested(as_of: datetime) -> list[Period]:
+    """What a pass asks for: today, two past days of the running month (dirty dates), the
+    month to date and the last closed month."""
+    today = day(as_of.date())
+    return [today, day(as_of.date() - timedelta(days=1)), day(as_of.date() - timedelta(days=5)),
+            month(as_of.year, as_of.month), month(2026, 5)]
+
+
+def _rows(con: duckdb.DuckDBPyConnection, kpis: list[KpiDef], as_of: datetime,
+          mode: day_store.Mode | None) -> list[tuple]:
+    errors: dict[str, str] = {}
+    plan = [(k, periods_for(k, _requested(as_of), as_of)) for k in kpis]
+    compute_plan(con, plan, as_of, errors, mode)
+    assert errors == {}
+    return con.execute(f"SELECT {COLUMNS} FROM _result ORDER BY kpi_id, org_no, grain, period_start").fetchall()
+
+
+def _diff(a: list[tuple], b: list[tuple]) -> list[str]:
+    out = [f"{x} != {y}" for x, y in zip(a, b) if x != y]
+    if len(a) != len(b):
+        out.append(f"{len(a)} rows != {len(b)} rows")
+    return out
+
+
+@pytest.mark.parametrize("as_of", AS_OFS, ids=["end_of_day", "inside_the_day"])
+def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of) -> None:
+    con = sim.con
+    kpis = [k for k in sim.registry.kpis.values() if day_additive(k)]
+    assert len(kpis) >= 60, "the store should serve most flow KPIs"
+    con.execute("DELETE FROM kpi_day")
+    con.execute("DELETE FROM kpi_day_fact")
+    direct = _rows(con, kpis, as_of, None)
+    assert any(r[2] == "monthly" and r[4] not in (None, 0) for r in direct)
+    at = datetime(2026, 6, 4, 12, 0)
+    # empty store: every day of both months is read for the store, months summed from it
+    first = _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at))
+    assert _diff(direct, first) == []
+    stored = con.execute("SELECT COUNT(DISTINCT day), COUNT(*) FROM kpi_day").fetchone()
+    assert stored[0] == 31 + as_of.day    # May and June to date
+    # filled store: only the pass's own days are read, months come from stored days
+    jobs = day_store.plan(con, [(i, k, periods_for(k, _requested(as_of), as_of))
+                                for i, k in enumerate(kpis)], as_of, refresh=False)
+    assert all(not j.extra for j in jobs.values())
+    second = _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at))
+    assert _diff(direct, second) == []
+    # the sweep: the running month's days read again and rewritten
+    sweep = _rows(con, kpis, as_of, day_store.Mode(refresh=True, computed_at=at))
+    assert _diff(direct, sweep) == []
+
+
+def test_a_population_at_te_is_not_day_additive(sim) -> None:
+    """repair.orders_per_10k divides tasks in the window by the customers active at te: the
+    sum of its days counts the customers once a day. The derivation excludes it (te without
+    its ws); forced through the store, its month would be wrong, which this property detects."""
+    k = sim.registry.get("repair.orders_per_10k")
+    assert not day_additive(k)
+    assert "te without its ws" in day_additive_blockers(k)
+    forced = k.model_copy(update={"day_additive": True})
+    as_of = AS_OFS[0]
+    direct = _rows(sim.con, [forced], as_of, None)
+    via = _rows(sim.con, [forced], as_of, day_store.Mode(refresh=False, computed_at=as_of))
+    dens = {(r[1], r[3]): r[6] for r in direct if r[2] == "monthly"}
+    assert any(r[6] != dens[(r[1], r[3])] for r in via if r[2] == "monthly")
+
+
+# --- the derivation ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_registry()
+
+
+@pytest.fixture(scope="module")
+def flow(registry) -> KpiDef:
+    k = registry.get("newconn.applications")
+    assert day_additive(k) and day_additive_blockers(k) == []
+    return k
+
+
+PLACED = "FROM mis_app a JOIN _periods p ON a.accept_time >= p.ws AND a.accept_time < p.te"
+
+
+@pytest.mark.parametrize("update, blocker", [
+    ({"shape": "stock"}, "shape stock"),
+    ({"shape": "snapshot"}, "shape snapshot"),
+    ({"shape": "rolling"}, "shape rolling"),
+    ({"num_agg": "count_distinct"}, "not a sum"),
+    ({"num_agg": "max"}, "not a sum"),
+    ({"kind": "max"}, "not a sum"),
+    ({"kind": "quantile", "quantile": 0.5}, "not a sum"),
+    ({"den_agg": "count_distinct"}, "not a sum"),
+    ({"resolved_or_due": True}, "resolved_or_due"),
+    ({"facts": f"SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den, a.finish_time IS NULL AS pending {PLACED}"},
+     "names pending"),
+    ({"facts": f"SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den {PLACED} AND a.finish_time < p.we"},
+     "names we"),
+    ({"facts": f"SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den {PLACED} WHERE p.grain = 'daily'"},
+     "names grain"),
+    ({"facts": f"SELECT p.pid, a.org_no, a.grid_no, 1 AS num, p.hours AS den {PLACED}"}, "names hours"),
+    ({"facts": f"SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den {PLACED} AND upto(a.finish_time, p.as_of)"},
+     "names as_of"),
+    ({"presence": "SELECT p.pid FROM _periods p WHERE p.we <= p.as_of"}, "names as_of, we"),
+    ({"facts": "SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den FROM mis_app a "
+               "JOIN _periods p ON a.accept_time < p.te", "presence": None}, "does not place its rows in [ws, te)"),
+    ({"facts": f"SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den {PLACED} "
+               "AND (a.finish_time IS NULL OR a.finish_time >= p.te)"}, "te without its ws"),
+])
+def test_the_derivation_rejects_each_excluded_shape(flow, update, blocker) -> None:
+    k = flow.model_copy(update=update)
+    blockers = day_additive_blockers(k)
+    assert any(b.startswith(blocker) for b in blockers), blockers
+    assert not day_additive(k)
+
+
+def test_words_in_comments_do_not_count_but_strings_do(flow) -> None:
+    k = flow.model_copy(update={"facts": flow.facts + "\n-- closed before we and as_of"})
+    assert day_additive(k)
+    k = flow.model_copy(update={"facts": flow.facts + " AND a.status_code <> 'we'"})
+    assert not day_additive(k)     # a false exclusion only costs the saving
+
+
+def test_overrides(flow) -> None:
+    assert not day_additive(flow.model_copy(update={"day_additive": False}))
+    population = flow.model_copy(update={"facts": flow.facts + " AND a.app_no IS NOT NULL AND a.created_at < p.te"})
+    assert not day_additive(population)
+    lifted = population.model_copy(update={"day_additive": True})
+    assert day_additive(lifted)
+    assert day_additive_valid([Located("newconn.yaml", 3, lifted)]) == []
+    wrong = flow.model_copy(update={"shape": "stock", "day_additive": True})
+    issues = day_additive_valid([Located("newconn.yaml", 3, wrong)])
+    assert len(issues) == 1 and "shape stock" in issues[0].message
+
+
+# --- which days a pass reads ---------------------------------------------------------------
+
+KPI = "newconn.applications"
+
+
+def _app(no: str, accepted: str) -> dict:
+    return {"app_no": no, "busi_type_code": "101", "org_no": "S1", "grid_no": "G1",
+            "status_code": "01", "accept_time": accepted}
+
+
+@pytest.fixture()
+def small(registry):
+    c = duckdb.connect()
+    load_inputs(c, {"calendar": "2024-06-01..2024-08-31", "inputs": {"mis_app": [
+        _app("A1", "2024-07-02 09:00:00"), _app("A2", "2024-07-09 23:30:00"),
+        _app("A3", "2024-07-10 08:00:00")]}})
+    c.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+              "business_date DATE)")
+    one = Registry(kpis={KPI: registry.get(KPI)}, where={KPI: registry.where[KPI]})
+    yield c, one
+    c.close()
+
+
+def _extra(con, k: KpiDef, as_of: datetime, refresh: bool = False) -> set[date]:
+    ps = [day(as_of.date()), month(as_of.year, as_of.month)]
+    jobs = day_store.plan(con, [(0, k, ps)], as_of, refresh=refresh)
+    return {p.ws.date() for p in jobs[0].extra}
+
+
+def test_stored_days_are_used_only_with_the_same_sql_and_te(small) -> None:
+    con, one = small
+    k = one.get(KPI)
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, one, t0).errors     # backfill: every day stored
+    assert _extra(con, k, t0 + timedelta(minutes=1)) == set()
+    # 07-10 was stored while it was today (up to 12:00): the next day reads it again
+    assert _extra(con, k, datetime(2024, 7, 11, 0, 5)) == {date(2024, 7, 10)}
+    # the sweep reads the running month whole
+    assert _extra(con, k, t0 + timedelta(minutes=1), refresh=True) == {
+        date(2024, 7, d) for d in range(1, 10)}
+    # a changed definition (another hash) invalidates every stored day
+    changed = k.model_copy(update={"facts": k.facts + "\n  AND a.app_no IS NOT NULL"})
+    assert _extra(con, changed, t0 + timedelta(minutes=1)) == {date(2024, 7, d) for d in range(1, 10)}
+
+
+def test_a_month_from_stored_days_follows_late_rows_of_dirty_days(small) -> None:
+    con, one = small
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, one, t0).errors
+
+    def monthly(org: str = "S1") -> float:
+        return con.execute("SELECT value FROM kpi_value WHERE kpi_id = ? AND grain = 'monthly' "
+                           "AND org_no = ? AND period_start = TIMESTAMP '2024-07-01'",
+                           [KPI, org]).fetchone()[0]
+
+    assert monthly() == 3
+    # a late application for 07-02 and one for today, marked dirty as the ETL does
+    for no, at in (("L1", "2024-07-02 10:00:00"), ("T1", "2024-07-10 12:00:30")):
+        con.execute("INSERT INTO mis_app (app_no, busi_type_code, org_no, grid_no, status_code, "
+                    "accept_time, created_at, updated_at, is_deleted) "
+                    "VALUES (?, '101', 'S1', 'G1', '01', ?, ?, ?, 0)", [no, at, at, at])
+        con.execute("INSERT INTO etl_dirty VALUES (2, 'mis', 'mis_app', CAST(? AS DATE))", [at[:10]])
+    assert not evaluate_incremental(con, one, t0 + timedelta(minutes=1)).errors
+    assert monthly() == 5 and monthly("P") == 5
+    assert con.execute("SELECT SUM(num) FROM kpi_day_fact WHERE kpi_id = ? AND day = DATE '2024-07-02'",
+                       [KPI]).fetchone()[0] == 2
+    # a KPI whose pass failed forgets its days: the next month is read from the facts again
+    day_store.forget(con, [KPI])
+    assert _extra(con, one.get(KPI), t0 + timedelta(minutes=2)) == {date(2024, 7, d) for d in range(1, 10)}
+    assert not evaluate_incremental(con, one, t0 + timedelta(minutes=2)).errors
+    assert monthly() == 5
+
+
+def test_the_sweep_prunes_days_before_the_last_closed_month(small) -> None:
+    con, one = small
+    t0 = datetime(2024, 8, 10, 12, 0)
+    assert not evaluate_incremental(con, one, t0).errors     # backfill from the calendar's start
+    assert con.execute("SELECT MIN(day) FROM kpi_day").fetchone()[0] == date(2024, 6, 1)
+    assert not evaluate_incremental(con, one, t0 + timedelta(hours=1)).errors   # a sweep
+    assert con.execute("SELECT MIN(day) FROM kpi_day").fetchone()[0] == date(2024, 7, 1)
+    assert con.execute("SELECT COUNT(*) FROM kpi_day_fact WHERE day < DATE '2024-07-01'").fetchone()[0] == 0
