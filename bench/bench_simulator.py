@@ -115,25 +115,18 @@ def accelerated(runner: "live.Live", scale: str, hours: float, step_minutes: flo
 
 def realtime(runner: "live.Live", scale: str, minutes: float, speed: float) -> None:
     """As `simulator live --speed F` runs: every wall second, a step of the simulated time elapsed."""
-    began = last = time.perf_counter()
+    began = time.perf_counter()
     c0, l0 = cpu(), loadavg()
     clock0 = runner.state.clock
-    carry, rows, steps, over, worst, durations = 0.0, 0, 0, 0, 0.0, []
-    while time.perf_counter() - began < minutes * 60:
-        time.sleep(max(0.0, 1.0 - (time.perf_counter() - last)))
-        now = time.perf_counter()
-        carry += (now - last) * speed
-        last = now
-        whole = int(carry)
-        if whole:
-            carry -= whole
-            s0 = time.perf_counter()
-            rows += sum(runner.step(whole).values())
-            took = time.perf_counter() - s0
-            durations.append(took)
-            steps += 1
-            over += took > 1.0
-            worst = max(worst, took)
+    rows, steps, over, worst, durations = 0, 0, 0, 0.0, []
+    for whole in live.paced(speed, minutes * 60, 1.0):    # the pacing of `simulator live`
+        s0 = time.perf_counter()
+        rows += sum(runner.step(whole).values())
+        took = time.perf_counter() - s0
+        durations.append(took)
+        steps += 1
+        over += took > 1.0
+        worst = max(worst, took)
     wall = time.perf_counter() - began
     sim = runner.state.clock - clock0
     durations.sort()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -217,10 +217,12 @@ def run(urls: Mapping[str, str], speed: float = 1.0, seconds: float | None = Non
             gc.enable()
 
 
-def _follow(live: Live, speed: float, seconds: float | None, tick: float) -> None:
-    began = last = logged = time.monotonic()
+def paced(speed: float, seconds: float | None, tick: float) -> Iterator[int]:
+    """Whole simulated seconds due at each tick of the wall clock (`speed` simulated seconds per
+    wall second; the fraction carried to the next tick), for `seconds` of wall time or forever.
+    The caller steps by each value; time it spends stepping counts as elapsed."""
+    began = last = time.monotonic()
     carry = 0.0
-    rows = 0
     while seconds is None or time.monotonic() - began < seconds:
         time.sleep(max(0.0, tick - (time.monotonic() - last)))
         now = time.monotonic()
@@ -229,8 +231,15 @@ def _follow(live: Live, speed: float, seconds: float | None, tick: float) -> Non
         whole = int(carry)
         if whole:
             carry -= whole
-            written = live.step(whole)
-            rows += sum(written.values())
-            if time.monotonic() - logged >= 60:    # one line a minute, not one a second
-                log.info("clock %s: %d rows in the last minute", ts(live.state.clock), rows)
-                logged, rows = time.monotonic(), 0
+            yield whole
+
+
+def _follow(live: Live, speed: float, seconds: float | None, tick: float) -> None:
+    logged = time.monotonic()
+    rows = 0
+    for whole in paced(speed, seconds, tick):
+        written = live.step(whole)
+        rows += sum(written.values())
+        if time.monotonic() - logged >= 60:    # one line a minute, not one a second
+            log.info("clock %s: %d rows in the last minute", ts(live.state.clock), rows)
+            logged, rows = time.monotonic(), 0
