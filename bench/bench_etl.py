@@ -134,6 +134,8 @@ def main() -> None:
                     help="ETL_PARALLEL: 1 = cs + dist beside meter after mis, 0 = one after another (default)")
     ap.add_argument("--meter-reread-s", default="3600", metavar="S",
                     help="ETL_METER_REREAD_S: 0 = re-read the 26 h metering overlap every pass (no count guard)")
+    ap.add_argument("--meter-reread-rows", default="200000", metavar="N",
+                    help="ETL_METER_REREAD_ROWS: most rows of that overlap re-read in one pass")
     ap.add_argument("--staging", metavar="TABLE", help="time only the typing and checks of TABLE (see above)")
     args = ap.parse_args()
     args.realtime = args.realtime or args.sources_from_env
@@ -148,7 +150,7 @@ def main() -> None:
         urls = {s: f"sqlite:///{root / f'source_{s}.db'}" for s in SOURCE_NAMES}
         side = root
     env = {"DATA_DIR": str(root / f"data_{args.kind}"), "ETL_PARALLEL": args.parallel,
-           "ETL_METER_REREAD_S": args.meter_reread_s,
+           "ETL_METER_REREAD_S": args.meter_reread_s, "ETL_METER_REREAD_ROWS": args.meter_reread_rows,
            **{f"SOURCE_{s.upper()}_URL": u for s, u in urls.items()}}
     settings = load_settings(env)
     for p in settings.warehouse_path.parent.glob("warehouse.duckdb*"):
@@ -157,7 +159,7 @@ def main() -> None:
     repro = ("python bench/bench_etl.py" + (" --sources-from-env" if args.sources_from_env else
                                             f" --scale {args.scale} --days {args.days} --dir DIR")
              + f" --kind {args.kind} --minutes {args.minutes} --parallel {args.parallel}"
-             + f" --meter-reread-s {args.meter_reread_s}"
+             + f" --meter-reread-s {args.meter_reread_s} --meter-reread-rows {args.meter_reread_rows}"
              + (" --realtime" if args.realtime else "")
              + (f" --staging {args.staging}" if args.staging else ""))
     print(f"sources: {', '.join(sorted({u.split(':')[0] for u in urls.values()}))}; "
@@ -207,6 +209,11 @@ def main() -> None:
                 print(f"incremental pass {i + 1} [{args.kind}] after one simulated minute ({written:,} rows "
                       f"written): {t}; {busy} tables with rows in their window, {read:,} rows in the windows "
                       f"(overlap incl.), {merged:,} merged, ok={r.ok}")
+                for s in r:
+                    if not s.ok:
+                        print(f"  source {s.source} failed: {s.error}")
+                print("  per source: " + ", ".join(
+                    f"{s.source} {sum(x.duration_ms for x in s.tables) / 1000:.2f} s" for s in r))
             slow = sorted(((x.duration_ms, x.table_name, x.rows_read) for s in r for x in s.tables), reverse=True)[:4]
             print("  slowest tables (last pass): " + ", ".join(f"{n} {ms} ms ({rr:,} rows)" for ms, n, rr in slow))
 

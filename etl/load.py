@@ -38,7 +38,11 @@ class TableResult:
     duration_ms: int = 0
     status: str = "ok"
     error: str | None = None
-    reread: bool = False      # the whole long overlap was read (or the table loaded in full)
+    reread: bool = False      # a sweep of the whole long overlap ended (or the table loaded in full)
+    # the periodic sweep of the long overlap: whether this pass moved it, and up to which
+    # updated_at it has re-read (None: no sweep in progress)
+    sweep_moved: bool = False
+    sweep_cursor: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -358,15 +362,55 @@ def read_rereads(cur: duckdb.DuckDBPyConnection, source: str) -> dict[str, datet
                             [source]).fetchall())
 
 
-def held_count(cur: duckdb.DuckDBPyConnection, table: Table, source: str, low: datetime, high: datetime) -> int:
-    """What the warehouse knows of the source's rows in `low < updated_at <= high`: the rows it
-    holds plus the keys rejected there and still open (a rejected row is at the source, not here)."""
-    return cur.execute(f"""SELECT (SELECT count(*) FROM {q(table.name)} WHERE updated_at > ? AND updated_at <= ?)
-        + (SELECT count(DISTINCT row_key) FROM etl_reject WHERE source = ? AND table_name = ?
-             AND resolved_at IS NULL
-             AND TRY_CAST(json_extract_string(raw, '$.updated_at') AS TIMESTAMP) > ?
-             AND TRY_CAST(json_extract_string(raw, '$.updated_at') AS TIMESTAMP) <= ?)""",
-                       [low, high, source, table.name, low, high]).fetchone()[0]
+def record_sweeps(cur: duckdb.DuckDBPyConnection, source: str, results: list[TableResult]) -> None:
+    """Save where each moved sweep stands: its cursor, or no row once it ended (caller's transaction)."""
+    if not results:
+        return
+    cur.execute("DELETE FROM etl_reread_sweep WHERE source = ? AND list_contains(?, table_name)",
+                [source, [r.table_name for r in results]])
+    going = [r for r in results if r.sweep_cursor is not None]
+    if going:
+        cur.execute(f"INSERT INTO etl_reread_sweep VALUES {', '.join(['(?, ?, ?)'] * len(going))}",
+                    [v for r in going for v in (source, r.table_name, r.sweep_cursor)])
+
+
+def read_sweeps(cur: duckdb.DuckDBPyConnection, source: str) -> dict[str, datetime]:
+    """The cursor of every sweep in progress, per table."""
+    return dict(cur.execute("SELECT table_name, max(sweep_cursor) FROM etl_reread_sweep WHERE source = ? "
+                            "GROUP BY 1", [source]).fetchall())
+
+
+def held_counts(cur: duckdb.DuckDBPyConnection, table: Table, source: str, edges: list[datetime],
+                moved: str | None) -> list[int]:
+    """What the warehouse knows of the source's rows per bucket `(edges[i], edges[i + 1]]`: the
+    rows it holds plus the keys rejected there and still open (a rejected row is at the source, not
+    here), less the keys in temp table `moved` (raw key values): their newer version is at the
+    source above the window's high, so the source no longer counts them in any bucket."""
+    low, high, n = edges[0], edges[-1], len(edges) - 1
+    step_us = int((edges[1] - edges[0]).total_seconds() * 1_000_000)
+    if moved:
+        match = " AND ".join(f"t.{q(k)} = TRY_CAST(m.{q(k)} AS {table.column(k).duckdb_type})" for k in table.key)
+        not_moved = f"AND NOT EXISTS (SELECT 1 FROM {moved} m WHERE {match})"
+        not_moved_key = f"AND e.row_key NOT IN (SELECT {_key_text(table, 'm')} FROM {moved} m)"
+    else:
+        not_moved = not_moved_key = ""
+    # bucket i holds (low + i * step, low + (i + 1) * step]; the last one ends at high
+    rows = cur.execute(f"""
+        WITH u AS (
+            SELECT t.updated_at AS u FROM {q(table.name)} t
+            WHERE t.updated_at > ? AND t.updated_at <= ? {not_moved}
+            UNION ALL
+            SELECT any_value(TRY_CAST(json_extract_string(e.raw, '$.updated_at') AS TIMESTAMP)) FROM etl_reject e
+            WHERE e.source = ? AND e.table_name = ? AND e.resolved_at IS NULL {not_moved_key}
+              AND TRY_CAST(json_extract_string(e.raw, '$.updated_at') AS TIMESTAMP) > ?
+              AND TRY_CAST(json_extract_string(e.raw, '$.updated_at') AS TIMESTAMP) <= ?
+            GROUP BY e.row_key)
+        SELECT least((epoch_us(u) - epoch_us(?::TIMESTAMP) - 1) // ?, ?) AS b, count(*) FROM u GROUP BY b""",
+                       [low, high, source, table.name, low, high, low, step_us, n - 1]).fetchall()
+    held = [0] * n
+    for b, c in rows:
+        held[int(b)] = int(c)
+    return held
 
 
 def read_watermarks(cur: duckdb.DuckDBPyConnection, source: str) -> dict[str, datetime]:

@@ -23,9 +23,9 @@ from etl import dims
 from etl.contract import Contract, Table, load_contract
 from etl.errors import SchemaDrift, SourceUnavailable
 from etl.extensions import load_scanner
-from etl.load import (RuleInputs, TableResult, advance_watermarks, held_count, insert_run_row, insert_run_rows,
-                      merge_batch, open_counts, probe_window, read_rereads, read_watermarks, record_rereads,
-                      stage_full, stage_window)
+from etl.load import (RuleInputs, TableResult, advance_watermarks, insert_run_row, insert_run_rows,
+                      held_counts, merge_batch, open_counts, probe_window, read_rereads, read_sweeps,
+                      read_watermarks, record_rereads, record_sweeps, stage_full, stage_window)
 from etl.rules import table_rules
 from etl.schema import quote_ident as q
 from etl.settings import SOURCE_NAMES, Settings
@@ -34,7 +34,7 @@ from etl.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 TEMP_VIEWS = ("_chg",)
-TEMP_TABLES = ("_raw", "_keys", "_win", "_batch", "_flags")
+TEMP_TABLES = ("_raw", "_keys", "_win", "_batch", "_flags", "_moved")
 # a window with more rows than this is probed by key first (etl.load.probe_window)
 PROBE_ROWS = 5_000
 
@@ -210,6 +210,7 @@ class _SourceWriter:
             insert_run_rows(self.cur, self.run_id, self.pending, now)
             advance_watermarks(self.cur, self.source, [r for r in self.pending if r.ok])
             record_rereads(self.cur, self.source, [r for r in self.pending if r.ok and r.reread])
+            record_sweeps(self.cur, self.source, [r for r in self.pending if r.ok and (r.sweep_moved or r.reread)])
             if freshness is not None:
                 _write_freshness(self.cur, freshness, now)
             self.cur.execute("COMMIT")
@@ -240,10 +241,10 @@ def _fail(result: SourceResult, res: TableResult, exc: BaseException) -> None:
     result.status, result.error = "failed", msg
 
 
-def _lows(settings: Settings, tables: list[Table], marks: dict[str, datetime], rereads: dict[str, datetime],
-          high: datetime | None) -> tuple[dict[str, datetime | None], dict[str, tuple[datetime, datetime]]]:
-    """Each table's window low (None: full load), and for nightly tables whose long overlap is
-    not due for a full re-read, that older range (long low, short low): read only if counts differ."""
+def _lows(settings: Settings, tables: list[Table], marks: dict[str, datetime]
+          ) -> tuple[dict[str, datetime | None], dict[str, tuple[datetime, datetime]]]:
+    """Each table's window low (None: full load), and for nightly tables the older part of their
+    long overlap, (long low, short low]: read only where the guard's counts differ, or by the sweep."""
     lows: dict[str, datetime | None] = {}
     older: dict[str, tuple[datetime, datetime]] = {}
     for t in tables:
@@ -252,34 +253,115 @@ def _lows(settings: Settings, tables: list[Table], marks: dict[str, datetime], r
             lows[t.name] = None
             continue
         short = mark - timedelta(seconds=settings.etl_overlap_s)
-        if not is_nightly(t):
-            lows[t.name] = short
-            continue
         long = mark - timedelta(seconds=settings.etl_meter_overlap_s)
-        last = rereads.get(t.name)
-        due = (settings.etl_meter_reread_s == 0 or long >= short or last is None or high is None
-               or (high - last).total_seconds() >= settings.etl_meter_reread_s)
-        lows[t.name] = long if due else short
-        if not due:
+        if not is_nightly(t) or long >= short:
+            lows[t.name] = short
+        elif settings.etl_meter_reread_s == 0:
+            lows[t.name] = long
+        else:
+            lows[t.name] = short
             older[t.name] = (long, short)
     return lows, older
 
 
-def _guard_older(cur: duckdb.DuckDBPyConnection, source: Source, table: Table, res: TableResult,
-                 rng: tuple[datetime, datetime], source_count: int | None, run_id: int, settings: Settings,
-                 contract: Contract, inputs: RuleInputs) -> None:
-    """The count guard of a nightly table's long overlap, after its short window was merged (so
-    a version that moved from the older range into the short window is counted where the source
-    has it now): equal counts, nothing to read; else the range is read as before the guard (probed
-    by key, stale re-reads dropped) and folded into `res`, whose window then starts at its low."""
+def _edges(rng: tuple[datetime, datetime], bucket_s: int) -> list[datetime]:
+    """Bucket edges of the older range: (e[0], e[1]], ..., (e[n-1], e[n]], the last one shorter."""
     low, high = rng
-    if source_count is not None and held_count(cur, table, source.name, low, high) == source_count:
-        return
-    part = TableResult(source.name, table.name, low, high)
-    merge_from(cur, table, None, part, run_id, settings, contract, inputs, False, time.monotonic(),
-               source, source_count)
-    res.add(part)
-    res.window_low, res.reread = low, True
+    step = timedelta(seconds=bucket_s)
+    edges = [low]
+    while edges[-1] + step < high:
+        edges.append(edges[-1] + step)
+    return [*edges, high]
+
+
+@dataclass
+class _Guard:
+    """The older range of one nightly table, bucketed, with the source's count per bucket."""
+    edges: list[datetime]
+    counts: list[int | None]
+
+    @staticmethod
+    def label(table_name: str, i: int) -> str:
+        return f"{table_name} older {i}"
+
+    def windows(self, table: Table) -> list[tuple[Table, datetime, datetime]]:
+        return [(table, lo, hi) for lo, hi in zip(self.edges, self.edges[1:])]
+
+
+def _stage_moved(cur: duckdb.DuckDBPyConnection, source: Source, table: Table, high: datetime) -> str:
+    """Temp table `_moved`: the raw keys of the rows the source holds above the window's high (a 补采
+    version written within the safety lag). Small: seconds of writes."""
+    far = datetime(9999, 12, 31, 23, 59, 59)
+    if source.can_probe:
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _moved AS {source.select_sql(table, high, far, table.key)}")
+    else:
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _moved AS {source.prepare(cur, table, high, far)}")
+    return "_moved"
+
+
+def _pick_buckets(guard: _Guard, held: list[int], cursor: datetime | None, sweep_due: bool,
+                  budget: int) -> tuple[list[int], datetime | None, bool]:
+    """The buckets to re-read this pass, within `budget` source rows (at least one when any is
+    wanted): those whose counts differ first, then the sweep's next slice. Returns them, the
+    sweep's cursor after this pass and whether the sweep moved."""
+    counts = [c if c is not None else budget for c in guard.counts]   # unknown: assume the worst
+    differ = [i for i, (c, h) in enumerate(zip(guard.counts, held)) if c is None or c != h]
+    chosen: list[int] = []
+    used = 0
+    for i in differ:
+        if chosen and used + counts[i] > budget:
+            return chosen, cursor, False        # the rest differs still next pass, and is read then
+        chosen.append(i)
+        used += counts[i]
+    if cursor is None and not sweep_due:
+        return chosen, None, False
+    start = guard.edges[0] if cursor is None else cursor
+    n = len(guard.edges) - 1
+    i = next((j for j in range(n) if guard.edges[j + 1] > start), n)
+    while i < n and (used == 0 or used + counts[i] <= budget):
+        if i not in chosen:
+            chosen.append(i)
+            used += counts[i]
+        i += 1
+    return sorted(chosen), (None if i >= n else guard.edges[i]), True
+
+
+def _guard_older(cur: duckdb.DuckDBPyConnection, source: Source, table: Table, res: TableResult,
+                 guard: _Guard, cursor: datetime | None, sweep_due: bool, run_id: int, settings: Settings,
+                 contract: Contract, inputs: RuleInputs) -> None:
+    """The count guard of a nightly table's long overlap, after its short window was merged (so a
+    version that moved from the older range into the short window is counted where the source has
+    it now, and one that moved above the window's high is left out of the warehouse's counts).
+    Buckets whose counts differ are read as before the guard (probed by key, stale re-reads
+    dropped); so is the sweep's next slice, which re-reads the whole range bucket by bucket every
+    ETL_METER_REREAD_S (it catches what counts cannot: a removed row hiding a late one). Every
+    read is folded into `res`, whose window then starts at the lowest bucket read."""
+    with deadline(cur, source.timeout_s, f"source `{source.name}` table `{table.name}` (keys above high)"):
+        moved = _stage_moved(cur, source, table, res.window_high)
+    held = held_counts(cur, table, source.name, guard.edges, moved)
+    chosen, new_cursor, moved_sweep = _pick_buckets(guard, held, cursor, sweep_due,
+                                                    settings.etl_meter_reread_rows)
+    if moved_sweep:
+        res.sweep_moved, res.sweep_cursor = True, new_cursor
+        res.reread = new_cursor is None
+    for lo, hi in _runs([i for i in chosen if guard.counts[i] != 0]):   # known empty: nothing to read
+        part = TableResult(source.name, table.name, guard.edges[lo], guard.edges[hi + 1])
+        count = sum(c for c in guard.counts[lo:hi + 1] if c is not None)
+        merge_from(cur, table, None, part, run_id, settings, contract, inputs, False, time.monotonic(),
+                   source, count)
+        res.add(part)
+        res.window_low = min(res.window_low, part.window_low)
+
+
+def _runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """Sorted indexes as (first, last) runs of consecutive ones."""
+    out: list[tuple[int, int]] = []
+    for i in indexes:
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
 
 
 def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Table], result: SourceResult,
@@ -287,7 +369,8 @@ def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Ta
                  batched: bool) -> None:
     """Load every table; `batched`: the windowed tables share one transaction."""
     marks = read_watermarks(cur, source.name)
-    lows, older = _lows(settings, tables, marks, read_rereads(cur, source.name), result.high)
+    lows, older = _lows(settings, tables, marks)
+    last_sweeps, cursors = read_rereads(cur, source.name), read_sweeps(cur, source.name)
     drift: dict[str, SchemaDrift] = {}
     for t in tables:
         try:
@@ -296,11 +379,15 @@ def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Ta
             drift[t.name] = exc
     windowed = [(t, lows[t.name], result.high) for t in tables if lows[t.name] is not None and t.name not in drift]
     labels = [t.name for t, _, _ in windowed]
+    guards: dict[str, _Guard] = {}
     for t, _, _ in list(windowed):
         if t.name in older:
-            windowed.append((t, *older[t.name]))
-            labels.append(f"{t.name} older")
+            guards[t.name] = g = _Guard(_edges(older[t.name], settings.etl_meter_bucket_s), [])
+            windowed += g.windows(t)
+            labels += [g.label(t.name, i) for i in range(len(g.edges) - 1)]
     counts = source.window_counts(windowed, labels) if windowed else {}
+    for name, g in guards.items():
+        g.counts = [counts.get(g.label(name, i)) for i in range(len(g.edges) - 1)]
     inputs = RuleInputs()
     for table in tables:
         started = time.monotonic()
@@ -311,7 +398,7 @@ def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Ta
             _fail(result, res, drift[table.name])
             writer.pending.append(res)
             continue
-        guard = older.get(table.name)
+        guard = guards.get(table.name)
         empty = low is not None and counts.get(table.name) == 0
         if empty and guard is None:
             res.duration_ms = int((time.monotonic() - started) * 1000)
@@ -328,7 +415,9 @@ def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Ta
                 merge_from(cur, table, source.prepare(cur, table, low, result.high) if low is None else None, res,
                            run_id, settings, contract, inputs, full, started, source, counts.get(table.name))
             if guard is not None:
-                _guard_older(cur, source, table, res, guard, counts.get(f"{table.name} older"), run_id,
+                last = last_sweeps.get(table.name)
+                due = last is None or (result.high - last).total_seconds() >= settings.etl_meter_reread_s
+                _guard_older(cur, source, table, res, guard, cursors.get(table.name), due, run_id,
                              settings, contract, inputs)
                 res.duration_ms = int((time.monotonic() - started) * 1000)
         except SourceUnavailable:

@@ -104,11 +104,21 @@ class Source:
         `columns` a subset, `from_incl`: `low <= updated_at` instead of `low < updated_at`."""
         raise NotImplementedError
 
+    # SQLite refuses a compound SELECT of more than 500 terms
+    COUNT_TERMS = 400
+
     def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]],
                       labels: Sequence[str] | None = None) -> dict[str, int]:
-        """Rows in `low < updated_at <= high` per window, counted at the source in one query (on
-        its updated_at index), keyed by `labels` (default: the table names): a pass reads and
-        merges only the tables whose count is not 0."""
+        """Rows in `low < updated_at <= high` per window, counted at the source (on its updated_at
+        index) in one query per COUNT_TERMS windows, keyed by `labels` (default: the table
+        names): a pass reads and merges only the tables whose count is not 0."""
+        names = list(labels or [t.name for t, _, _ in windows])
+        out: dict[str, int] = {}
+        for i in range(0, len(windows), self.COUNT_TERMS):
+            out.update(self._count(windows[i:i + self.COUNT_TERMS], names[i:i + self.COUNT_TERMS]))
+        return out
+
+    def _count(self, windows: Sequence[tuple[Table, datetime, datetime]], names: Sequence[str]) -> dict[str, int]:
         raise NotImplementedError
 
     def prepare(self, cur: duckdb.DuckDBPyConnection, table: Table, low: datetime | None,
@@ -198,11 +208,9 @@ class SqliteSource(Source):
     def columns(self, table: str) -> set[str] | None:
         return self._all_columns().get(table)
 
-    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]],
-                      labels: Sequence[str] | None = None) -> dict[str, int]:
+    def _count(self, windows: Sequence[tuple[Table, datetime, datetime]], names: Sequence[str]) -> dict[str, int]:
         sql = " UNION ALL ".join(f"SELECT ?, count(*) FROM {_ident(t.name)} WHERE updated_at > ? AND updated_at <= ?"
                                  for t, _, _ in windows)
-        names = labels or [t.name for t, _, _ in windows]
         params = [v for n, (_, low, high) in zip(names, windows)
                   for v in (n, low.strftime(TS_FORMAT), high.strftime(TS_FORMAT))]
         return dict(self._meta(sql, params))
@@ -241,12 +249,10 @@ class _EngineSource(Source):
     def _bound(self, value: datetime) -> object:
         return value
 
-    def window_counts(self, windows: Sequence[tuple[Table, datetime, datetime]],
-                      labels: Sequence[str] | None = None) -> dict[str, int]:
+    def _count(self, windows: Sequence[tuple[Table, datetime, datetime]], names: Sequence[str]) -> dict[str, int]:
         sql = " UNION ALL ".join(f"SELECT CAST(:t{i} AS VARCHAR(64)) AS t, count(*) AS n FROM {_ident(t.name)} "
                                  f"WHERE updated_at > :lo{i} AND updated_at <= :hi{i}"
                                  for i, (t, _, _) in enumerate(windows))
-        names = labels or [t.name for t, _, _ in windows]
         params: dict[str, object] = {}
         for i, (n, (_, low, high)) in enumerate(zip(names, windows)):
             params.update({f"t{i}": n, f"lo{i}": self._bound(low), f"hi{i}": self._bound(high)})

@@ -29,6 +29,9 @@ BOOKKEEPING = [
        business_date DATE)""",
     # per nightly metering table: the window high of its last full re-read of the long overlap
     """CREATE TABLE IF NOT EXISTS etl_reread (source VARCHAR, table_name VARCHAR, high TIMESTAMP)""",
+    # per nightly metering table: how far the sweep in progress has re-read the long overlap
+    """CREATE TABLE IF NOT EXISTS etl_reread_sweep (source VARCHAR, table_name VARCHAR,
+       sweep_cursor TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS etl_freshness (source VARCHAR, last_good_high TIMESTAMP,
        last_pass_at TIMESTAMP, last_status VARCHAR, last_error VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS etl_dim_state (name VARCHAR, signature VARCHAR,

@@ -1,8 +1,10 @@
-"""The count guard of the long metering overlap: read it only when the counts over it differ, or
-when its last full re-read is older than ETL_METER_REREAD_S (hand-made sources, hand-counted)."""
+"""The count guard of the long metering overlap: read a 10-minute bucket of it only when the counts
+over it differ, and sweep the whole overlap, a bounded slice per pass, when its last sweep is older
+than ETL_METER_REREAD_S (hand-made sources, hand-counted)."""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -58,27 +60,91 @@ def test_late_row_in_the_long_overlap_is_read_when_counts_differ_or_the_reread_i
 
     # a late reading stamped 05:00 (inside the 26 h overlap, far before the short window)
     insert(env, {"meter_collection_daily": [reading("M9", "05:00:00"), reading("M4", "08:40:00")]})
-    # short (08:20, 08:40]: M1, M3, M4; older (.., 08:20]: source M0, M2, M9 = 3, warehouse M0, M2 = 2
-    assert run(env, wh) == (6, 2, "2029-12-31 06:30")       # 3 + 3 read, M4 and M9 merged
+    # short (08:20, 08:40]: M1, M3, M4. Older (..., 08:20] in buckets (06:30 + 10 min k, ...]: only
+    # (04:50, 05:00] differs (source M9, warehouse none) and only it is read: 3 + 1 rows
+    assert run(env, wh) == (4, 2, f"{DAY} 04:50")
     assert meters(wh) == ["M0", "M1", "M2", "M3", "M4", "M9"]
 
-    # the guard's limit: a row removed at the source (against the contract) hides a late one in
-    # the count (source M0 M1 M3 M8 M9 = warehouse M0 M1 M2 M3 M9) ...
+    # the guard's limit: a row removed at the source (against the contract) hides a late one
+    # stamped in the same bucket (05:50, 06:00]: source M8 = warehouse M2 ...
     con = sqlite3.connect(env["SOURCE_METER_URL"].removeprefix("sqlite:///"))
     con.execute("DELETE FROM meter_collection_daily WHERE meter_asset_no = 'M2'")
     con.commit()
     con.close()
-    insert(env, {"meter_collection_daily": [reading("M8", "05:30:00"), reading("M5", "08:50:00")]})
+    insert(env, {"meter_collection_daily": [reading("M8", "05:55:00"), reading("M5", "08:50:00")]})
     assert run(env, wh) == (2, 1, f"{DAY} 08:30")            # M4, M5 of (08:30, 08:50]
     assert "M8" not in meters(wh)
-    # ... until the full re-read is due: 2 h of source clock after the last one (08:40)
+    # ... until the sweep is due: 2 h of source clock after the last one (the full load at 08:00)
     insert(env, {"meter_collection_daily": [reading("M6", "10:41:00")]})
-    # every reading is in (08:50 - 26 h, 10:41]: M0 M1 M3 M4 M5 M6 M8 M9; M6 and M8 are new
-    assert run(env, wh) == (8, 2, "2029-12-31 06:50")
+    # short (08:40, 10:41]: M5 M6; the sweep re-reads the older (08:50 - 26 h, 08:40] whole, within
+    # ETL_METER_REREAD_ROWS: M0 M1 M3 M4 M8 M9 (empty buckets are not read: the window starts at
+    # M9's bucket). M6 and M8 are new
+    assert run(env, wh) == (8, 2, f"{DAY} 04:50")
     assert "M8" in meters(wh)
-    # the last full re-read is remembered with the rows
+    # the sweep's end is remembered with the rows, and no sweep is left in progress
     assert wh.cursor().execute("SELECT strftime(high, '%H:%M') FROM etl_reread "
                                "WHERE table_name = 'meter_collection_daily'").fetchall() == [("10:41",)]
+    assert wh.cursor().execute("SELECT count(*) FROM etl_reread_sweep").fetchone() == (0,)
+
+
+def test_a_version_written_above_the_high_does_not_make_the_counts_differ(guarded):
+    """A 补采 version stamped after the pass's high (within the safety lag) leaves the source's older
+    range but not yet the warehouse's: those keys are left out of the warehouse's count."""
+    env, wh = guarded
+    env["ETL_SAFETY_LAG_S"] = "60"
+    insert(env, {"meter_collection_daily": [reading("M1", "06:00:00"), reading("M2", "06:05:00"),
+                                            reading("M0", "08:00:00")]})
+    run(env, wh)                                  # full load up to 07:59 (clock 08:00 - 60 s)
+    assert meters(wh) == ["M1", "M2"]
+    # clock 08:30, high 08:29: M1's 补采 at 08:29:30 is above it; M3 at 08:20 is in the short window
+    insert(env, {"meter_collection_daily": [reading("M3", "08:20:00"), reading("M1", "08:29:30", "02"),
+                                            reading("M7", "08:30:00")]})
+    assert run(env, wh) == (2, 2, f"{DAY} 07:49")            # M0, M3 of (07:49, 08:29]; no bucket read
+    held = dict(wh.cursor().execute("SELECT meter_asset_no, coll_status FROM meter_collection_daily").fetchall())
+    assert held == {"M0": "01", "M1": "01", "M2": "01", "M3": "01"}
+    insert(env, {"meter_collection_daily": [reading("M4", "08:40:00")]})
+    run(env, wh)                                  # high 08:39: M1's 补采 and M7 arrive
+    held = dict(wh.cursor().execute("SELECT meter_asset_no, coll_status FROM meter_collection_daily").fetchall())
+    assert held == {"M0": "01", "M1": "02", "M2": "01", "M3": "01", "M7": "01"}
+
+
+def test_the_sweep_reads_a_bounded_slice_per_pass_and_resumes_after_a_failed_pass(guarded):
+    """ETL_METER_REREAD_ROWS=2: the sweep re-reads whole 10-minute buckets in order, at most two
+    source rows a pass (one bucket alone when it holds more), its cursor saved with the rows."""
+    env, wh = guarded
+    env["ETL_METER_REREAD_ROWS"] = "2"
+    old = [("A1", "08:05"), ("A2", "08:07"), ("B1", "08:15"), ("C1", "08:25"), ("C2", "08:26"), ("C3", "08:27")]
+    rows = [reading(m, "00:00:00") | {"updated_at": f"2029-12-31 {t}:00"} for m, t in old]
+    insert(env, {"meter_collection_daily": [*rows, reading("M0", "08:00:00")]})
+    run(env, wh)                                  # full load at 08:00, which counts as a sweep
+    insert(env, {"meter_collection_daily": [reading("M5", "10:00:00")]})   # the clock: 2 h later
+
+    def cursor():
+        return wh.cursor().execute("SELECT strftime(sweep_cursor, '%d %H:%M') FROM etl_reread_sweep").fetchall()
+
+    # mark 08:00, older (31st 06:00, 1st 07:50]: the sweep is due; empty buckets cost nothing,
+    # (08:00, 08:10] = A1 A2 fills the budget. Short (07:50, 10:00]: M0 M5
+    assert run(env, wh) == (2 + 2, 1, "2029-12-31 08:00")
+    assert cursor() == [("31 08:10",)]
+    # no new rows: mark 10:00, older (31st 08:00, 1st 09:50], short (09:50, 10:00] = M5.
+    # (08:10, 08:20] = B1; C's bucket would exceed the budget
+    assert run(env, wh) == (1 + 1, 0, "2029-12-31 08:10")
+    assert cursor() == [("31 08:20",)]
+
+    # the meter source is down for a pass: nothing moves
+    path = Path(env["SOURCE_METER_URL"].removeprefix("sqlite:///"))
+    path.rename(path.with_suffix(".away"))
+    assert not run_pass(load_settings(env), wh, sources=("meter",)).ok
+    path.with_suffix(".away").rename(path)
+    assert cursor() == [("31 08:20",)]
+
+    assert run(env, wh) == (1 + 3, 0, "2029-12-31 08:20")    # C1 C2 C3: more than 2, alone
+    assert cursor() == [("31 08:30",)]
+    assert run(env, wh) == (1 + 1, 0, f"{DAY} 07:50")          # the rest: M0. The sweep ends
+    assert cursor() == []
+    assert wh.cursor().execute("SELECT strftime(high, '%H:%M') FROM etl_reread "
+                               "WHERE table_name = 'meter_collection_daily'").fetchall() == [("10:00",)]
+    assert run(env, wh) == (1, 0, f"{DAY} 09:50")              # not due again for 2 h
 
 
 def test_reread_every_pass_when_the_interval_is_zero(guarded):
