@@ -20,6 +20,9 @@ Figures, each printed with wall time, CPU seconds of this process and the load a
    follows one real minute: a server source's clock is its `now()`, so rows stamped at a
    simulated time behind it would fall before the window. The sources are changed by this;
    rerun on a fresh copy to repeat the figures exactly.
+`--incremental-only` keeps the warehouse already loaded in DIR/data_<kind> (a copy of a data
+directory whose warehouse.duckdb is moved there) and runs only 3., so that a city figure does not
+wait for a fresh initial load each time.
 `--staging TABLE` instead times only the typing and checks of one table's full load, from an
 in-memory copy of its raw rows (no scan, no insert), three rounds: the cast alone, then the
 loader's staging statement (`etl.load._batch_sql`); the difference is what the checks cost.
@@ -136,6 +139,8 @@ def main() -> None:
                     help="ETL_METER_REREAD_S: 0 = re-read the 26 h metering overlap every pass (no count guard)")
     ap.add_argument("--meter-reread-rows", default="200000", metavar="N",
                     help="ETL_METER_REREAD_ROWS: most rows of that overlap re-read in one pass")
+    ap.add_argument("--incremental-only", action="store_true",
+                    help="keep the warehouse already loaded in DIR/data_<kind> (no floor, no initial load)")
     ap.add_argument("--staging", metavar="TABLE", help="time only the typing and checks of TABLE (see above)")
     args = ap.parse_args()
     args.realtime = args.realtime or args.sources_from_env
@@ -153,14 +158,19 @@ def main() -> None:
            "ETL_METER_REREAD_S": args.meter_reread_s, "ETL_METER_REREAD_ROWS": args.meter_reread_rows,
            **{f"SOURCE_{s.upper()}_URL": u for s, u in urls.items()}}
     settings = load_settings(env)
-    for p in settings.warehouse_path.parent.glob("warehouse.duckdb*"):
-        p.unlink()
+    if args.incremental_only:
+        if not settings.warehouse_path.exists():
+            sys.exit(f"--incremental-only: no warehouse at {settings.warehouse_path}")
+    else:
+        for p in settings.warehouse_path.parent.glob("warehouse.duckdb*"):
+            p.unlink()
     force = "sqlalchemy" if args.kind == "sqlalchemy" else None
     repro = ("python bench/bench_etl.py" + (" --sources-from-env" if args.sources_from_env else
                                             f" --scale {args.scale} --days {args.days} --dir DIR")
              + f" --kind {args.kind} --minutes {args.minutes} --parallel {args.parallel}"
              + f" --meter-reread-s {args.meter_reread_s} --meter-reread-rows {args.meter_reread_rows}"
              + (" --realtime" if args.realtime else "")
+             + (" --incremental-only" if args.incremental_only else "")
              + (f" --staging {args.staging}" if args.staging else ""))
     print(f"sources: {', '.join(sorted({u.split(':')[0] for u in urls.values()}))}; "
           f"build {built:.1f} s (0 = reused); {os.cpu_count()} cores, threads={THREADS}")
@@ -169,53 +179,65 @@ def main() -> None:
     if args.staging:
         staging(settings, settings.warehouse_path.parent / "duckdb_extensions", args.staging)
         return
+    with Warehouse(settings.warehouse_path, threads=THREADS, memory_limit="4GB") as wh:
+        wh.migrate()
+        if not args.incremental_only:
+            initial(args, settings, wh, force)
+        if args.minutes:
+            incremental(args, settings, wh, force, urls, side)
+
+
+def initial(args: argparse.Namespace, settings, wh: Warehouse, force: str | None) -> None:
     floor_rows, ft = floor(settings, settings.warehouse_path.parent / "duckdb_extensions")
     print(f"floor, raw scanner read of every table: {floor_rows:,} rows in {ft} "
           f"= {floor_rows / ft.wall:,.0f} rows/s")
-    with Warehouse(settings.warehouse_path, threads=THREADS, memory_limit="4GB") as wh:
-        wh.migrate()
+    with Timer() as t:
+        r = run_pass(settings, wh, force_kind=force)
+    rows = sum(x.rows_read for s in r for x in s.tables)
+    print(f"initial load [{args.kind}]: {rows:,} rows in {t} = {rows / t.wall:,.0f} rows/s "
+          f"= {(rows / t.wall) / (floor_rows / ft.wall):.2f} x the floor's rate, ok={r.ok}")
+    slow = sorted(((x.duration_ms, x.table_name, x.rows_read) for s in r for x in s.tables), reverse=True)[:4]
+    print("  slowest tables: " + ", ".join(f"{n} {ms} ms ({rr:,} rows)" for ms, n, rr in slow))
+    print("  per source (sum of its tables): " + ", ".join(
+        f"{s.source} {sum(x.duration_ms for x in s.tables) / 1000:.1f} s" for s in r))
+
+
+def incremental(args: argparse.Namespace, settings, wh: Warehouse, force: str | None, urls: dict[str, str],
+                side: Path) -> None:
+    from simulator.live import Live, catch_up, wall_clock
+    live = Live(urls, side=side)
+    if args.realtime:
+        with Timer() as t:
+            caught = catch_up(live)
+        print(f"  simulator caught up {caught:,} simulated seconds with the wall clock in {t}")
+    else:
+        live.step(60)
+    with Timer() as t:
+        r = run_pass(settings, wh, force_kind=force)       # the backlog of the catch-up (or first step)
+    print(f"  first pass (backlog): {t}, ok={r.ok}")
+    tick = time.monotonic()
+    for i in range(args.minutes):
+        if args.realtime:       # ETL_INTERVAL_S = 60: the sources moved one real minute
+            tick += 60
+            time.sleep(max(0.0, tick - time.monotonic()))
+            written = sum(live.step(max(1, wall_clock() - live.state.clock)).values())
+        else:
+            written = sum(live.step(60).values())
         with Timer() as t:
             r = run_pass(settings, wh, force_kind=force)
-        rows = sum(x.rows_read for s in r for x in s.tables)
-        print(f"initial load [{args.kind}]: {rows:,} rows in {t} = {rows / t.wall:,.0f} rows/s "
-              f"= {(rows / t.wall) / (floor_rows / ft.wall):.2f} x the floor's rate, ok={r.ok}")
-        slow = sorted(((x.duration_ms, x.table_name, x.rows_read) for s in r for x in s.tables), reverse=True)[:4]
+        read = sum(x.rows_read for s in r for x in s.tables)
+        merged = sum(x.rows_merged for s in r for x in s.tables)
+        busy = sum(1 for s in r for x in s.tables if x.rows_read)
+        print(f"incremental pass {i + 1} [{args.kind}] after one simulated minute ({written:,} rows "
+              f"written): {t}; {busy} tables with rows in their window, {read:,} rows in the windows "
+              f"(overlap incl.), {merged:,} merged, ok={r.ok}")
+        for s in r:
+            if not s.ok:
+                print(f"  source {s.source} failed: {s.error}")
+        print("  per source: " + ", ".join(
+            f"{s.source} {sum(x.duration_ms for x in s.tables) / 1000:.2f} s" for s in r))
+        slow = sorted(((x.duration_ms, x.table_name, x.rows_read) for s in r for x in s.tables), reverse=True)[:3]
         print("  slowest tables: " + ", ".join(f"{n} {ms} ms ({rr:,} rows)" for ms, n, rr in slow))
-        print("  per source (sum of its tables): " + ", ".join(
-            f"{s.source} {sum(x.duration_ms for x in s.tables) / 1000:.1f} s" for s in r))
-        if args.minutes:
-            from simulator.live import Live, catch_up, wall_clock
-            live = Live(urls, side=side)
-            if args.realtime:
-                with Timer() as t:
-                    caught = catch_up(live)
-                print(f"  simulator caught up {caught:,} simulated seconds with the wall clock in {t}")
-            else:
-                live.step(60)
-            r = run_pass(settings, wh, force_kind=force)       # the backlog of the catch-up
-            tick = time.monotonic()
-            for i in range(args.minutes):
-                if args.realtime:       # ETL_INTERVAL_S = 60: the sources moved one real minute
-                    tick += 60
-                    time.sleep(max(0.0, tick - time.monotonic()))
-                    written = sum(live.step(max(1, wall_clock() - live.state.clock)).values())
-                else:
-                    written = sum(live.step(60).values())
-                with Timer() as t:
-                    r = run_pass(settings, wh, force_kind=force)
-                read = sum(x.rows_read for s in r for x in s.tables)
-                merged = sum(x.rows_merged for s in r for x in s.tables)
-                busy = sum(1 for s in r for x in s.tables if x.rows_read)
-                print(f"incremental pass {i + 1} [{args.kind}] after one simulated minute ({written:,} rows "
-                      f"written): {t}; {busy} tables with rows in their window, {read:,} rows in the windows "
-                      f"(overlap incl.), {merged:,} merged, ok={r.ok}")
-                for s in r:
-                    if not s.ok:
-                        print(f"  source {s.source} failed: {s.error}")
-                print("  per source: " + ", ".join(
-                    f"{s.source} {sum(x.duration_ms for x in s.tables) / 1000:.2f} s" for s in r))
-            slow = sorted(((x.duration_ms, x.table_name, x.rows_read) for s in r for x in s.tables), reverse=True)[:4]
-            print("  slowest tables (last pass): " + ", ".join(f"{n} {ms} ms ({rr:,} rows)" for ms, n, rr in slow))
 
 
 if __name__ == "__main__":
