@@ -34,13 +34,19 @@ def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
 def collect(con: duckdb.DuckDBPyConnection, origin: str) -> dict[str, Any]:
     """Freshness, the last pass's run rows and row counts per source table."""
     have = _tables(con)
-    out: dict[str, Any] = {"origin": origin, "freshness": [], "last_run": [], "tables": []}
+    out: dict[str, Any] = {"origin": origin, "freshness": [], "last_run": [], "tables": [], "sweeps": []}
     if "etl_freshness" in have:
         out["freshness"] = _rows(con, "SELECT * FROM etl_freshness ORDER BY source")
     if "etl_run" in have:
         out["last_run"] = _rows(con, """SELECT source, table_name, status, rows_read, rows_merged,
             rows_rejected, duration_ms, error FROM etl_run
             WHERE run_id = (SELECT max(run_id) FROM etl_run) ORDER BY source, table_name""")
+    if {"etl_reread", "etl_reread_sweep"} <= have:
+        # the long metering overlap: when its last sweep ended, and how far the running one got
+        out["sweeps"] = _rows(con, """SELECT r.source, r.table_name, max(r.high) AS last_sweep_end,
+                max(s.sweep_cursor) AS sweep_cursor
+            FROM etl_reread r LEFT JOIN etl_reread_sweep s USING (source, table_name)
+            GROUP BY ALL ORDER BY 1, 2""")
     if "source_table_stats" in have:
         out["tables"] = _rows(con, "SELECT source, table_name, row_count, max_updated_at "
                                    "FROM source_table_stats ORDER BY source, table_name")
@@ -62,6 +68,11 @@ def render_text(status: dict[str, Any]) -> str:
     failed = [r for r in status["last_run"] if r["status"] != "ok"]
     lines += ["", f"last run: {len(status['last_run'])} table loads, {len(failed)} failed"]
     lines += [f"  {r['source']}.{r['table_name']}: {r['error']}" for r in failed]
+    if status["sweeps"]:
+        lines += ["", "re-read of the long metering overlap:"]
+        lines += [f"  {w['source']}.{w['table_name']}: last sweep ended at {w['last_sweep_end']}"
+                  + (f", the next one has re-read up to {w['sweep_cursor']}" if w["sweep_cursor"] else "")
+                  for w in status["sweeps"]]
     lines += ["", "rows per table:"]
     lines += [f"  {t['source']:6} {t['table_name']:28} {t['row_count']:>12}  newest {t['max_updated_at']}"
               for t in status["tables"]]

@@ -10,6 +10,7 @@ import pytest
 
 from etl.pipeline import run_pass
 from etl.settings import load_settings
+from etl.status import collect, render_text
 from etl.warehouse import Warehouse
 from tests.etl.conftest import GRIDS, ORGS
 from tests.etl.sources_kit import build_sources, insert
@@ -140,6 +141,10 @@ def test_the_sweep_reads_a_bounded_slice_per_pass_and_resumes_after_a_failed_pas
 
     assert run(env, wh) == (1 + 3, 0, "2029-12-31 08:20")    # C1 C2 C3: more than 2, alone
     assert cursor() == [("31 08:30",)]
+    # `python -m etl status` tells where the sweep stands
+    text = render_text(collect(wh.cursor(), "warehouse"))
+    assert ("meter.meter_collection_daily: last sweep ended at 2030-01-01 08:00:00, "
+            "the next one has re-read up to 2029-12-31 08:30:00") in text
     assert run(env, wh) == (1 + 1, 0, f"{DAY} 07:50")          # the rest: M0. The sweep ends
     assert cursor() == []
     assert wh.cursor().execute("SELECT strftime(high, '%H:%M') FROM etl_reread "
