@@ -235,8 +235,10 @@ def flag_rows(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
         params.append(org_list)
     for col, parent, pcol in rules.refs:
         self_ref = f" AND {q(col)} NOT IN (SELECT {q(pcol)} FROM _chg)" if parent == table.name else ""
-        parts.append(f"SELECT _row_key, 'orphan:{col}', {q(col)} FROM _chg WHERE {q(col)} IS NOT NULL "
-                     f"AND {q(col)} NOT IN (SELECT {q(pcol)} FROM {q(parent)}){self_ref}")
+        # NOT EXISTS, not NOT IN: NOT IN built a hash table of the whole parent (3.5 M customers at
+        # city, 0.55 s a table a pass); the anti join builds on the changed rows and scans one column
+        parts.append(f"SELECT _row_key, 'orphan:{col}', {q(col)} FROM _chg c WHERE {q(col)} IS NOT NULL "
+                     f"AND NOT EXISTS (SELECT 1 FROM {q(parent)} p WHERE p.{q(pcol)} = c.{q(col)}){self_ref}")
     for start, end in rules.intervals:
         parts.append(f"SELECT _row_key, 'end_before_start:{start}>{end}', "
                      f"CAST({q(start)} AS VARCHAR) || ' > ' || CAST({q(end)} AS VARCHAR) FROM _chg "

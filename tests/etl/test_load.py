@@ -112,8 +112,15 @@ def test_business_rule_breaks_are_loaded_and_flagged_then_resolved(env, settings
         wo("D5", org_no="S1")]})
     insert(env, {"meter_tg_energy_daily": [{"tg_no": "T1", "data_date": "2026-10-14", "org_no": "S1",
                                             "supply_kwh": -5, "calc_round": "1"}]})
+    # a reference to another table: P2's customer is unknown, P1's is loaded
+    insert(env, {"mis_customer": [{"cons_no": "C1", "org_no": "S1"}]})
+    insert(env, {"mis_payment": [{"charge_id": p, "cons_no": c, "org_no": "S1", "pay_time": "2026-10-03 10:00:00",
+                                  "rcv_amt": 10, "pay_channel": "01", "status_code": "01"}
+                                 for p, c in (("P1", "C1"), ("P2", "NOBODY"))]})
     assert run_pass(settings, wh).ok
-    flags = set(q(wh, "SELECT row_key, rule FROM etl_dq WHERE resolved_at IS NULL AND table_name <> 'mis_org'"))
+    assert q(wh, "SELECT row_key, rule FROM etl_dq WHERE table_name = 'mis_payment'") == [("P2", "orphan:cons_no")]
+    flags = set(q(wh, "SELECT row_key, rule FROM etl_dq WHERE resolved_at IS NULL "
+                      "AND table_name NOT IN ('mis_org', 'mis_customer', 'mis_payment')"))
     assert flags == {("D1", "unknown_code:busi_type_code"), ("D2", "unknown_org:org_no"),
                      ("D3", "end_before_start:accept_time>reply_time"), ("D4", "orphan:merged_into_wo_no"),
                      ("T1|2026-10-14", "negative:supply_kwh")}
