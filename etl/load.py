@@ -390,25 +390,29 @@ def held_counts(cur: duckdb.DuckDBPyConnection, table: Table, source: str, edges
     source above the window's high, so the source no longer counts them in any bucket."""
     low, high, n = edges[0], edges[-1], len(edges) - 1
     step_us = int((edges[1] - edges[0]).total_seconds() * 1_000_000)
+    bucket = "least((epoch_us({u}) - epoch_us($low::TIMESTAMP) - 1) // $step, $last)"
+    in_range = "{u} > $low AND {u} <= $high"
+    parts = [f"""SELECT {bucket.format(u='t.updated_at')} AS b, count(*) AS n FROM {q(table.name)} t
+                 WHERE {in_range.format(u='t.updated_at')} GROUP BY b"""]
+    reject_ts = "TRY_CAST(json_extract_string(e.raw, '$.updated_at') AS TIMESTAMP)"
+    not_moved_key = ""
     if moved:
-        match = " AND ".join(f"t.{q(k)} = TRY_CAST(m.{q(k)} AS {table.column(k).duckdb_type})" for k in table.key)
-        not_moved = f"AND NOT EXISTS (SELECT 1 FROM {moved} m WHERE {match})"
+        # subtracted by a semi join that builds on the few moved keys: a NOT EXISTS per held row
+        # cost 2.0 s at city (3.5 M readings in the range) against 0.3 s
+        typed = ", ".join(f"TRY_CAST({q(k)} AS {table.column(k).duckdb_type}) AS {q(k)}" for k in table.key)
+        parts.append(f"""SELECT {bucket.format(u='t.updated_at')} AS b, -count(*) AS n FROM {q(table.name)} t
+                          SEMI JOIN (SELECT {typed} FROM {moved}) m ON {_key_join(table, 't', 'm')}
+                          WHERE {in_range.format(u='t.updated_at')} GROUP BY b""")
         not_moved_key = f"AND e.row_key NOT IN (SELECT {_key_text(table, 'm')} FROM {moved} m)"
-    else:
-        not_moved = not_moved_key = ""
-    # bucket i holds (low + i * step, low + (i + 1) * step]; the last one ends at high
-    rows = cur.execute(f"""
-        WITH u AS (
-            SELECT t.updated_at AS u FROM {q(table.name)} t
-            WHERE t.updated_at > ? AND t.updated_at <= ? {not_moved}
-            UNION ALL
-            SELECT any_value(TRY_CAST(json_extract_string(e.raw, '$.updated_at') AS TIMESTAMP)) FROM etl_reject e
-            WHERE e.source = ? AND e.table_name = ? AND e.resolved_at IS NULL {not_moved_key}
-              AND TRY_CAST(json_extract_string(e.raw, '$.updated_at') AS TIMESTAMP) > ?
-              AND TRY_CAST(json_extract_string(e.raw, '$.updated_at') AS TIMESTAMP) <= ?
-            GROUP BY e.row_key)
-        SELECT least((epoch_us(u) - epoch_us(?::TIMESTAMP) - 1) // ?, ?) AS b, count(*) FROM u GROUP BY b""",
-                       [low, high, source, table.name, low, high, low, step_us, n - 1]).fetchall()
+    parts.append(f"""SELECT {bucket.format(u='u')} AS b, count(*) AS n FROM (
+                         SELECT any_value({reject_ts}) AS u FROM etl_reject e
+                         WHERE e.source = $source AND e.table_name = $table AND e.resolved_at IS NULL
+                           {not_moved_key} AND {in_range.format(u=reject_ts)}
+                         GROUP BY e.row_key)
+                     GROUP BY b""")
+    rows = cur.execute(f"SELECT b, sum(n) FROM ({' UNION ALL '.join(parts)}) GROUP BY b",
+                       {"low": low, "high": high, "step": step_us, "last": n - 1, "source": source,
+                        "table": table.name}).fetchall()
     held = [0] * n
     for b, c in rows:
         held[int(b)] = int(c)
