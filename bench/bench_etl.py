@@ -135,9 +135,9 @@ def main() -> None:
     ap.add_argument("--realtime", action="store_true", help="follow the wall clock (see above)")
     ap.add_argument("--parallel", default="0", choices=("0", "1"),
                     help="ETL_PARALLEL: 1 = cs + dist beside meter after mis, 0 = one after another (default)")
-    ap.add_argument("--meter-reread-s", default="3600", metavar="S",
+    ap.add_argument("--meter-reread-s", default="21600", metavar="S",
                     help="ETL_METER_REREAD_S: 0 = re-read the 26 h metering overlap every pass (no count guard)")
-    ap.add_argument("--meter-reread-rows", default="200000", metavar="N",
+    ap.add_argument("--meter-reread-rows", default="50000", metavar="N",
                     help="ETL_METER_REREAD_ROWS: most rows of that overlap re-read in one pass")
     ap.add_argument("--incremental-only", action="store_true",
                     help="keep the warehouse already loaded in DIR/data_<kind> (no floor, no initial load)")

@@ -41,12 +41,12 @@ class Settings:
     etl_meter_overlap_s: int = 26 * 3600
     # the long metering overlap is read only where counts per bucket differ, and swept whole once
     # per this long (source-clock seconds; 0 = read whole every pass, the behaviour before the guard)
-    etl_meter_reread_s: int = 3600
+    etl_meter_reread_s: int = 21600
     # the guard compares counts per bucket of this many seconds and re-reads only those that differ
     etl_meter_bucket_s: int = 600
     # at most this many source rows of the older overlap are re-read in one pass (differing buckets
     # first, then the next slice of the periodic sweep): a city night holds ~3.5 M readings
-    etl_meter_reread_rows: int = 200_000
+    etl_meter_reread_rows: int = 50_000
     # cs + dist beside meter, each source on its own cursor: no measurable gain on a busy 2-core
     # machine (bench/RESULTS.md, ETL), so opt-in
     etl_parallel: bool = False
@@ -137,9 +137,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         etl_interval_s=_int(environ, "ETL_INTERVAL_S", 60, 1, 86400, problems),
         etl_overlap_s=_int(environ, "ETL_OVERLAP_S", 600, 0, 7 * 86400, problems),
         etl_meter_overlap_s=_int(environ, "ETL_METER_OVERLAP_S", 26 * 3600, 0, 30 * 86400, problems),
-        etl_meter_reread_s=_int(environ, "ETL_METER_REREAD_S", 3600, 0, 30 * 86400, problems),
+        etl_meter_reread_s=_int(environ, "ETL_METER_REREAD_S", 21600, 0, 30 * 86400, problems),
         etl_meter_bucket_s=_int(environ, "ETL_METER_BUCKET_S", 600, 60, 86400, problems),
-        etl_meter_reread_rows=_int(environ, "ETL_METER_REREAD_ROWS", 200_000, 1, 10**9, problems),
+        etl_meter_reread_rows=_int(environ, "ETL_METER_REREAD_ROWS", 50_000, 1, 10**9, problems),
         etl_safety_lag_s=_int(environ, "ETL_SAFETY_LAG_S", 5, 0, 3600, problems),
         source_timeout_s=_int(environ, "SOURCE_TIMEOUT_S", 20, 1, 3600, problems),
         refresh_s=_int(environ, "REFRESH_S", 30, 5, 3600, problems),
