@@ -41,8 +41,8 @@ def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registr
 
 
 @pytest.mark.parametrize("kpi, objects", [
-    # reads k_customer (TG(c)), which reads the table k_settle_tg and the macro is_active
-    ("reliability.saifi", {"k_customer", "k_settle_tg", "is_active", "upto"}),
+    # reads the table k_settle_tg (TG(c)) and the macro is_active
+    ("reliability.saifi", {"k_settle_tg", "is_active", "upto"}),
     # names k_customer only in a comment: needs no prelude table
     ("customer.residential_share", {"is_active"}),
     ("order.total", {"k_wo", "k_org"}),
