@@ -259,6 +259,13 @@ class _EngineSource(Source):
         return {t: int(n) for t, n in self._meta(sql, params)}
 
 
+# PostgreSQL compiles a query whose estimated cost passes jit_above_cost: the window counts of the
+# metering guard (hundreds of cheap index range counts in one UNION ALL, each estimated high on
+# unanalysed tables) took 60 s there, 55 s of it compiling; our reads are index ranges, never
+# worth a compile. A session setting any user may make.
+NO_JIT = "-c jit=off"
+
+
 class PostgresSource(_EngineSource):
     """A PostgreSQL database: metadata through SQLAlchemy, rows through DuckDB's postgres scanner."""
 
@@ -269,13 +276,13 @@ class PostgresSource(_EngineSource):
         self._engine = sa.create_engine(
             url, pool_pre_ping=True, poolclass=sa.pool.NullPool,
             connect_args={"connect_timeout": max(1, int(timeout_s)),
-                          "options": f"-c statement_timeout={int(timeout_s * 1000)}"})
+                          "options": f"-c statement_timeout={int(timeout_s * 1000)} {NO_JIT}"})
 
     def _dsn(self) -> str:
         u: URL = make_url(self.url)
         parts = {"host": u.host or "localhost", "port": u.port or 5432, "user": u.username,
                  "password": u.password, "dbname": u.database,
-                 "connect_timeout": max(1, int(self.timeout_s))}
+                 "connect_timeout": max(1, int(self.timeout_s)), "options": f"'{NO_JIT}'"}
         return " ".join(f"{k}={v}" for k, v in parts.items() if v not in (None, ""))
 
     def open(self, cur: duckdb.DuckDBPyConnection, extension_dir: Path) -> None:
