@@ -103,6 +103,9 @@ class Timed:
         finally:
             text = " ".join(sql.split())
             kind = ("facts (reduced per KPI, period, org, grid)" if text.startswith("INSERT INTO _fr SELECT * FROM (")
+                    else "kept prelude tables (kpis/prelude.py)" if ("kpi_prelude_state" in text or "_k_aff" in text
+                                                                    or "FROM etl_run" in text)
+                    else "wake by columns (kpis/wake.py)" if "kpi_wake_fp" in text or "SUM(hash(" in text
                     else "attribution" if text.startswith("INSERT INTO _fg")
                     else "day store (kpis/day_store.py)" if ("kpi_day" in text or "_dmap" in text
                                                              or "_mmap" in text)
@@ -617,6 +620,7 @@ def main() -> None:
             inc, cpu = time.perf_counter() - t, time.process_time() - c
             print(f"(b) minute {i + 1}: live wrote {written} rows, ETL pass {etl:.2f} s ok={r.ok}, "
                   f"evaluate_incremental {inc:.2f} s wall, {cpu:.2f} s CPU ({s.kpis} KPIs, "
+                  f"{s.skipped} skipped by columns, "
                   f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
                   f"errors {len(s.errors)}); {start} at the start, {load()} at the end")
             print_kinds(timed.kinds)

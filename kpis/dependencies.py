@@ -61,6 +61,11 @@ def _prelude_tables() -> dict[str, frozenset[str]]:
             for name, refs in _prelude_refs().items()}
 
 
+def prelude_tables(name: str) -> frozenset[str]:
+    """The contract tables a prelude object reads, directly or through other prelude objects."""
+    return _prelude_tables().get(name, frozenset())
+
+
 def prelude_objects(k: KpiDef) -> frozenset[str]:
     """The prelude objects (tables, views, macros) the KPI's SQL reads, directly or through
     other prelude objects: which on-demand prelude tables an evaluation must build."""
@@ -82,3 +87,39 @@ def tables_read(k: KpiDef) -> frozenset[str]:
         elif w in prelude:
             out |= prelude[w]
     return frozenset(out)
+
+
+# Any of these can read columns the SQL does not name: a star (SELECT *, alias.*), a NATURAL
+# join, COLUMNS(...), * EXCLUDE / REPLACE.
+_ANY_COLUMN = re.compile(r"\bselect\s+(?:distinct\s+)?\*|\w\.\*|\bnatural\b|\bcolumns\s*\(|"
+                         r"\*\s*(?:exclude|replace)\b")
+
+
+@lru_cache(maxsize=1)
+def _prelude_texts() -> dict[str, str]:
+    """Prelude object -> its statement, lower case, comments dropped."""
+    return {m.group(1): _COMMENT.sub("", stmt).lower()
+            for stmt in statements() if (m := _DEFINES.match(stmt))}
+
+
+def columns_read(k: KpiDef, table: str) -> frozenset[str] | None:
+    """The columns of a contract table the KPI's values can depend on: those of its names that
+    the KPI's SQL, or a prelude object it reads that reads the table, writes as words (an
+    over-approximation). None: any column may count (the org tree, read by every roll-up; a
+    star, NATURAL join or COLUMNS() in that SQL)."""
+    return _columns_read(k.facts or "", k.presence or "", table)
+
+
+@lru_cache(maxsize=8192)
+def _columns_read(facts: str, presence: str, table: str) -> frozenset[str] | None:
+    if table in ALWAYS or table not in _contract_tables():
+        return None
+    code = _COMMENT.sub("", f"{facts}\n{presence}").lower()
+    refs = _prelude_refs()
+    objects = {o for w in _WORD.findall(code) for o in refs.get(w, ())}
+    texts = [code] + [_prelude_texts()[o] for o in sorted(objects)
+                      if table in _prelude_tables().get(o, ()) and o in _prelude_texts()]
+    if any(_ANY_COLUMN.search(t) for t in texts):
+        return None
+    columns = {c.name for c in load_contract().tables[table].columns}
+    return frozenset(w for t in texts for w in _WORD.findall(t) if w in columns)

@@ -11,12 +11,12 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from kpis import day_store
+from kpis import day_store, wake
 from kpis.batch import RESULT_COLUMNS, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import prelude_objects, tables_read
 from kpis.periods import Period, day, days_of, hours_of, month, snapshot
-from kpis.prelude import ON_DEMAND, apply_prelude, build_on_demand
+from kpis.prelude import ON_DEMAND, apply_prelude, refresh_on_demand
 from kpis.registry import Registry
 from kpis.spec import KpiDef
 
@@ -47,6 +47,7 @@ SCHEMA = [
     # etl_dirty run id up to which closed periods have been re-evaluated (restatements)
     "ALTER TABLE kpi_eval_state ADD COLUMN IF NOT EXISTS last_past_run_id BIGINT",
     *day_store.DDL,
+    wake.DDL,
 ]
 
 # Every KPI is re-evaluated at least this often, and at each new hour; in between only KPIs whose
@@ -66,6 +67,7 @@ class EvalSummary:
     periods: int = 0
     changed: list[tuple[str, str, str, datetime]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0      # woken by a table whose columns they read did not change (kpis/wake.py)
 
 
 def local_now() -> datetime:
@@ -197,8 +199,11 @@ def apply_baselines(con: duckdb.DuckDBPyConnection,
                         WHEN 'daily' THEN date_trunc('month', r.period_start) - INTERVAL 1 DAY
                         ELSE r.period_start - INTERVAL 1 MONTH END""")
     _offset_baselines(con, [k for k in relative if k.baseline in _OFFSETS], grains)
+    # A row still without a baseline keeps the status it was computed with (the same expression
+    # with baseline NULL): only rows that got one are recomputed.
     status = per_kpi("kpi_id", [k.id for k in relative], [f"({status_sql(k)})" for k in relative])
-    con.execute(f"UPDATE _result SET status = {status} WHERE kpi_id IN ({_ids(relative)})")
+    con.execute(f"UPDATE _result SET status = {status} WHERE kpi_id IN ({_ids(relative)}) "
+                "AND baseline IS NOT NULL")
 
 
 def _offset_baselines(con: duckdb.DuckDBPyConnection, kpis: Sequence[KpiDef],
@@ -212,23 +217,30 @@ def _offset_baselines(con: duckdb.DuckDBPyConnection, kpis: Sequence[KpiDef],
                for off in offs]
     if not offsets:
         return
-    ids = _ids(kpis)
     values = ", ".join(f"('{kid}', '{grain}', INTERVAL '{off}', {n})" for kid, grain, off, n in offsets)
-    # Values of the same batch count too (a backfill computes many days at once).
+    # Values of the same batch count too (a backfill computes many days at once). Only the
+    # (KPI, grain, period) keys some offset points at are read (`need`): the anti-join against
+    # _result over every stored row of these KPIs was most of the statement's time in a minute pass.
     con.execute(f"""
         UPDATE _result r SET baseline = b.base FROM (
+            WITH o AS (SELECT * FROM (VALUES {values}) o(kpi_id, grain, off, n)),
+            need AS (SELECT DISTINCT r.kpi_id, r.grain, r.period_start - o.off AS period_start
+                     FROM _result r JOIN o ON o.kpi_id = r.kpi_id AND o.grain = r.grain),
+            h AS (
+                SELECT x.kpi_id, x.grain, x.org_no, x.period_start, x.value FROM _result x
+                SEMI JOIN need n ON n.kpi_id = x.kpi_id AND n.grain = x.grain
+                                AND n.period_start = x.period_start
+                UNION ALL
+                SELECT v.kpi_id, v.grain, v.org_no, v.period_start, v.value FROM kpi_value v
+                SEMI JOIN need n ON n.kpi_id = v.kpi_id AND n.grain = v.grain
+                                AND n.period_start = v.period_start
+                WHERE NOT EXISTS (SELECT 1 FROM _result x WHERE x.kpi_id = v.kpi_id
+                                  AND x.grain = v.grain AND x.period_start = v.period_start))
             SELECT r.kpi_id, r.grain, r.org_no, r.period_start,
                    CASE WHEN COUNT(h.value) = MAX(o.n) THEN AVG(h.value ORDER BY o.off) END AS base
             FROM _result r
-            JOIN (VALUES {values}) o(kpi_id, grain, off, n) ON o.kpi_id = r.kpi_id AND o.grain = r.grain
-            LEFT JOIN (
-                SELECT kpi_id, grain, org_no, period_start, value FROM _result WHERE kpi_id IN ({ids})
-                UNION ALL
-                SELECT v.kpi_id, v.grain, v.org_no, v.period_start, v.value FROM kpi_value v
-                WHERE v.kpi_id IN ({ids})
-                  AND NOT EXISTS (SELECT 1 FROM _result x WHERE x.kpi_id = v.kpi_id
-                                  AND x.grain = v.grain AND x.period_start = v.period_start)
-            ) h ON h.kpi_id = r.kpi_id AND h.grain = r.grain AND h.org_no = r.org_no
+            JOIN o ON o.kpi_id = r.kpi_id AND o.grain = r.grain
+            LEFT JOIN h ON h.kpi_id = r.kpi_id AND h.grain = r.grain AND h.org_no = r.org_no
                AND h.period_start = r.period_start - o.off
             GROUP BY r.kpi_id, r.grain, r.org_no, r.period_start) b
         WHERE r.kpi_id = b.kpi_id AND r.grain = b.grain AND r.org_no = b.org_no
@@ -425,6 +437,15 @@ def _dirty_dates(con: duckdb.DuckDBPyConnection, since: int | None) -> tuple[lis
     return rows, top or since
 
 
+def _pending(con: duckdb.DuckDBPyConnection, k: KpiDef) -> bool:
+    """Facts with a pending flag change with time alone; a KPI whose SQL does not bind counts
+    too (its evaluation then reports the error for it alone)."""
+    try:
+        return "pending" in fact_columns(con, k)
+    except duckdb.Error:
+        return True
+
+
 def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                          as_of: datetime) -> EvalSummary:
     """After an ETL pass: periods touched by new dirty dates, open periods and snapshots."""
@@ -468,11 +489,15 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
             continue    # a closed month's dates wait for the next sweep (SWEEP_EVERY)
         by_table.setdefault(table, set()).update({day(dd), month(dd.year, dd.month)})
     apply_prelude(con, needed=())
+    always = {k.id for k in registry.kpis.values()
+              if sweep or k.grain == "near-real-time" or k.resolved_or_due or _pending(con, k)}
+    woken = [(k, tables_read(k) & dirty_tables) for k in registry.kpis.values() if k.id not in always]
+    # of the KPIs woken by a table only, those whose columns of it did not change (kpis/wake.py)
+    same, fingerprints = wake.unchanged(con, [(k, t) for k, t in woken if t])
     plan = []
     for k in registry.kpis.values():
         reads = tables_read(k)
-        if not (sweep or reads & dirty_tables or k.grain == "near-real-time"
-                or k.resolved_or_due or "pending" in fact_columns(con, k)):
+        if k.id not in always and (not reads & dirty_tables or k.id in same):
             continue
         periods = set(base)
         for t in reads:
@@ -485,13 +510,16 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 periods.add(day(cur.date()))
                 cur += timedelta(days=1)
         plan.append((k, periods_for(k, sorted(periods), as_of)))
-    build_on_demand(con, on_demand_tables(k for k, _ in plan))
+    # kept between passes: only the keys whose inputs this pass's ETL merged are re-derived
+    refresh_on_demand(con, on_demand_tables(k for k, _ in plan))
     # The sweep re-reads every day of the months it evaluates: a change the dirty dates do not
     # show (a row of a joined table) reaches the stored days at most SWEEP_EVERY late.
     at = local_now()
     if sweep:   # older months are evaluated only when restated; they read absent days again
         day_store.prune(con, (month(as_of.year, as_of.month).ws - timedelta(days=1)).replace(day=1).date())
     summary = evaluate_plan(con, plan, as_of, at, day_store.Mode(refresh=sweep, computed_at=at))
+    wake.record(con, [k for k, _ in plan], summary.errors, fingerprints)
+    summary.skipped = len(same)
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "
                 "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END, "
                 "last_past_run_id = CASE WHEN $sweep THEN $r "

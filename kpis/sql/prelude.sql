@@ -1,6 +1,9 @@
 -- Shared definitions of CONVENTIONS.md §3-§5, written once so that the ~190 KPI definitions
 -- do not repeat them. Applied by kpis/prelude.py before every evaluation (cheap: views and
--- macros, plus three small tables rebuilt from the org, grid and calendar tables).
+-- macros, plus small tables rebuilt from the org, grid and calendar tables). The on-demand
+-- tables (k_settle_tg, k_wo, k_task) are kept between the worker's passes and re-derived per
+-- key (kpis/prelude.py FOLLOW): the rows of a key come from the rows of one base table with
+-- that key, joined to other tables by their keys; keep it so when editing them.
 
 -- Org units: every non-deleted org and grid, with its level. The tree comes from
 -- parent_org_no (never code prefixes); a grid's parent is mis_grid.org_no.
@@ -71,9 +74,11 @@ CREATE OR REPLACE MACRO is_active(is_deleted, build_date, created_at, cancel_dat
 
 -- TG(c): the 台区 of the customer's settlement point with the smallest mp_no. A table, built
 -- once per pass that needs it: as part of the view below it was recomputed over every metering
--- point by each of the ~20 reliability KPIs that read k_customer.
+-- point by each KPI that read k_customer (the reliability KPIs now read this table directly).
+-- mp_no names the point chosen:
+-- kept between passes (kpis/prelude.py), a customer is re-derived when that point changes.
 CREATE OR REPLACE TABLE k_settle_tg AS
-SELECT cons_no, arg_min(tg_no, mp_no) AS tg_no FROM mis_metering_point
+SELECT cons_no, arg_min(tg_no, mp_no) AS tg_no, MIN(mp_no) AS mp_no FROM mis_metering_point
 WHERE is_deleted = 0 AND mp_attr_code = '01' AND status_code IN ('01', '02')
 GROUP BY cons_no;
 
