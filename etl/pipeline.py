@@ -382,14 +382,14 @@ def _load_tables(cur: duckdb.DuckDBPyConnection, source: Source, tables: list[Ta
             _check_columns(source, t)
         except SchemaDrift as exc:
             drift[t.name] = exc
-    windowed = [(t, lows[t.name], result.high) for t in tables if lows[t.name] is not None and t.name not in drift]
-    labels = [t.name for t, _, _ in windowed]
-    for t, low, high in list(windowed):
-        if marks[t.name] > low:           # the part above the previous high: rows not seen yet
-            windowed.append((t, marks[t.name], high))
-            labels.append(f"{t.name} new")
+    loaded = [t for t in tables if lows[t.name] is not None and t.name not in drift]
+    windowed = [(t, lows[t.name], result.high) for t in loaded]
+    labels = [t.name for t in loaded]
     guards: dict[str, _Guard] = {}
-    for t, _, _ in list(windowed):
+    for t in loaded:
+        if marks[t.name] > lows[t.name]:      # the part above the previous high: rows not seen yet
+            windowed.append((t, marks[t.name], result.high))
+            labels.append(f"{t.name} new")
         if t.name in older:
             guards[t.name] = g = _Guard(_edges(older[t.name], settings.etl_meter_bucket_s), [])
             windowed += g.windows(t)
