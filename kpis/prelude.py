@@ -16,9 +16,10 @@ _CREATE = re.compile(r"^CREATE OR REPLACE (TEMP )?(TABLE|VIEW) (\w+)")
 PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
 
 # Prelude tables that only some KPIs read and whose build scans a large source table (work
-# orders, repair tasks, metering points): an evaluation builds them only when a KPI of its plan
-# reads them (kpis.dependencies.prelude_objects), so a pass without such a KPI does not pay.
-ON_DEMAND = frozenset({"k_settle_tg", "k_wo", "k_task"})
+# orders, repair tasks, metering points, bills): an evaluation builds them only when a KPI of
+# its plan reads them (kpis.dependencies.prelude_objects), so a pass without such a KPI does
+# not pay.
+ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_wo", "k_task"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,18 @@ FOLLOW = {
     "k_task": Follow("task_id", "dist_repair_task", "task_id", "task_id", "task_id",
                      links=(("cs_work_order", "wo_no", "wo_no"), ("dist_tg", "tg_no", "tg_no"))),
     "k_settle_tg": Follow("cons_no", "mis_metering_point", "mp_no", "cons_no", "mp_no"),
+    "k_bill": Follow("bill_id", "mis_bill", "bill_id", "bill_id", "bill_id",
+                     links=(("mis_customer", "cons_no", "cons_no"),)),
+}
+
+# On-demand tables not kept between passes (no FOLLOW): rebuilt whole by each pass that needs
+# them, and why. tests/kpis/test_dependencies.py wants every ON_DEMAND table in one of the two.
+REBUILT = {
+    # a collection object or terminal reaches its point over two keys (terminal -> collection
+    # object -> meter -> point), which FOLLOW's one-key links cannot express; at county the
+    # build is a few joins over ~60 k rows, and the three stocks reading it are woken only by
+    # the columns it names (not the terminals' heartbeat)
+    "k_settle_mp": "inputs reach the point over more than one key",
 }
 
 # Rows an ETL pass merges carry updated_at > its window's low. SQLite sources filter the window

@@ -1,9 +1,10 @@
 -- Shared definitions of CONVENTIONS.md §3-§5, written once so that the ~190 KPI definitions
 -- do not repeat them. Applied by kpis/prelude.py before every evaluation (cheap: views and
 -- macros, plus small tables rebuilt from the org, grid and calendar tables). The on-demand
--- tables (k_settle_tg, k_wo, k_task) are kept between the worker's passes and re-derived per
--- key (kpis/prelude.py FOLLOW): the rows of a key come from the rows of one base table with
--- that key, joined to other tables by their keys; keep it so when editing them.
+-- tables (k_settle_tg, k_bill, k_wo, k_task) are kept between the worker's passes and
+-- re-derived per key (kpis/prelude.py FOLLOW): the rows of a key come from the rows of one base
+-- table with that key, joined to other tables by their keys; keep it so when editing them.
+-- k_settle_mp is rebuilt whole by each pass that needs it (kpis/prelude.py REBUILT).
 
 -- Org units: every non-deleted org and grid, with its level. The tree comes from
 -- parent_org_no (never code prefixes); a grid's parent is mis_grid.org_no.
@@ -81,6 +82,54 @@ CREATE OR REPLACE TABLE k_settle_tg AS
 SELECT cons_no, arg_min(tg_no, mp_no) AS tg_no, MIN(mp_no) AS mp_no FROM mis_metering_point
 WHERE is_deleted = 0 AND mp_attr_code = '01' AND status_code IN ('01', '02')
 GROUP BY cons_no;
+
+-- Settlement metering points (mp_attr_code '01', status_code '01'/'02', not deleted) of
+-- customers not deleted, with the customer's attribution and ACTIVE inputs and what the
+-- metering stocks ask of the point's running meters (mis_meter status '01'): run_meter (it has
+-- one), smart (one of type 26/28/29), covered (one collected, coll_flag 1, by an active
+-- collection object under a running terminal), rel_n (its (running meter, active collection
+-- object, terminal with a 台区) rows) and rel_same (those whose terminal's 台区 is the point's).
+-- A table: three stocks walked this chain (point -> customer, point -> running meter ->
+-- collection object -> terminal) over ~3.5 M rows a table each on their own at city. Grouped
+-- by the point first and joined to the customer after: mp_no and cons_no are keys.
+CREATE OR REPLACE TABLE k_settle_mp AS
+WITH coll AS (
+    SELECT o.meter_asset_no, o.coll_flag, t.tg_no, t.run_status
+    FROM meter_coll_obj o
+    JOIN meter_terminal t ON t.terminal_id = o.terminal_id AND t.is_deleted = 0
+    WHERE o.is_deleted = 0 AND o.status_code = '01'
+),
+pt AS (
+    SELECT mp.mp_no, ANY_VALUE(mp.cons_no) AS cons_no, ANY_VALUE(mp.tg_no) AS tg_no,
+           COUNT(m.mp_no) > 0 AS run_meter,
+           COALESCE(BOOL_OR(m.meter_type IN ('26', '28', '29')), FALSE) AS smart,
+           COALESCE(BOOL_OR(k.coll_flag = 1 AND k.run_status = '01'), FALSE) AS covered,
+           COUNT(k.tg_no) AS rel_n,
+           COUNT(CASE WHEN k.tg_no = mp.tg_no THEN 1 END) AS rel_same
+    FROM mis_metering_point mp
+    LEFT JOIN mis_meter m ON m.mp_no = mp.mp_no AND m.is_deleted = 0 AND m.status_code = '01'
+    LEFT JOIN coll k ON k.meter_asset_no = m.meter_asset_no
+    WHERE mp.is_deleted = 0 AND mp.mp_attr_code = '01' AND mp.status_code IN ('01', '02')
+    GROUP BY mp.mp_no
+)
+-- columns named, no star: a star would make every column of the five tables wake its readers
+-- (kpis/dependencies.py columns_read), terminal heartbeats included; only the columns the
+-- stocks read (writing 3.5 M rows is a good part of the build at city)
+SELECT pt.mp_no, pt.run_meter, pt.smart, pt.covered, pt.rel_n, pt.rel_same, c.org_no, c.grid_no,
+       c.cons_sort_code, c.build_date, c.created_at, c.cancel_date, c.status_code
+FROM pt JOIN mis_customer c ON c.cons_no = pt.cons_no AND c.is_deleted = 0;
+
+-- Bills with the grid and use code of their customer (GRID(b) = mis_customer.grid_no of
+-- b.cons_no). A table: 14 billing KPIs joined their bills to the 3.5 M customers each on their
+-- own at city. Every bill is kept, deleted ones too (one row per bill: the kept table's count
+-- guard), and only the columns those KPIs read: a bill column named here wakes each of them.
+CREATE OR REPLACE TABLE k_bill AS
+SELECT b.bill_id, b.cons_no, b.org_no, b.rcvbl_ym, b.amt_type, b.t_pq, b.rcvbl_amt,
+       b.release_date, b.due_date, b.elec_type_code, b.read_type, b.invoice_type,
+       b.invoice_time, b.is_deleted,
+       c.grid_no AS cust_grid_no, c.elec_type_code AS cust_elec_type_code
+FROM mis_bill b
+LEFT JOIN mis_customer c ON c.cons_no = b.cons_no AND c.is_deleted = 0;
 
 -- Customers with CLASS(c) and TG(c).
 CREATE OR REPLACE VIEW k_customer AS

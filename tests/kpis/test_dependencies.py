@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from kpis.dependencies import prelude_objects, tables_read
+from kpis.dependencies import columns_read, prelude_objects, tables_read
 from kpis.evaluate import on_demand_tables
+from kpis.prelude import FOLLOW, ON_DEMAND, REBUILT
 from kpis.registry import load_registry
 
 
@@ -28,10 +29,12 @@ def test_tables_read_by_hand(registry, kpi, tables):
 
 
 def test_heartbeats_wake_only_the_kpis_naming_meter_terminal(registry):
-    # the four definitions whose SQL names meter_terminal (grep kpis/definitions)
+    # the definitions whose SQL names meter_terminal or k_settle_mp, which reads it (grep
+    # kpis/definitions); smart_meter_coverage reads k_settle_mp for its `smart` column only
     readers = {k.id for k in registry.kpis.values() if "meter_terminal" in tables_read(k)}
     assert readers == {"customer.tq_relation_consistency_rate", "metering.collect_coverage_rate",
-                       "metering.collect_success_rate_special", "metering.terminal_online_rate"}
+                       "metering.collect_success_rate_special", "metering.terminal_online_rate",
+                       "customer.smart_meter_coverage"}
 
 
 def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registry):
@@ -55,3 +58,20 @@ def test_only_the_on_demand_tables_a_plan_reads_are_built(registry):
     assert on_demand_tables([registry.get("newconn.applications")]) == set()
     assert on_demand_tables([registry.get("order.total"), registry.get("reliability.saifi")]) \
         == {"k_wo", "k_settle_tg"}
+
+
+def test_every_on_demand_table_is_followed_or_rebuilt_for_a_stated_reason():
+    """A table the worker neither follows key by key (FOLLOW) nor lists as rebuilt whole each
+    pass (REBUILT, with the reason) is a decision nobody made: refused."""
+    assert set(FOLLOW) | set(REBUILT) == set(ON_DEMAND)
+    assert not set(FOLLOW) & set(REBUILT)
+    assert all(REBUILT.values())
+
+
+def test_k_settle_mp_readers_are_not_woken_by_heartbeats(registry):
+    # k_settle_mp names its columns (no star): the terminal heartbeat stays out of its readers
+    for kpi in ("customer.tq_relation_consistency_rate", "metering.collect_coverage_rate",
+                "customer.smart_meter_coverage"):
+        cols = columns_read(registry.get(kpi), "meter_terminal")
+        assert cols is not None and "last_online_time" not in cols, kpi
+    assert prelude_objects(registry.get("customer.smart_meter_coverage")) == {"k_settle_mp", "is_active"}
