@@ -251,17 +251,44 @@ def flag_rows(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
                        f"FROM ({body}) f(c0, c1, c2)", params).fetchone()[0]
 
 
-def _dirty_sql(table: Table, rules: TableRules, with_old: bool) -> str | None:
-    """Business dates of the changed rows and, when the table had rows, of the versions they replace."""
-    if not rules.business_dates:
-        return None
+def _dirty_sql(rules: TableRules, old: str | None) -> str:
+    """Business dates of the changed rows and of the versions they replace (table `old`)."""
     dates = "[" + ", ".join(rules.business_dates) + "]"
     parts = [f"SELECT unnest({dates}) AS d FROM _chg"]
-    if with_old:
-        keys = ", ".join(q(k) for k in table.key)
-        parts.append(f"SELECT unnest({dates}) FROM {q(table.name)} t "
-                     f"SEMI JOIN (SELECT {keys} FROM _chg) c ON {_key_join(table, 't', 'c')}")
+    if old:
+        parts.append(f"SELECT unnest({dates}) FROM {old}")
     return f"SELECT DISTINCT d FROM ({' UNION ALL '.join(parts)}) WHERE d IS NOT NULL"
+
+
+# Above this many changed rows a batch's replaced versions are not copied aside (a restatement
+# of millions of readings): its dates are read in place and every column counts as changed.
+TRACK_MAX_ROWS = 200_000
+# etl_changed markers: TRACKED is written for every dirty table of a run (so that "no column
+# changed" differs from "not tracked"), ANY when rows were added or not compared.
+TRACKED, ANY = "", "*"
+
+
+def _old_versions(table: Table) -> str:
+    """The stored versions of the changed rows (one probe of the table)."""
+    keys = ", ".join(q(k) for k in table.key)
+    return (f"SELECT t.* FROM {q(table.name)} t "
+            f"SEMI JOIN (SELECT {keys} FROM _chg) c ON {_key_join(table, 't', 'c')}")
+
+
+def _changed_sql(table: Table) -> str:
+    """The etl_changed markers of a merge (parameters run, source, table): the columns in which a
+    changed row differs from the version it replaces (temp table _old), and ANY when a row is new
+    (a new row can change any aggregate). The KPI worker leaves a KPI alone when none of the
+    columns it reads changed (kpis/wake.py). One statement: at county a pass merges ~16 tables."""
+    cols = [c.name for c in table.columns if c.name not in table.key]
+    found = f"o.{q(table.key[0])} IS NOT NULL"
+    flags = "".join(f", bool_or(o.{q(c)} IS DISTINCT FROM c.{q(c)}) FILTER (WHERE {found}) AS f{i}"
+                    for i, c in enumerate(cols))
+    marks = ", ".join([f"'{TRACKED}'", f"CASE WHEN n > 0 THEN '{ANY}' END"]
+                      + [f"CASE WHEN f{i} THEN '{c}' END" for i, c in enumerate(cols)])
+    return (f"SELECT ?, ?, ?, unnest(list_filter([{marks}], x -> x IS NOT NULL)) FROM ("
+            f"SELECT count(*) FILTER (WHERE NOT {found}) AS n{flags} "
+            f"FROM _chg c LEFT JOIN _old o ON {_key_join(table, 'o', 'c')})")
 
 
 def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules, res: TableResult,
@@ -285,9 +312,20 @@ def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
         cur.execute("""UPDATE etl_reject SET resolved_at = ?, resolved_run_id = ?
             WHERE source = ? AND table_name = ? AND resolved_at IS NULL
               AND row_key IN (SELECT _row_key FROM _chg)""", [now, run_id, src, tname])
-    dirty = _dirty_sql(table, rules, target_had_rows)
-    if dirty:       # before the DELETE: the replaced versions' dates count too
-        cur.execute(f"INSERT INTO etl_dirty SELECT ?, ?, ?, d FROM ({dirty})", [run_id, src, tname])
+    if rules.business_dates:    # before the DELETE: the replaced versions count too
+        old = None
+        if target_had_rows and res.rows_merged <= TRACK_MAX_ROWS:
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE _old AS {_old_versions(table)}")
+            old = "_old"
+        elif target_had_rows:
+            old = f"({_old_versions(table)})"
+        cur.execute(f"INSERT INTO etl_dirty SELECT ?, ?, ?, d FROM ({_dirty_sql(rules, old)})",
+                    [run_id, src, tname])
+        if old == "_old":
+            cur.execute(f"INSERT INTO etl_changed {_changed_sql(table)}", [run_id, src, tname])
+        else:   # a first load adds every row; a huge restatement is not compared
+            cur.execute("INSERT INTO etl_changed SELECT ?, ?, ?, unnest([?, ?])",
+                        [run_id, src, tname, TRACKED, ANY])
     names = ", ".join(q(c.name) for c in table.columns)
     tgt = q(table.name)
     if target_had_rows:

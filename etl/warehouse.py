@@ -27,6 +27,10 @@ BOOKKEEPING = [
        resolved_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR,
        business_date DATE)""",
+    # per dirty table of a run: '' (tracked), '*' (rows added or not compared) and each column
+    # in which a merged row differs from the version it replaced (etl/load.py changed_columns)
+    """CREATE TABLE IF NOT EXISTS etl_changed (run_id BIGINT, source VARCHAR, table_name VARCHAR,
+       column_name VARCHAR)""",
     # per nightly metering table: the window high of its last full re-read of the long overlap
     """CREATE TABLE IF NOT EXISTS etl_reread (source VARCHAR, table_name VARCHAR, high TIMESTAMP)""",
     # per nightly metering table: how far the sweep in progress has re-read the long overlap

@@ -123,3 +123,29 @@ def _columns_read(facts: str, presence: str, table: str) -> frozenset[str] | Non
         return None
     columns = {c.name for c in load_contract().tables[table].columns}
     return frozenset(w for t in texts for w in _WORD.findall(t) if w in columns)
+
+
+# Whole rows passed on by a prelude object (`alias.*`, `SELECT *`) are still read column by
+# column by the KPI that names them; these forms read columns no text names.
+_ANY_COLUMN_IN_PRELUDE = re.compile(r"\bdistinct\s+(?:\w+\.)?\*|\bnatural\b|\bcolumns\s*\(|"
+                                    r"\bby\s+all\b|\bby\s+name\b")
+
+
+def columns_named(k: KpiDef, table: str) -> frozenset[str] | None:
+    """As columns_read, but a star in a prelude object (k_wo is `SELECT w.*, ...` of the work
+    orders) passes the table's columns on to the KPI, which reads the ones it names: the columns
+    of the table that the KPI's SQL or the prelude objects between it and the table write as
+    words. None as in columns_read, or when the KPI's own SQL has a star."""
+    cols = columns_read(k, table)
+    if cols is not None or table in ALWAYS or table not in _contract_tables():
+        return cols
+    code = _COMMENT.sub("", f"{k.facts or ''}\n{k.presence or ''}").lower()
+    if _ANY_COLUMN.search(code):
+        return None
+    objects = {o for w in _WORD.findall(code) for o in _prelude_refs().get(w, ())}
+    texts = [_prelude_texts()[o] for o in sorted(objects)
+             if table in _prelude_tables().get(o, ()) and o in _prelude_texts()]
+    if any(_ANY_COLUMN_IN_PRELUDE.search(t) for t in texts):
+        return None
+    columns = {c.name for c in load_contract().tables[table].columns}
+    return frozenset(w for t in [code, *texts] for w in _WORD.findall(t) if w in columns)

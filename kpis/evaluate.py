@@ -492,8 +492,11 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     always = {k.id for k in registry.kpis.values()
               if sweep or k.grain == "near-real-time" or k.resolved_or_due or _pending(con, k)}
     woken = [(k, tables_read(k) & dirty_tables) for k in registry.kpis.values() if k.id not in always]
-    # of the KPIs woken by a table only, those whose columns of it did not change (kpis/wake.py)
-    same, fingerprints = wake.unchanged(con, [(k, t) for k, t in woken if t])
+    # of the KPIs woken by a table only, those whose columns of it did not change (kpis/wake.py):
+    # by the ETL's record of the columns it changed, then by fingerprints of small tables
+    same = wake.untouched(con, [(k, t) for k, t in woken if t], state[0])
+    more, fingerprints = wake.unchanged(con, [(k, t) for k, t in woken if t and k.id not in same])
+    same |= more
     plan = []
     for k in registry.kpis.values():
         reads = tables_read(k)

@@ -16,6 +16,12 @@ A fingerprint scans the whole table, so it is taken only of tables up to FP_MAX_
 rows a minute often change no column the billing stocks read, 0.2-0.3 s each), never at a sweep (which evaluates everything and forgets the fingerprints of what it evaluated), and a KPI
 evaluated without a fingerprint of a table forgets its old one: a stored fingerprint always
 describes the data the KPI's stored values were computed from.
+
+Before fingerprints, and for tables of any size, the ETL's own record of what it merged: for
+each dirty table of a run, etl_changed names the columns in which a merged row differs from the
+version it replaced ('*' when a row is new or the versions were not compared). A KPI none of
+whose woken tables changed a column it reads (a work order's status moving on wakes no KPI
+that counts orders by intake time and type) is left alone without a scan (`untouched`).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import duckdb
 
 from etl.schema import quote_ident
-from kpis.dependencies import columns_read, tables_read
+from kpis.dependencies import columns_named, columns_read, tables_read
 from kpis.spec import KpiDef
 
 DDL = ("CREATE TABLE IF NOT EXISTS kpi_wake_fp (kpi_id VARCHAR, table_name VARCHAR, cols VARCHAR, "
@@ -119,3 +125,47 @@ def record(con: duckdb.DuckDBPyConnection, evaluated: Iterable[KpiDef], failed: 
         cols = list(zip(*rows))
         con.execute("INSERT INTO kpi_wake_fp SELECT unnest($a), unnest($b), unnest($c), unnest($d)",
                     {"a": cols[0], "b": cols[1], "c": cols[2], "d": cols[3]})
+
+
+def _changes(con: duckdb.DuckDBPyConnection, since: int | None, tables: Iterable[str]
+             ) -> dict[str, set[str] | None]:
+    """Per table, the columns merged rows changed in the runs after `since`; None when a run
+    marked the table dirty without recording them (before etl_changed existed) or added rows."""
+    try:
+        rows = con.execute("""
+            SELECT d.table_name, d.run_id, list(c.column_name) FILTER (WHERE c.column_name IS NOT NULL)
+            FROM (SELECT DISTINCT run_id, table_name FROM etl_dirty
+                  WHERE ($since IS NULL OR run_id > $since) AND list_contains($t, table_name)) d
+            LEFT JOIN etl_changed c ON c.run_id = d.run_id AND c.table_name = d.table_name
+            GROUP BY d.table_name, d.run_id""", {"since": since, "t": sorted(tables)}).fetchall()
+    except duckdb.CatalogException:
+        return {}
+    out: dict[str, set[str] | None] = {}
+    for table, _, marks in rows:
+        marks = marks or []
+        if table in out and out[table] is None:
+            continue
+        if "" not in marks or "*" in marks:
+            out[table] = None
+        else:
+            out[table] = (out.get(table) or set()) | (set(marks) - {""})
+    return out
+
+
+def untouched(con: duckdb.DuckDBPyConnection, candidates: Sequence[tuple[KpiDef, set[str]]],
+              since: int | None) -> set[str]:
+    """Of (KPI, its woken tables), the KPIs that read none of the columns the runs after `since`
+    changed in any of those tables."""
+    changes = _changes(con, since, {t for _, woken in candidates for t in woken})
+    out = set()
+    for k, woken in candidates:
+        if not woken:
+            continue
+        for t in woken:
+            changed = changes.get(t)
+            cols = columns_named(k, t) if changed is not None else None
+            if cols is None or cols & changed:
+                break
+        else:
+            out.add(k.id)
+    return out

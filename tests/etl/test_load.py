@@ -146,6 +146,38 @@ def test_dirty_dates_cover_new_and_replaced_versions(env, settings, wh):
     assert got == [(date(2026, 10, 3),), (date(2026, 10, 5),)]
 
 
+def test_changed_columns_name_what_a_merge_changed(env, settings, wh):
+    """The KPI worker leaves a KPI alone when no column it reads changed: the run records, per
+    dirty table, the columns in which merged rows differ from the versions they replaced, and
+    '*' when a row is new."""
+    insert(env, {"cs_work_order": [wo("W1"), wo("W2")]})
+    first = run_two(settings, wh)
+
+    def marks(run_id):
+        return sorted(r[0] for r in q(wh, "SELECT column_name FROM etl_changed WHERE run_id = ? "
+                                          "AND table_name = 'cs_work_order'", [run_id]))
+
+    assert marks(first.run_id) == ["", "*"]
+    # W1's status moves on; W2 comes again unchanged but for its stamp
+    insert(env, {"cs_work_order": [wo("W1", upd=U1, status_code="05"), wo("W2", upd=U1)]})
+    r = run_two(settings, wh)
+    assert marks(r.run_id) == ["", "status_code", "updated_at"]
+    insert(env, {"cs_work_order": [wo("W3", upd="2030-01-01 10:00:00")]})
+    r = run_two(settings, wh)
+    assert marks(r.run_id) == ["", "*"]
+
+
+
+def test_changed_columns_are_kept_for_a_day_of_runs(env, settings, wh, monkeypatch):
+    from etl import pipeline
+    monkeypatch.setattr(pipeline, "CHANGED_KEEP_RUNS", 2)
+    runs = []
+    for i, upd in enumerate((U0, U1, "2030-01-01 10:00:00")):
+        insert(env, {"cs_work_order": [wo(f"W{i}", upd=upd)]})
+        runs.append(run_two(settings, wh).run_id)
+    assert q(wh, "SELECT DISTINCT run_id FROM etl_changed ORDER BY 1") == [(runs[1],), (runs[2],)]
+
+
 def test_dimensions_follow_the_parent_tree_and_calendar(env, settings, wh):
     insert(env, {"mis_work_calendar": [
         {"cal_date": "2026-10-09", "work_flag": 1, "day_type": "01"},
