@@ -114,6 +114,7 @@ class Timed:
                     else "non-additive KPIs (own statement)" if text.startswith("INSERT INTO _result SELECT")
                     else "baselines" if "baseline" in text[:80] or text.startswith("UPDATE _result SET status")
                     else "prelude" if text.startswith(("CREATE OR REPLACE TABLE k_", "CREATE OR REPLACE VIEW",
+                                                       "CREATE OR REPLACE TEMP TABLE k_",
                                                        "CREATE OR REPLACE MACRO", "SELECT table_name"))
                     else "store" if any(w in text[:60] for w in ("kpi_value", "_batch", "COMMIT", "BEGIN"))
                     else "other")
@@ -606,6 +607,11 @@ def main() -> None:
         print(f"(a') full evaluation, warm (kpi_value holding {n_hist} rows): {wall:.2f} s wall, "
               f"{cpu:.2f} s CPU; {load()}")
         print_kinds(kinds)
+        wal = wh.wal_bytes()
+        t = time.perf_counter()
+        wh.fold_wal(above=0)    # the minutes start as after a worker cycle that folded
+        print(f"    WAL of the backfill and (a') folded before the minutes: {wal / 2**20:.1f} MB in "
+              f"{time.perf_counter() - t:.2f} s")
         from simulator import live
         for i in range(3):
             written = sum(live.step(urls, 60, side=side).values())
@@ -624,6 +630,19 @@ def main() -> None:
                   f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
                   f"errors {len(s.errors)}); {start} at the start, {load()} at the end")
             print_kinds(timed.kinds)
+            wal = wh.wal_bytes()
+            t, c = time.perf_counter(), time.process_time()
+            folded = wh.fold_wal()      # as the worker does after its publish
+            print(f"    WAL after the pass {wal / 2**20:.1f} MB; "
+                  + (f"folded (worker: after the publish) in {time.perf_counter() - t:.2f} s wall, "
+                     f"{time.process_time() - c:.2f} s CPU" if folded else "not folded (under 64 MB)"))
+        # what the minutes left in the WAL, folded now: its cost per minute is part of a cycle
+        wal = wh.wal_bytes()
+        t, c = time.perf_counter(), time.process_time()
+        wh.fold_wal(above=0)
+        print(f"(b') folding the WAL the three minutes left ({wal / 2**20:.1f} MB): "
+              f"{time.perf_counter() - t:.2f} s wall, {time.process_time() - c:.2f} s CPU "
+              "(the worker does it after a publish once the WAL passes 64 MB)")
         print(f"    reproduce: {cmd}")
 
 

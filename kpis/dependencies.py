@@ -129,16 +129,46 @@ def _columns_read(facts: str, presence: str, table: str) -> frozenset[str] | Non
 # column by the KPI that names them; these forms read columns no text names.
 _ANY_COLUMN_IN_PRELUDE = re.compile(r"\bdistinct\s+(?:\w+\.)?\*|\bnatural\b|\bcolumns\s*\(|"
                                     r"\bby\s+all\b|\bby\s+name\b")
+_TOKEN = re.compile(r"'(?:[^']|'')*'|[()]|,|\b(?:select|from)\b")
+_PASSED = re.compile(r"(?:\w+\.)?\w+")
+
+
+def _without_passed_columns(text: str) -> str:
+    """The statement without the plain `alias.column` items of its outer select list: such a
+    column only passes through under its own name, and counts for a KPI that names it. Items
+    with an expression or an alias stay, as does every other clause (joins, filters, groups)."""
+    depth, start, end, commas = 0, None, None, []
+    for m in _TOKEN.finditer(text):
+        tok = m.group(0)
+        if tok == "(":
+            depth += 1
+        elif tok == ")":
+            depth -= 1
+        elif depth == 0 and tok == "select":
+            start, end, commas = m.end(), None, []
+        elif depth == 0 and tok == "from" and start is not None and end is None:
+            end = m.start()
+        elif depth == 0 and tok == "," and start is not None and end is None:
+            commas.append(m.start())
+    if start is None or end is None:
+        return text
+    bounds = [start, *[c + 1 for c in commas], end + 1]
+    items = [text[a:b - 1] for a, b in zip(bounds, bounds[1:])]
+    if items[0].lstrip().startswith("distinct"):
+        return text
+    kept = [it for it in items if not _PASSED.fullmatch(it.strip())]
+    return text[:start] + " " + ", ".join(kept) + " " + text[end:]
 
 
 def columns_named(k: KpiDef, table: str) -> frozenset[str] | None:
-    """As columns_read, but a star in a prelude object (k_wo is `SELECT w.*, ...` of the work
-    orders) passes the table's columns on to the KPI, which reads the ones it names: the columns
-    of the table that the KPI's SQL or the prelude objects between it and the table write as
-    words. None as in columns_read, or when the KPI's own SQL has a star."""
-    cols = columns_read(k, table)
-    if cols is not None or table in ALWAYS or table not in _contract_tables():
-        return cols
+    """The columns of a contract table the KPI's values can depend on, for waking it (kpis/wake.py),
+    closer than columns_read: a prelude object passes columns on to the KPI, which reads the
+    ones it names. So a star (k_wo is `SELECT w.*, ...`) or a plain `b.column` item of the
+    object's outer select list (k_bill) counts only through the KPI's own SQL; the object's
+    joins, filters and expressions count in full. None as in columns_read, or when the KPI's own
+    SQL has a star."""
+    if table in ALWAYS or table not in _contract_tables():
+        return None
     code = _COMMENT.sub("", f"{k.facts or ''}\n{k.presence or ''}").lower()
     if _ANY_COLUMN.search(code):
         return None
@@ -148,4 +178,5 @@ def columns_named(k: KpiDef, table: str) -> frozenset[str] | None:
     if any(_ANY_COLUMN_IN_PRELUDE.search(t) for t in texts):
         return None
     columns = {c.name for c in load_contract().tables[table].columns}
-    return frozenset(w for t in [code, *texts] for w in _WORD.findall(t) if w in columns)
+    return frozenset(w for t in [code, *map(_without_passed_columns, texts)]
+                     for w in _WORD.findall(t) if w in columns)

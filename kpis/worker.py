@@ -90,6 +90,8 @@ class Worker:
             with self.warehouse.transaction() as tx:
                 process(tx, self.registry(), None, now, self.settings)
             self.publish()
+            if self.warehouse.fold_wal():   # after the publish: readers have the cycle already
+                log.info("WAL folded into the warehouse file")
 
     def publish(self) -> None:
         con = self._cursor()

@@ -293,3 +293,18 @@ def test_empty_windows_advance_with_one_run_row_each(env, settings, wh):
     assert {t: n for t, n, _ in rows if n} == {"cs_work_order": 2}   # W1 re-read in the overlap, W2
     assert all(s == "ok" for _, _, s in rows)
     assert set(q(wh, "SELECT DISTINCT high::VARCHAR FROM etl_watermark WHERE source = 'cs'")) == {(U1,)}
+
+
+def test_the_wal_is_folded_when_asked_not_by_each_commit(tmp_path):
+    """Commits leave the WAL alone up to the high threshold; the worker folds it after a cycle."""
+    with Warehouse(tmp_path / "w.duckdb") as w:
+        cur = w.cursor()
+        cur.execute("CREATE TABLE t (i BIGINT, s VARCHAR)")
+        for n in range(20):     # small commits, as a minute pass makes them
+            cur.execute("INSERT INTO t SELECT range, 'x' || range FROM range(?, ? + 5000)", [n * 5000, n * 5000])
+        cur.execute("DELETE FROM t WHERE i % 7 = 0")
+        held = w.wal_bytes()
+        assert held > 0
+        assert not w.fold_wal(above=held)           # under the worker's size: left alone
+        assert w.fold_wal(above=0) and w.wal_bytes() == 0
+        assert cur.execute("SELECT count(*) FROM t").fetchone()[0] == 100_000 - 14_286

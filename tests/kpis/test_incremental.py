@@ -199,6 +199,25 @@ def test_columns_named_through_a_star_of_the_prelude():
                                  "merged_into_wo_no", "is_deleted", "cons_no", "tg_no"} <= cols
     assert not cols & {"reply_time", "close_time", "urgency", "updated_at"}
     assert columns_named(full.get(KPI), "mis_org") is None
+    # k_bill names its bill columns one by one (b.invoice_time, ...): sales read the energy and
+    # the billing month, not the invoice; the e-invoice rate reads the invoice type
+    sales = columns_named(full.get("billing.sales_kwh"), "mis_bill")
+    assert {"t_pq", "rcvbl_ym", "amt_type", "is_deleted", "cons_no"} <= sales
+    assert not sales & {"invoice_time", "invoice_type", "due_date", "rcvbl_amt"}
+    assert "invoice_type" in columns_named(full.get("billing.einvoice_rate"), "mis_bill")
+
+
+def test_only_plain_items_of_the_outer_select_pass_through():
+    from kpis.dependencies import _without_passed_columns as strip
+    sql = ("create or replace table t as with x as (select a.p, a.q from a) "
+           "select b.k, b.v, upper(b.w) as w2, b.z as z2, x.p from b join x on x.p = b.j "
+           "where b.f = 1 group by b.k, b.v, b.w, b.z, x.p, b.j, b.f")
+    out = strip(sql)
+    outer = out.split(" from b ")[0].split("from a)")[1]
+    assert "b.k" not in outer and "b.v" not in outer and "x.p" not in outer
+    assert "upper(b.w) as w2" in outer and "b.z as z2" in outer
+    assert "select a.p, a.q from a" in out and "group by b.k, b.v" in out and "b.f = 1" in out
+    assert strip("select distinct b.k, b.v from b") == "select distinct b.k, b.v from b"
 
 
 def test_columns_a_kpi_reads_of_a_table():
