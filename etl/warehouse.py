@@ -28,7 +28,7 @@ BOOKKEEPING = [
     """CREATE TABLE IF NOT EXISTS etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR,
        business_date DATE)""",
     # per dirty table of a run: '' (tracked), '*' (rows added or not compared) and each column
-    # in which a merged row differs from the version it replaced (etl/load.py changed_columns)
+    # in which a merged row differs from the version it replaced (etl/load.py _changed_sql)
     """CREATE TABLE IF NOT EXISTS etl_changed (run_id BIGINT, source VARCHAR, table_name VARCHAR,
        column_name VARCHAR)""",
     # per nightly metering table: the window high of its last full re-read of the long overlap
