@@ -474,10 +474,15 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     dirty_tables = {table for table, _ in dirty}
     if sweep:   # every restatement since the last sweep, not only since the last pass
         dirty, top = _dirty_dates(con, past_run)
-    # Open periods: today, its hours, this month; past days of this month when their dates turn
-    # up in etl_dirty; a closed month's days and the month itself at the next sweep.
+    # Open periods: today, this month and the running hour (with the one before it, whose last
+    # rows an ETL lag may bring after the new hour's sweep); past days of this month when their
+    # dates turn up in etl_dirty; today's earlier hours, a closed month's days and the month
+    # itself at the next sweep. The dirty dates cannot say which hour a late row belongs to,
+    # and by mid-afternoon the 12 hourly KPIs re-read 15 closed hours every pass for it.
     today = day(as_of.date())
-    base = {today, month(as_of.year, as_of.month), *hours_of(today)}
+    hours = hours_of(today) if sweep else [h for h in hours_of(today)
+                                           if as_of - timedelta(hours=1) < h.we and h.ws <= as_of]
+    base = {today, month(as_of.year, as_of.month), *hours}
     by_table: dict[str, set[Period]] = {}
     for table, d in dirty:
         if d is None:

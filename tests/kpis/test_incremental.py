@@ -431,3 +431,44 @@ def _reference_status(con, kpis) -> None:
     relative = [k for k in kpis if k.baseline is not None and is_relative(k)]
     status = per_kpi("kpi_id", [k.id for k in relative], [f"({status_sql(k)})" for k in relative])
     con.execute(f"UPDATE _result SET status = {status} WHERE kpi_id IN ({_ids(relative)})")
+
+
+def test_an_ordinary_pass_evaluates_the_running_and_previous_hour_a_sweep_every_hour():
+    """Today's closed hours are closed periods: a late row for 09:00 reaches the stored hour at
+    the next sweep (at most SWEEP_EVERY later), as a late row of a closed month does; the running
+    hour and the one before it (an ETL lag) are fresh every pass. By hand: calls at 09:10,
+    13:20 and 14:05 (C1, inbound), then a late 09:30 and a new 14:31."""
+    kid = "call.inbound_calls"
+    registry = registry_of(kid)
+    c = duckdb.connect()
+
+    def call(no: str, at: str) -> dict:
+        return {"call_id": no, "call_direction": "01", "org_no": "C1", "arrive_time": at,
+                "call_result": "01"}
+
+    load_inputs(c, {"calendar": "2024-06-01..2024-07-31", "inputs": {"cs_call": [
+        call("K1", "2024-07-10 09:10:00"), call("K2", "2024-07-10 13:20:00"),
+        call("K3", "2024-07-10 14:05:00")]}})
+    c.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+              "business_date DATE)")
+    c.execute("INSERT INTO etl_dirty VALUES (1, 'cs', 'cs_call', DATE '2024-07-10')")
+
+    def hour(h: int) -> float | None:
+        row = c.execute("SELECT value FROM kpi_value WHERE kpi_id = ? AND grain = 'hourly' AND "
+                        "org_no = 'C1' AND period_start = ?", [kid, datetime(2024, 7, 10, h)]).fetchone()
+        return None if row is None else row[0]
+
+    assert not evaluate_incremental(c, registry, datetime(2024, 7, 10, 14, 30)).errors
+    assert (hour(9), hour(13), hour(14)) == (1, 1, 1)
+    for no, at in (("K4", "2024-07-10 09:30:00"), ("K5", "2024-07-10 14:31:00")):
+        c.execute("INSERT INTO cs_call (call_id, call_direction, org_no, arrive_time, call_result, "
+                  "is_deleted, created_at, updated_at) VALUES (?, '01', 'C1', ?, '01', 0, ?, ?)",
+                  [no, at, at, at])
+    c.execute("INSERT INTO etl_dirty VALUES (2, 'cs', 'cs_call', DATE '2024-07-10')")
+    evaluated = evaluate_incremental(c, registry, datetime(2024, 7, 10, 14, 32))
+    # today, this month, hours 13 and 14
+    assert evaluated.periods == 4
+    assert (hour(9), hour(13), hour(14)) == (1, 1, 2)
+    swept = evaluate_incremental(c, registry, datetime(2024, 7, 10, 14, 40))   # SWEEP_EVERY
+    assert swept.periods > 4 and (hour(9), hour(13), hour(14)) == (2, 1, 2)
+    c.close()
