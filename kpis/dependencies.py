@@ -167,9 +167,14 @@ def columns_named(k: KpiDef, table: str) -> frozenset[str] | None:
     object's outer select list (k_bill) counts only through the KPI's own SQL; the object's
     joins, filters and expressions count in full. None as in columns_read, or when the KPI's own
     SQL has a star."""
+    return _columns_named(k.facts or "", k.presence or "", table)
+
+
+@lru_cache(maxsize=8192)     # asked for every woken (KPI, table) of every minute pass
+def _columns_named(facts: str, presence: str, table: str) -> frozenset[str] | None:
     if table in ALWAYS or table not in _contract_tables():
         return None
-    code = _COMMENT.sub("", f"{k.facts or ''}\n{k.presence or ''}").lower()
+    code = _COMMENT.sub("", f"{facts}\n{presence}").lower()
     if _ANY_COLUMN.search(code):
         return None
     objects = {o for w in _WORD.findall(code) for o in _prelude_refs().get(w, ())}
