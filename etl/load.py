@@ -263,6 +263,9 @@ def _dirty_sql(rules: TableRules, old: str | None) -> str:
 # Above this many changed rows a batch's replaced versions are not copied aside (a restatement
 # of millions of readings): its dates are read in place and every column counts as changed.
 TRACK_MAX_ROWS = 200_000
+# Above this many merged rows a run records no keys of the table (etl_keys holds one NULL key):
+# readers of etl_keys fall back to the rows' updated_at. A minute pass merges tens of rows.
+KEYS_MAX_ROWS = 20_000
 # etl_changed markers: TRACKED is written for every dirty table of a run (so that "no column
 # changed" differs from "not tracked"), ANY when rows were added or not compared.
 TRACKED, ANY = "", "*"
@@ -326,6 +329,12 @@ def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
         else:   # a first load adds every row; a huge restatement is not compared
             cur.execute("INSERT INTO etl_changed SELECT ?, ?, ?, unnest([?, ?])",
                         [run_id, src, tname, TRACKED, ANY])
+    if len(table.key) == 1:
+        if res.rows_merged <= KEYS_MAX_ROWS:
+            cur.execute(f"INSERT INTO etl_keys SELECT ?, ?, ?, CAST({q(table.key[0])} AS VARCHAR) "
+                        "FROM _chg", [run_id, src, tname])
+        else:
+            cur.execute("INSERT INTO etl_keys VALUES (?, ?, ?, NULL)", [run_id, src, tname])
     names = ", ".join(q(c.name) for c in table.columns)
     tgt = q(table.name)
     if target_had_rows:

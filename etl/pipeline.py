@@ -77,8 +77,9 @@ def is_nightly(table: Table) -> bool:
     return table.system == "meter" and any(k in ("data_date", "data_time") for k in table.key)
 
 
-# etl_changed rows are kept for this many runs (a day of minute passes): the KPI worker reads
-# those of the runs since its last pass, and treats a run without them as "any column changed".
+# etl_changed and etl_keys rows are kept for this many runs (a day of minute passes): the KPI
+# worker reads those of the runs since its last pass, and treats a run without them as "any
+# column changed" and "keys unknown".
 CHANGED_KEEP_RUNS = 1440
 
 
@@ -88,6 +89,7 @@ def new_run_id(warehouse: Warehouse, now: datetime) -> int:
         run_id = cur.execute("SELECT coalesce(max(run_id), 0) + 1 FROM etl_pass").fetchone()[0]
         cur.execute("INSERT INTO etl_pass VALUES (?, ?, NULL, NULL)", [run_id, now])
         cur.execute("DELETE FROM etl_changed WHERE run_id <= ?", [run_id - CHANGED_KEEP_RUNS])
+        cur.execute("DELETE FROM etl_keys WHERE run_id <= ?", [run_id - CHANGED_KEEP_RUNS])
     return int(run_id)
 
 

@@ -31,6 +31,11 @@ BOOKKEEPING = [
     # in which a merged row differs from the version it replaced (etl/load.py _changed_sql)
     """CREATE TABLE IF NOT EXISTS etl_changed (run_id BIGINT, source VARCHAR, table_name VARCHAR,
        column_name VARCHAR)""",
+    # per merged table with a one-column key: the keys a run merged, or one NULL key when it
+    # merged more than etl/load.py KEYS_MAX_ROWS (not recorded); the KPI worker re-derives the
+    # rows of its kept prelude tables for these keys (kpis/prelude.py)
+    """CREATE TABLE IF NOT EXISTS etl_keys (run_id BIGINT, source VARCHAR, table_name VARCHAR,
+       key VARCHAR)""",
     # per nightly metering table: the window high of its last full re-read of the long overlap
     """CREATE TABLE IF NOT EXISTS etl_reread (source VARCHAR, table_name VARCHAR, high TIMESTAMP)""",
     # per nightly metering table: how far the sweep in progress has re-read the long overlap

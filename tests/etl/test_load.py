@@ -168,6 +168,28 @@ def test_changed_columns_name_what_a_merge_changed(env, settings, wh):
 
 
 
+def test_a_run_records_the_keys_it_merged(env, settings, wh, monkeypatch):
+    """The KPI worker re-derives the rows of its kept tables (k_wo, k_bill, ...) for the keys a
+    run merged: recorded per table with a one-column key, or one NULL key (not recorded) when a
+    run merged more than KEYS_MAX_ROWS rows of it."""
+    from etl import load
+    insert(env, {"cs_work_order": [wo("W1"), wo("W2")]})
+    first = run_two(settings, wh)
+
+    def keys(run_id):
+        return sorted((r[0] for r in q(wh, "SELECT key FROM etl_keys WHERE run_id = ? "
+                                           "AND table_name = 'cs_work_order'", [run_id])),
+                      key=str)
+
+    assert keys(first.run_id) == ["W1", "W2"]
+    insert(env, {"cs_work_order": [wo("W1", upd=U1, status_code="05")]})
+    assert keys(run_two(settings, wh).run_id) == ["W1"]
+    monkeypatch.setattr(load, "KEYS_MAX_ROWS", 1)
+    insert(env, {"cs_work_order": [wo("W2", upd="2030-01-01 10:00:00", status_code="05"),
+                                   wo("W3", upd="2030-01-01 10:00:00")]})
+    assert keys(run_two(settings, wh).run_id) == [None]
+
+
 def test_changed_columns_are_kept_for_a_day_of_runs(env, settings, wh, monkeypatch):
     from etl import pipeline
     monkeypatch.setattr(pipeline, "CHANGED_KEEP_RUNS", 2)
@@ -176,6 +198,8 @@ def test_changed_columns_are_kept_for_a_day_of_runs(env, settings, wh, monkeypat
         insert(env, {"cs_work_order": [wo(f"W{i}", upd=upd)]})
         runs.append(run_two(settings, wh).run_id)
     assert q(wh, "SELECT DISTINCT run_id FROM etl_changed ORDER BY 1") == [(runs[1],), (runs[2],)]
+    assert q(wh, "SELECT DISTINCT run_id FROM etl_keys WHERE table_name = 'cs_work_order' "
+                 "ORDER BY 1") == [(runs[1],), (runs[2],)]
 
 
 def test_dimensions_follow_the_parent_tree_and_calendar(env, settings, wh):
