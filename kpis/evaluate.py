@@ -17,7 +17,7 @@ from kpis.compile import is_relative, status_sql
 from kpis.dependencies import prelude_objects, tables_read
 from kpis.periods import Period, day, days_of, hours_of, month, snapshot
 from kpis.prelude import ON_DEMAND, apply_prelude, refresh_on_demand
-from kpis.registry import Registry
+from kpis.registry import Registry, day_additive
 from kpis.spec import KpiDef
 
 log = logging.getLogger(__name__)
@@ -476,9 +476,10 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         dirty, top = _dirty_dates(con, past_run)
     # Open periods: today, this month and the running hour (with the one before it, whose last
     # rows an ETL lag may bring after the new hour's sweep); past days of this month when their
-    # dates turn up in etl_dirty; today's earlier hours, a closed month's days and the month
-    # itself at the next sweep. The dirty dates cannot say which hour a late row belongs to,
-    # and by mid-afternoon the 12 hourly KPIs re-read 15 closed hours every pass for it.
+    # dates turn up in etl_dirty and the month is summed from stored days; other past days,
+    # today's earlier hours, a closed month's days and the month itself at the next sweep. The
+    # dirty dates cannot say which hour a late row belongs to, and by mid-afternoon the 12
+    # hourly KPIs re-read 15 closed hours every pass for it.
     today = day(as_of.date())
     hours = hours_of(today) if sweep else [h for h in hours_of(today)
                                            if as_of - timedelta(hours=1) < h.we and h.ws <= as_of]
@@ -508,6 +509,11 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         if k.id not in always and (not reads & dirty_tables or k.id in same):
             continue
         periods = set(base)
+        if not sweep and not day_additive(k):
+            # A past day is closed: its restatement waits for the sweep like a closed month's.
+            # Only a month summed from stored days (kpis/day_store.py) needs its dirty days now.
+            plan.append((k, periods_for(k, sorted(periods), as_of)))
+            continue
         for t in reads:
             periods |= by_table.get(t, set())
         if k.shape == "rolling" and any(t in by_table for t in reads):

@@ -110,6 +110,26 @@ def test_restatements_of_closed_months_wait_for_the_sweep_and_are_revised(con, r
         ("monthly", "2024-06-01", 2.0, 3.0)]
 
 
+def test_a_past_day_waits_for_the_sweep_unless_its_month_is_summed_from_days(con):
+    """The same counts, with months read from the facts (day_additive: false, as for stocks,
+    distinct counts and rolling windows): a late row for 07-08 changes the open month at
+    once, but 07-08 itself is a closed day, restated at the next sweep. (With months summed
+    from stored days the day is read at once: the month needs it; first test above.)"""
+    full = load_registry()
+    k = full.get(KPI).model_copy(update={"day_additive": False})
+    registry = Registry(kpis={KPI: k}, where={KPI: full.where[KPI]})
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, registry, t0).errors
+    assert value(con, "daily", "2024-07-08") == 0                   # S1 had none that day
+    insert(con, 2, app("P1", "2024-07-08 16:00:00"))
+    assert not evaluate_incremental(con, registry, t0 + timedelta(minutes=1)).errors
+    assert value(con, "monthly", "2024-07-01") == 2                 # A3, P1: open, fresh
+    assert value(con, "daily", "2024-07-08") == 0                   # closed: not yet
+    assert not evaluate_incremental(con, registry, t0 + SWEEP_EVERY).errors
+    assert value(con, "daily", "2024-07-08") == 1
+    assert value(con, "monthly", "2024-07-01") == 2
+
+
 def test_a_new_hour_is_a_sweep(con, registry):
     assert not evaluate_incremental(con, registry, datetime(2024, 7, 10, 12, 58)).errors
     insert(con, 2, app("L1", "2024-06-05 11:00:00"))
