@@ -67,6 +67,40 @@ def test_today_and_the_running_month_get_the_same_stock(registry):
                                   "monthly 2024-06-01 00:00:00": 50.0})
 
 
+def test_a_statement_bounds_its_rows_by_its_earliest_period(registry):
+    """metering.daily_collect_success_rate filters on periods_from(), which the batched engine
+    replaces by the earliest ws of the statement's periods. Worked by hand: E1 succeeds on
+    06-30, 07-01 and 07-02, E2 fails on 07-01 (successes before 09:00 of the next day; as_of
+    07-03 10:00). Evaluated together, 07-02 (1/1), July (E1 twice, E2's failure: 2/3) and June
+    (06-30: 1/1): the bound is June's start, so neither July's 07-01 nor June's row is lost."""
+    con = duckdb.connect()
+    meters = [{"meter_asset_no": m, "org_no": "S1", "tg_no": None, "status_code": "01",
+               "coll_flag": 1, "terminal_id": "T1"} for m in ("E1", "E2")]
+
+    def row(m, d, ok):
+        return {"meter_asset_no": m, "data_date": d, "org_no": "S1", "tg_no": None,
+                "coll_status": "01" if ok else "02", "terminal_id": "T1",
+                "success_time": f"{d} 23:00:00" if ok else None}
+
+    load_inputs(con, {"inputs": {
+        "meter_terminal": [{"terminal_id": "T1", "terminal_type": "01", "org_no": "S1",
+                            "run_status": "01"}],
+        "meter_coll_obj": meters,
+        "meter_collection_daily": [row("E1", "2024-06-30", True), row("E1", "2024-07-01", True),
+                                   row("E2", "2024-07-01", False), row("E1", "2024-07-02", True)]}})
+    as_of = datetime(2024, 7, 3, 10, 0)
+    k = registry.get("metering.daily_collect_success_rate").model_copy(update={"min_sample": None})
+    assert "periods_from()" in k.facts
+    s = evaluate_and_store(con, registry, [day(datetime(2024, 7, 2).date()), month(2024, 7),
+                                           month(2024, 6)], as_of, kpis=[k], computed_at=as_of)
+    assert not s.errors
+    rows = dict(con.execute("SELECT grain || ' ' || CAST(period_start AS VARCHAR), value "
+                            "FROM kpi_value WHERE org_no = 'S1'").fetchall())
+    assert rows == pytest.approx({"daily 2024-07-02 00:00:00": 100.0,
+                                  "monthly 2024-07-01 00:00:00": 200 / 3,
+                                  "monthly 2024-06-01 00:00:00": 100.0})
+
+
 def test_a_prelude_table_not_needed_is_kept_or_created_empty():
     con = duckdb.connect()
     load_inputs(con, {"inputs": {"cs_work_order": [
