@@ -208,12 +208,12 @@ def _run_chunk(con: duckdb.DuckDBPyConnection, chunk: Sequence[tuple[int, KpiDef
             con.execute(f"DELETE FROM _present WHERE kix IN ({kixs})")
             raise
 
-    try:
-        run(chunk)
-        return [i for i, _, _ in chunk]
-    except duckdb.Error:
-        if len(chunk) == 1:
-            raise
+    if len(chunk) > 1:
+        try:
+            run(chunk)
+            return [i for i, _, _ in chunk]
+        except duckdb.Error:
+            pass
     ok = []
     for item in chunk:
         try:
