@@ -71,6 +71,15 @@ CREATE OR REPLACE MACRO wdl(t, n) AS
      WHERE c.work_flag = 1 AND c.wd_index = (SELECT d.wd_index FROM k_calendar d
                                              WHERE d.cal_date = CAST(t AS DATE)) + n + 1);
 
+-- A text field filled in: not NULL and not only blanks, i.e. NULLIF(TRIM(x), '') IS NOT NULL.
+-- TRIM of every value was 0.7 s of 3.5 M customers x 3 fields at city (CJK text); only a value
+-- whose first character is one TRIM removes (the Unicode space separators, listed) needs it.
+CREATE OR REPLACE MACRO has_text(x) AS
+    CASE WHEN x IS NULL OR x = '' THEN FALSE
+         WHEN unicode(x) NOT IN (32, 160, 5760, 8192, 8193, 8194, 8195, 8196, 8197, 8198, 8199,
+                                 8200, 8201, 8202, 8239, 8287, 12288) THEN TRUE
+         ELSE trim(x) <> '' END;
+
 -- ACTIVE(c, T): on the books at instant T (X = the date of the instant just before T).
 CREATE OR REPLACE MACRO is_active(is_deleted, build_date, created_at, cancel_date, status_code, t) AS
     is_deleted = 0
