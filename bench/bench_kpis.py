@@ -97,6 +97,10 @@ def full_periods(as_of: datetime) -> list[Period]:
     return sorted({today, cur, previous_month(cur), *hours_of(today)})
 
 
+# kpis/batch.py's facts statements (a statement of KPIs that share a subquery opens with WITH)
+FACTS_STATEMENTS = ("INSERT INTO _fr SELECT * FROM (", "INSERT INTO _fr WITH ")
+
+
 class Timed:
     """A connection that adds up the time of each kind of statement the engine sends."""
 
@@ -110,7 +114,7 @@ class Timed:
             return self._con.execute(sql, *args)
         finally:
             text = " ".join(sql.split())
-            kind = ("facts (reduced per KPI, period, org, grid)" if text.startswith("INSERT INTO _fr SELECT * FROM (")
+            kind = ("facts (reduced per KPI, period, org, grid)" if text.startswith(FACTS_STATEMENTS)
                     else "kept prelude tables (kpis/prelude.py)" if ("kpi_prelude_state" in text or "_k_aff" in text
                                                                     or "FROM etl_run" in text)
                     else "wake by columns (kpis/wake.py)" if "kpi_wake_fp" in text or "SUM(hash(" in text

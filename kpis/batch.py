@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
 import duckdb
 
 from kpis import day_store as day_store_mod
+from kpis import shared
 from kpis.compile import (_EXACT, PERIODS_DDL, _additive, compile_kpi,
                           status_sql, value_sql)
 from kpis.periods import Period
@@ -73,19 +75,22 @@ def te_only(k: KpiDef) -> bool:
 PERIODS_FROM = "periods_from()"
 
 
-def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: datetime | None = None) -> str:
+def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: datetime | None = None,
+            facts: str | None = None) -> str:
     """The KPI's facts reduced by their own (pid, org_no, grid_no): the rows of compile._agg_cte's
     `fg` before attribution (see _ATTRIBUTE), and the rows the day store keeps for a day.
 
     Reduced first and attributed after: at city scale a stock of 3.5 M customers per period paid
     two k_org look-ups per fact row. DECIMAL sums are exact, so summing the partial sums gives
     the same values to the last bit. lo: the earliest ws of the loaded periods, written in
-    place of periods_from()."""
+    place of periods_from(). facts: the facts to use in place of the definition's (its shared
+    subqueries lifted to the statement's top, _facts_sql)."""
     exact = _EXACT.format
     sample = f"SUM({exact('sample')})" if "sample" in cols else f"SUM({exact('den')})"
     pending = "BOOL_OR(pending)" if "pending" in cols else "FALSE"
     missing = "BOOL_OR(missing)" if "missing" in cols else "FALSE"
-    facts = k.facts if lo is None else k.facts.replace(PERIODS_FROM, f"TIMESTAMP '{lo:%Y-%m-%d %H:%M:%S}'")
+    facts = k.facts if facts is None else facts
+    facts = facts if lo is None else facts.replace(PERIODS_FROM, f"TIMESTAMP '{lo:%Y-%m-%d %H:%M:%S}'")
     return f"""SELECT * FROM (-- {k.id} (named for profiles and logs)
 WITH f AS (
 {facts}
@@ -93,6 +98,20 @@ WITH f AS (
 SELECT {kix} AS kix, pid, org_no, grid_no, SUM({exact('num')}) AS num, SUM({exact('den')}) AS den,
        {sample} AS sample, {pending} AS pending, {missing} AS missing
 FROM f GROUP BY pid, org_no, grid_no)"""
+
+
+def _facts_sql(items: Sequence[tuple[int, KpiDef, set[str]]], lo: datetime | None) -> str:
+    """The reduced facts of several KPIs as one statement. A shared subquery (kpis/shared.py)
+    that two or more of them read is stated once at the top and computed once for all."""
+    splits = {kix: shared.split(k.facts) for kix, k, _ in items}
+    counts = Counter(n for names, _ in splits.values() for n in names)
+    lifted = [n for n in shared.definitions() if counts[n] > 1]
+    parts = []
+    for kix, k, cols in items:
+        names, inner = splits[kix]
+        own = not names or not set(names) <= set(lifted)
+        parts.append(_fr_sql(kix, k, cols, lo, None if own else inner))
+    return shared.with_clause(lifted) + "\nUNION ALL\n".join(parts)
 
 
 # _fr attributed to known units (unknown org -> the root; a grid only when known), for the
@@ -205,7 +224,7 @@ def _run_chunk(con: duckdb.DuckDBPyConnection, chunk: Sequence[tuple[int, KpiDef
     so that one broken KPI fails alone. Returns the kixs that succeeded."""
     def run(items: Sequence[tuple[int, KpiDef, set[str]]]) -> None:
         try:
-            con.execute("INSERT INTO _fr " + "\nUNION ALL\n".join(_fr_sql(i, k, c, lo) for i, k, c in items))
+            con.execute("INSERT INTO _fr " + _facts_sql(items, lo))
             con.execute("INSERT INTO _present "
                         + "\nUNION ALL\n".join(_presence_sql(i, k) for i, k, _ in items))
         except duckdb.Error:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import ValidationError
 
+from kpis import shared
 from kpis.errors import KpiError
 from kpis.spec import SOURCES, UNITS, KpiDef
 from kpis.thresholds import parse_threshold
@@ -286,6 +287,8 @@ def load_registry(directory: Path = DEFINITIONS_DIR, rules: Sequence[Rule] = DEF
         for raw in doc["kpis"]:
             line = raw.get("__line__") if isinstance(raw, dict) else None
             item = {**defaults, **_strip(raw), "theme": doc["theme"]}
+            if isinstance(item.get("facts"), str):
+                item["facts"] = shared.expand(item["facts"])
             try:
                 parsed.append(Located(path.name, line or 0, KpiDef.model_validate(item)))
             except ValidationError as exc:

@@ -116,3 +116,45 @@ def test_a_prelude_table_not_needed_is_kept_or_created_empty():
     assert con.execute("SELECT COUNT(*) FROM k_wo").fetchone()[0] == 1
     apply_prelude(con)                                                      # None: all rebuilt
     assert con.execute("SELECT COUNT(*) FROM k_wo").fetchone()[0] == 0
+
+
+class _Recording:
+    """The engine's connection, keeping the statements that insert reduced facts."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con, self.facts = con, []
+
+    def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
+        if sql.startswith("INSERT INTO _fr ") and "-- reliability." in sql:
+            self.facts.append(sql)
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._con, name)
+
+
+def test_a_shared_subquery_is_computed_once_for_the_kpis_of_a_statement(registry):
+    """reliability.saifi and reliability.asai both count the customers on the books at each
+    period end (kpis/sql/shared.sql k_active_n): evaluated together, one statement states it
+    once. Worked by hand, no outages, as_of 2024-08-05: C1 built 06-01, C2 built 07-05, C3 built
+    in 2023 and cancelled 06-15 (off the books from that day). End of June: C1 = 1 customer; end
+    of July: C1, C2 = 2. SAIFI's denominator is N; ASAI's is N x the hours of the 12 months
+    before the period end (2023-07-01..2024-07-01 and 2023-08-01..2024-08-01: 366 days, 8,784 h)."""
+    con = duckdb.connect()
+    c3 = {**_customer("C3", "S1", "2023-03-01", "201"), "cancel_date": "2024-06-15",
+          "status_code": "04"}
+    load_inputs(con, {"inputs": {"mis_customer": [_customer("C1", "S1", "2024-06-01", "201"),
+                                                  _customer("C2", "S1", "2024-07-05", "201"), c3]}})
+    as_of = datetime(2024, 8, 5, 10, 0)
+    kpis = [registry.get(i).model_copy(update={"min_sample": None})
+            for i in ("reliability.saifi", "reliability.asai")]
+    rec = _Recording(con)
+    s = evaluate_and_store(rec, registry, [month(2024, 6), month(2024, 7)], as_of, kpis=kpis,
+                           computed_at=as_of)
+    assert not s.errors
+    assert len(rec.facts) == 1 and rec.facts[0].count("k_active_n AS MATERIALIZED") == 1
+    assert "-- reliability.saifi" in rec.facts[0] and "-- reliability.asai" in rec.facts[0]
+    rows = {(r[0], str(r[1].date())): r[2] for r in con.execute(
+        "SELECT kpi_id, period_start, denominator FROM kpi_value WHERE org_no = 'S1'").fetchall()}
+    assert rows == {("reliability.saifi", "2024-06-01"): 1, ("reliability.saifi", "2024-07-01"): 2,
+                    ("reliability.asai", "2024-06-01"): 8784, ("reliability.asai", "2024-07-01"): 17568}
