@@ -75,6 +75,10 @@ def te_only(k: KpiDef) -> bool:
 PERIODS_FROM = "periods_from()"
 
 
+def _bounded(sql: str, lo: datetime | None) -> str:
+    return sql if lo is None else sql.replace(PERIODS_FROM, f"TIMESTAMP '{lo:%Y-%m-%d %H:%M:%S}'")
+
+
 def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: datetime | None = None,
             facts: str | None = None) -> str:
     """The KPI's facts reduced by their own (pid, org_no, grid_no): the rows of compile._agg_cte's
@@ -89,8 +93,7 @@ def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: datetime | None = None,
     sample = f"SUM({exact('sample')})" if "sample" in cols else f"SUM({exact('den')})"
     pending = "BOOL_OR(pending)" if "pending" in cols else "FALSE"
     missing = "BOOL_OR(missing)" if "missing" in cols else "FALSE"
-    facts = k.facts if facts is None else facts
-    facts = facts if lo is None else facts.replace(PERIODS_FROM, f"TIMESTAMP '{lo:%Y-%m-%d %H:%M:%S}'")
+    facts = _bounded(k.facts if facts is None else facts, lo)
     return f"""SELECT * FROM (-- {k.id} (named for profiles and logs)
 WITH f AS (
 {facts}
@@ -111,7 +114,7 @@ def _facts_sql(items: Sequence[tuple[int, KpiDef, set[str]]], lo: datetime | Non
         names, inner = splits[kix]
         own = not names or not set(names) <= set(lifted)
         parts.append(_fr_sql(kix, k, cols, lo, None if own else inner))
-    return shared.with_clause(lifted) + "\nUNION ALL\n".join(parts)
+    return _bounded(shared.with_clause(lifted), lo) + "\nUNION ALL\n".join(parts)
 
 
 # _fr attributed to known units (unknown org -> the root; a grid only when known), for the

@@ -75,3 +75,22 @@ o AS (
     FROM b JOIN iv ON iv.bill_id = b.bill_id
 )
 SELECT * FROM o;
+
+-- shared: k_coll_day
+-- Collection rows of meters in collection scope (meter_coll_obj coll_flag 1, not deleted),
+-- placed in the periods by data_date (pid), without the 免采 rows (coll_status 04): day D's row
+-- counts (num 1) when collected successfully before 09:00 of D+1, a success later than as_of not
+-- having happened yet. Both collection success rates read it (the join of a day's rows to the
+-- collection objects on the meter's text key was most of each one's facts at city).
+SELECT p.pid, m.org_no, t.grid_no, m.terminal_id,
+       m.meter_asset_no || '/' || CAST(m.data_date AS VARCHAR) AS item_key,
+       CASE WHEN m.coll_status = '01'
+                 AND upto(m.success_time, p.as_of) < CAST(m.data_date AS TIMESTAMP) + INTERVAL 33 HOUR
+            THEN 1 ELSE 0 END AS num
+FROM meter_collection_daily m
+JOIN _periods p ON CAST(m.data_date AS TIMESTAMP) >= p.ws AND CAST(m.data_date AS TIMESTAMP) < p.te
+JOIN meter_coll_obj o ON o.meter_asset_no = m.meter_asset_no AND o.is_deleted = 0 AND o.coll_flag = 1
+LEFT JOIN dist_tg t ON t.tg_no = m.tg_no AND t.is_deleted = 0
+-- (periods_from(): the row groups of older days skipped, kpi-definitions.md)
+WHERE m.is_deleted = 0 AND m.coll_status <> '04'
+  AND m.data_date >= CAST(periods_from() AS DATE);

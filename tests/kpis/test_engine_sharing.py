@@ -125,7 +125,7 @@ class _Recording:
         self._con, self.facts = con, []
 
     def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
-        if sql.startswith("INSERT INTO _fr ") and "-- reliability." in sql:
+        if sql.startswith("INSERT INTO _fr ") and ("-- reliability." in sql or "-- metering." in sql):
             self.facts.append(sql)
         return self._con.execute(sql, *args)
 
@@ -158,3 +158,47 @@ def test_a_shared_subquery_is_computed_once_for_the_kpis_of_a_statement(registry
         "SELECT kpi_id, period_start, denominator FROM kpi_value WHERE org_no = 'S1'").fetchall()}
     assert rows == {("reliability.saifi", "2024-06-01"): 1, ("reliability.saifi", "2024-07-01"): 2,
                     ("reliability.asai", "2024-06-01"): 8784, ("reliability.asai", "2024-07-01"): 17568}
+
+
+def test_a_lifted_subquery_keeps_the_statements_bound(registry):
+    """Both collection success rates read k_coll_day, which filters on periods_from(): lifted to
+    the top of their statement, it must still get the earliest ws as the bound. Worked by hand
+    (successes before 09:00 of the next day; as_of 07-03 10:00): E1 and E2 behind terminal T1
+    (type 01), E3 behind T2 (03, a special transformer). E1 succeeds 06-30, 07-01, 07-02; E2
+    fails 07-01; E3 fails 06-30 and succeeds 07-02. All meters: 07-02 2/2, July 3/4, June 1/2.
+    Special (E3 only): 07-02 1/1, July 1/1, June 0/1."""
+    con = duckdb.connect()
+    meters = [{"meter_asset_no": m, "org_no": "S1", "tg_no": None, "status_code": "01",
+               "coll_flag": 1, "terminal_id": t} for m, t in (("E1", "T1"), ("E2", "T1"), ("E3", "T2"))]
+
+    def row(m, t, d, ok):
+        return {"meter_asset_no": m, "data_date": d, "org_no": "S1", "tg_no": None,
+                "coll_status": "01" if ok else "02", "terminal_id": t,
+                "success_time": f"{d} 23:00:00" if ok else None}
+
+    load_inputs(con, {"inputs": {
+        "meter_terminal": [{"terminal_id": t, "terminal_type": ty, "org_no": "S1", "run_status": "01"}
+                           for t, ty in (("T1", "01"), ("T2", "03"))],
+        "meter_coll_obj": meters,
+        "meter_collection_daily": [row("E1", "T1", "2024-06-30", True), row("E1", "T1", "2024-07-01", True),
+                                   row("E2", "T1", "2024-07-01", False), row("E1", "T1", "2024-07-02", True),
+                                   row("E3", "T2", "2024-06-30", False), row("E3", "T2", "2024-07-02", True)]}})
+    as_of = datetime(2024, 7, 3, 10, 0)
+    kpis = [registry.get(i).model_copy(update={"min_sample": None})
+            for i in ("metering.daily_collect_success_rate", "metering.collect_success_rate_special")]
+    rec = _Recording(con)
+    s = evaluate_and_store(rec, registry, [day(datetime(2024, 7, 2).date()), month(2024, 7),
+                                           month(2024, 6)], as_of, kpis=kpis, computed_at=as_of)
+    assert not s.errors
+    assert len(rec.facts) == 1 and rec.facts[0].count("k_coll_day AS MATERIALIZED") == 1
+    assert "periods_from()" not in rec.facts[0]
+    rows = {(r[0], r[1]): r[2] for r in con.execute(
+        "SELECT kpi_id, grain || ' ' || CAST(period_start AS VARCHAR), value "
+        "FROM kpi_value WHERE org_no = 'S1'").fetchall()}
+    assert rows == pytest.approx({
+        ("metering.daily_collect_success_rate", "daily 2024-07-02 00:00:00"): 100.0,
+        ("metering.daily_collect_success_rate", "monthly 2024-07-01 00:00:00"): 75.0,
+        ("metering.daily_collect_success_rate", "monthly 2024-06-01 00:00:00"): 50.0,
+        ("metering.collect_success_rate_special", "daily 2024-07-02 00:00:00"): 100.0,
+        ("metering.collect_success_rate_special", "monthly 2024-07-01 00:00:00"): 100.0,
+        ("metering.collect_success_rate_special", "monthly 2024-06-01 00:00:00"): 0.0})
