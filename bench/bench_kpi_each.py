@@ -3,12 +3,16 @@ prelude tables cost to build.
 
 Usage: python bench/bench_kpi_each.py --data-dir DIR [--kpi 'billing.*,customer.tq_*'] [--top 40]
                                       [--periods full|minute] [--build k_bill,k_settle_mp]
+                                      [--together N]
 DIR holds warehouse.duckdb and simulator_state.json as `app.py worker` leaves them; the run
 writes into the warehouse (prelude tables, temp results): use a copy.
 --periods full: today, its hours, the current and the last closed month (bench_kpis (a));
 minute: today, its hours and the current month (what an ordinary worker pass evaluates).
 Each KPI is computed alone (kpis.batch.compute_plan), so the sum is more than a batched
 evaluation: each pays its own roll-up. Prints wall and CPU seconds per KPI, slowest first.
+--together N: instead, the chosen KPIs as one plan, N times (what a pass does with them: shared
+subqueries computed once per statement, one roll-up), and a digest of the result rows, so that
+two versions of the code can be compared for time and values on the same warehouse.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--periods", choices=("full", "minute"), default="full")
     ap.add_argument("--build", default="", help="on-demand tables to time a build of, comma-separated")
+    ap.add_argument("--together", type=int, default=0, help="time the KPIs as one plan, N runs")
     args = ap.parse_args()
     from simulator import state
     con = duckdb.connect(str(args.data_dir / "warehouse.duckdb"))
@@ -65,6 +70,22 @@ def main() -> None:
     today, cur = day(as_of.date()), month(as_of.year, as_of.month)
     requested = sorted({today, cur, *hours_of(today)}
                        | ({previous_month(cur)} if args.periods == "full" else set()))
+    if args.together:
+        plan = [(k, periods_for(k, requested, as_of)) for k in chosen]
+        for _ in range(args.together):
+            errors = {}
+            start = load()
+            t, c = time.perf_counter(), time.process_time()
+            compute_plan(con, plan, as_of, errors)
+            print(f"{len(chosen)} KPIs as one plan, periods {args.periods}: {time.perf_counter() - t:.2f} s wall, "
+                  f"{time.process_time() - c:.2f} s CPU, errors {len(errors)}; {start}")
+        digest = con.execute("SELECT COUNT(*), md5(string_agg(concat_ws('|', kpi_id, org_no, grain, "
+                             "period_start, value, numerator, denominator, status), ';' ORDER BY kpi_id, "
+                             "org_no, grain, period_start)) FROM _result").fetchone()
+        print(f"result rows {digest[0]}, digest {digest[1]}")
+        print(f"reproduce: python bench/bench_kpi_each.py --data-dir DIR --kpi '{args.kpi}' "
+              f"--periods {args.periods} --together {args.together}")
+        return
     rows = []
     start = load()
     for k in chosen:
