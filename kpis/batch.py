@@ -264,16 +264,16 @@ def _run_group(con: duckdb.DuckDBPyConnection, periods: Sequence[Period],
     for p in periods:
         first.setdefault(p.te(as_of), p)
     copies = [(pid_of[first[p.te(as_of)]], pid_of[p]) for p in periods if first[p.te(as_of)] != p]
-    shared = [it for it in items if te_only(it[1])] if copies else []
+    one_te = [it for it in items if te_only(it[1])] if copies else []
     rest = [it for it in items if not (copies and te_only(it[1]))]
-    for chosen, group in ((list(first.values()), shared), (periods, rest)):
+    for chosen, group, copied in ((list(first.values()), one_te, True), (periods, rest, False)):
         if not group:
             continue
         load_periods(con, "_periods", [pid_of[p] for p in chosen], chosen, as_of)
         done: list[int] = []
         for start in range(0, len(group), CHUNK):
             done.extend(_run_chunk(con, group[start:start + CHUNK], errors, min(p.ws for p in chosen)))
-        if done and group is shared:
+        if done and copied:
             kixs = ", ".join(str(i) for i in done)
             pairs = ", ".join(f"({a}, {b})" for a, b in copies)
             for table in ("_fr", "_present"):
