@@ -90,9 +90,123 @@ def tables_read(k: KpiDef) -> frozenset[str]:
 
 
 # Any of these can read columns the SQL does not name: a star (SELECT *, alias.*), a NATURAL
-# join, COLUMNS(...), * EXCLUDE / REPLACE.
+# join, COLUMNS(...), * EXCLUDE / REPLACE. (_reads_whole_rows lets a star over a CTE or a
+# derived table pass: see there.)
 _ANY_COLUMN = re.compile(r"\bselect\s+(?:distinct\s+)?\*|\w\.\*|\bnatural\b|\bcolumns\s*\(|"
                          r"\*\s*(?:exclude|replace)\b")
+_UNNAMED = re.compile(r"\bnatural\b|\bcolumns\s*\(")
+_SQL_TOKEN = re.compile(r"'(?:[^']|'')*'|\w+|[().,*;]")
+_CTE_NAME = re.compile(r"\b(\w+)\s+as\s+(?:not\s+)?(?:materialized\s+)?\(")
+# the words that end a FROM clause, or follow a table where an alias could stand
+_CLAUSE_END = frozenset({"where", "group", "order", "having", "qualify", "window", "limit", "union",
+                         "except", "intersect", "returning", ";"})
+_NOT_ALIAS = frozenset({"on", "using", "join", "left", "right", "inner", "outer", "full", "cross",
+                        "semi", "anti", "asof", "positional", "lateral", "natural", "where", "group",
+                        "order", "having", "qualify", "window", "limit", "union", "except",
+                        "intersect", "as", "tablesample"})
+
+
+def _from_items(toks: list[str], i: int) -> list[tuple[str, str]] | None:
+    """(source, alias) of the FROM clause of the SELECT whose list holds token i; source '('
+    for a derived table or a table function. None when no FROM follows at that depth."""
+    depth = 0
+    while i < len(toks):
+        t = toks[i]
+        if t == "(":
+            depth += 1
+        elif t == ")":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif depth == 0 and t == "from":
+            break
+        elif depth == 0 and t in _CLAUSE_END:
+            return None
+        i += 1
+    else:
+        return None
+    items: list[tuple[str, str]] = []
+    i += 1
+    expect = True      # an item starts here (after FROM, a comma or JOIN)
+    while i < len(toks):
+        t = toks[i]
+        if t == ")" or t in _CLAUSE_END:
+            break
+        if t in (",", "join"):
+            expect = True
+            i += 1
+            continue
+        if t == "(" and not expect:      # ON/USING conditions: skip the group
+            i = _skip_group(toks, i)
+            continue
+        if expect and t not in _NOT_ALIAS - {"lateral"}:
+            if t == "lateral":
+                i += 1
+                continue
+            if t == "(":
+                source, i = "(", _skip_group(toks, i)
+            else:
+                source = t
+                i += 1
+                while i + 1 < len(toks) and toks[i] == ".":       # schema.table
+                    source, i = toks[i + 1], i + 2
+                if i < len(toks) and toks[i] == "(":              # a table function
+                    source, i = "(", _skip_group(toks, i)
+            if i < len(toks) and toks[i] == "as":
+                i += 1
+            alias = source
+            if i < len(toks) and re.fullmatch(r"\w+", toks[i]) and toks[i] not in _NOT_ALIAS:
+                alias = toks[i]
+                i += 1
+            items.append((source, alias))
+            expect = False
+            continue
+        i += 1
+    return items
+
+
+def _skip_group(toks: list[str], i: int) -> int:
+    """The index after the parenthesised group opening at i."""
+    depth = 0
+    while i < len(toks):
+        depth += toks[i] == "("
+        depth -= toks[i] == ")"
+        i += 1
+        if depth == 0:
+            break
+    return i
+
+
+def _reads_whole_rows(text: str) -> bool:
+    """Whether the SQL (lower case, comments dropped) can read columns of a table that it does
+    not name: a NATURAL join, COLUMNS(...), or a star over a contract table or a prelude object.
+    A star over a CTE of the text, or over a derived table, passes on columns that the text
+    names in that CTE or subquery (its own stars are checked in turn): the shared-subquery
+    wrapper (`SELECT * FROM (facts)`) and `SELECT * FROM intr` leave a KPI's columns known."""
+    if _UNNAMED.search(text):
+        return True
+    if not _ANY_COLUMN.search(text):
+        return False
+    toks = _SQL_TOKEN.findall(text)
+    ctes = set(_CTE_NAME.findall(text))
+    named = _contract_tables() | set(_prelude_bodies())
+    for i, t in enumerate(toks):
+        if t != "*" or i == 0:
+            continue
+        before = toks[i - 1]
+        if before == ".":
+            alias = toks[i - 2] if i >= 2 else ""
+        elif before in ("select", "distinct", ","):
+            alias = None
+        else:
+            continue        # COUNT(*), a product
+        items = _from_items(toks, i + 1)
+        if items is None:
+            return True
+        sources = [s for s, a in items if alias is None or a == alias]
+        if not sources or any(s in named or (s != "(" and s not in ctes) for s in sources):
+            return True
+    return False
 
 
 @lru_cache(maxsize=1)
@@ -119,7 +233,7 @@ def _columns_read(facts: str, presence: str, table: str) -> frozenset[str] | Non
     objects = {o for w in _WORD.findall(code) for o in refs.get(w, ())}
     texts = [code] + [_prelude_texts()[o] for o in sorted(objects)
                       if table in _prelude_tables().get(o, ()) and o in _prelude_texts()]
-    if any(_ANY_COLUMN.search(t) for t in texts):
+    if any(_reads_whole_rows(t) for t in texts):
         return None
     columns = {c.name for c in load_contract().tables[table].columns}
     return frozenset(w for t in texts for w in _WORD.findall(t) if w in columns)
@@ -175,7 +289,7 @@ def _columns_named(facts: str, presence: str, table: str) -> frozenset[str] | No
     if table in ALWAYS or table not in _contract_tables():
         return None
     code = _COMMENT.sub("", f"{facts}\n{presence}").lower()
-    if _ANY_COLUMN.search(code):
+    if _reads_whole_rows(code):
         return None
     objects = {o for w in _WORD.findall(code) for o in _prelude_refs().get(w, ())}
     texts = [_prelude_texts()[o] for o in sorted(objects)

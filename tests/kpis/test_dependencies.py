@@ -75,3 +75,49 @@ def test_k_settle_mp_readers_are_not_woken_by_heartbeats(registry):
         cols = columns_read(registry.get(kpi), "meter_terminal")
         assert cols is not None and "last_online_time" not in cols, kpi
     assert prelude_objects(registry.get("customer.smart_meter_coverage")) == {"k_settle_mp", "is_active"}
+
+
+@pytest.mark.parametrize("sql, whole", [
+    # a star over a derived table or a CTE passes on columns the text names
+    ("select * from (select cons_no, grid_no from mis_customer) as x", False),
+    ("with i as (select outage_id, org_no from dist_outage) select * from i where org_no = 'a'", False),
+    ("with i as (select outage_id from dist_outage) select c.cons_no, i.* from mis_customer c "
+     "join i on i.outage_id = c.cons_no", False),
+    # ... but not over a contract table or a prelude table, however it is written
+    ("select * from mis_customer", True),
+    ("select * from main.mis_customer", True),
+    ("with i as (select outage_id from dist_outage) select c.* from mis_customer c "
+     "join i on i.outage_id = c.cons_no", True),
+    ("select b.* from k_bill b", True),
+    ("with i as (select outage_id from dist_outage) select * from i, mis_customer", True),
+    # an alias is resolved in the FROM clause of its own SELECT: `b` is k_bill in one scope and
+    # the CTE b in the other
+    ("with b as (select b.bill_id, b.org_no from k_bill b) select b.* from b", False),
+    ("with b as (select b.* from k_bill b) select b.bill_id from b", True),
+    # the star of a CTE's own body counts too
+    ("with i as (select * from dist_outage) select * from i", True),
+    # not stars
+    ("select count(*), 2 * num from (select org_no, 1 as num from mis_customer) x", False),
+    # columns no text names
+    ("select org_no from mis_customer natural join mis_org", True),
+    ("select columns('a.*') from mis_customer", True),
+])
+def test_a_star_reads_whole_rows_only_of_a_table(sql, whole):
+    from kpis.dependencies import _reads_whole_rows
+    assert _reads_whole_rows(sql) is whole
+
+
+def test_columns_of_kpis_that_read_shared_subqueries(registry):
+    from kpis.dependencies import columns_named
+    # the collection rows (k_coll_day) of special-transformer terminals: the KPI joins
+    # meter_terminal on its id, type and soft delete (words are not told apart by table, so
+    # tg_no and org_no of the collection rows count too); the heartbeat's last_online_time is
+    # not among them and wakes the KPI no more (it did while the shared subquery's wrapper,
+    # `SELECT * FROM (facts)`, hid every column)
+    cols = columns_named(registry.get("metering.collect_success_rate_special"), "meter_terminal")
+    assert cols is not None and "last_online_time" not in cols
+    assert {"terminal_id", "terminal_type", "is_deleted"} <= cols
+    # SAIFI's customers (k_active_n and NTG): ACTIVE(c, we)'s inputs, the key and attribution
+    assert columns_named(registry.get("reliability.saifi"), "mis_customer") == {
+        "cons_no", "is_deleted", "build_date", "created_at", "cancel_date", "status_code",
+        "org_no", "grid_no"}
