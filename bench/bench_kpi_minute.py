@@ -1,0 +1,152 @@
+"""Ordinary incremental passes without the live simulator: what a one-minute pass costs the KPI
+engine, at any scale, in minutes of wall time.
+
+Usage: python bench/bench_kpi_minute.py --data-dir DIR [--minutes 4] [--as-of 'YYYY-MM-DD HH:MM:SS']
+                                        [--template county|all] [--top 25] [--per-kpi]
+DIR holds warehouse.duckdb (and simulator_state.json) as `app.py worker` or `python -m etl run
+--once` leaves them; the run writes into the warehouse: use a copy.
+
+bench_kpis.py (b) measures real minutes: the live simulator writes a minute, the ETL merges it,
+the engine evaluates. At city scale the live simulator needs ~9 minutes of start-up and minutes
+per simulated minute on this machine, so a city figure took an hour. Here each "minute" instead
+records in etl_dirty / etl_changed what an ETL pass records after a live minute (the template:
+the tables and changed columns of a county live minute at 10:0x, recorded in session 9; a new
+row is '*', all columns), dated today, moves as_of on by 60 s and times
+kpis.evaluate.evaluate_incremental. The data itself does not change, so the engine does the work
+of a minute (the same KPIs woken, the same periods re-read, the same kept tables refreshed, with
+no keys to re-derive) while the values stay as they were; `--template all` marks every table the
+engine reads with every column (a worst case: every KPI woken).
+
+The first pass after the state is set (as_of - 60 s, last sweep in the same hour) builds what
+the worker keeps between passes (kept prelude tables, stored days): it is printed, not counted.
+as_of defaults to 90 minutes before the simulator's clock (22:30 for a fresh build), so that
+today holds most of a day and the measured minutes stay inside one hour (a new hour is a sweep).
+--per-kpi times the facts KPI by KPI (kpis.batch.CHUNK = 1: more statements, so a larger total).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_kpis import Timed, load, print_kinds, sim_clock  # noqa: E402
+from kpis import batch  # noqa: E402
+from kpis.dependencies import tables_read  # noqa: E402
+from kpis.evaluate import ensure_schema, evaluate_incremental  # noqa: E402
+from kpis.registry import load_registry  # noqa: E402
+
+# What the ETL recorded after one county live minute (etl_changed of runs 15-17, session 9):
+# table -> the columns changed ('*': new rows).
+COUNTY_MINUTE = {
+    "cs_agent_state": ("*",), "cs_queue_snapshot": ("*",), "cs_wo_step": ("*",), "cs_call": ("*",),
+    "mis_payment": ("*",), "mis_rcved_flow": ("*",),
+    "cs_visit": ("visit_time", "visit_result", "satisfaction", "resolved_flag", "updated_at"),
+    "cs_work_order": ("*", "audit_time", "reply_time", "status_code", "handle_opinion", "updated_at"),
+    "dist_repair_task": ("crew_id", "dispatch_time", "crew_accept_time", "depart_time", "arrive_time",
+                         "status_code", "updated_at"),
+    "dist_crew": ("status_code", "status_time", "updated_at"),
+    "meter_terminal": ("last_online_time", "updated_at"),
+    "mis_bill": ("rcved_amt", "settle_flag", "settle_time", "invoice_type", "invoice_time", "updated_at"),
+}
+_KPI = re.compile(r"-- (\S+) \(named")
+
+
+class PerStatement(Timed):
+    """Timed, and each statement's time kept with its text (for the per-KPI table)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        super().__init__(con)
+        self.statements: list[tuple[float, str]] = []
+
+    def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
+        t = time.perf_counter()
+        try:
+            return super().execute(sql, *args)
+        finally:
+            self.statements.append((time.perf_counter() - t, sql))
+
+
+def mark(con: duckdb.DuckDBPyConnection, run_id: int, template: dict[str, tuple[str, ...]],
+         day: object) -> None:
+    """Record run_id as an ETL pass that merged rows of today into the template's tables."""
+    for table, cols in sorted(template.items()):
+        con.execute("INSERT INTO etl_dirty VALUES ($r, 'bench', $t, $d)", {"r": run_id, "t": table, "d": day})
+        for c in ("", *cols):     # '' marks that the run recorded its changed columns
+            con.execute("INSERT INTO etl_changed VALUES ($r, 'bench', $t, $c)",
+                        {"r": run_id, "t": table, "c": c})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True, help="a copy: the run writes into it")
+    ap.add_argument("--minutes", type=int, default=4, help="measured passes (after the warm one)")
+    ap.add_argument("--as-of", default=None)
+    ap.add_argument("--template", choices=("county", "all"), default="county")
+    ap.add_argument("--top", type=int, default=25, help="statements (or KPIs) listed, slowest first")
+    ap.add_argument("--per-kpi", action="store_true")
+    args = ap.parse_args()
+    if args.per_kpi:
+        batch.CHUNK = 1
+    registry = load_registry()
+    as_of = (datetime.fromisoformat(args.as_of) if args.as_of
+             else sim_clock(args.data_dir) - timedelta(minutes=90))
+    template = COUNTY_MINUTE
+    if args.template == "all":
+        template = {t: ("*",) for k in registry.kpis.values() for t in tables_read(k)}
+    cmd = (f"python bench/bench_kpi_minute.py --data-dir {args.data_dir} --minutes {args.minutes} "
+           f"--as-of '{as_of:%Y-%m-%d %H:%M:%S}' --template {args.template}"
+           + (" --per-kpi" if args.per_kpi else ""))
+    con = duckdb.connect(str(args.data_dir / "warehouse.duckdb"))
+    con.execute("SET threads = 2")
+    con.execute("SET memory_limit = '8GB'")
+    ensure_schema(con)
+    run = con.execute("SELECT COALESCE(MAX(run_id), 0) FROM etl_dirty").fetchone()[0]
+    con.execute("DELETE FROM kpi_eval_state")
+    con.execute("INSERT INTO kpi_eval_state (id, last_dirty_run_id, last_full_at, last_eval_at, "
+                "last_sweep_at, last_past_run_id) VALUES (1, $r, $a, $a, $a, $r)",
+                {"r": run, "a": as_of - timedelta(seconds=60)})
+    print(f"{datetime.now():%Y-%m-%d %H:%M} duckdb {duckdb.__version__}; template {args.template} "
+          f"({len(template)} tables); {len(registry.kpis)} KPIs")
+    walls, cpus, per = [], [], {}
+    for i in range(args.minutes + 1):
+        run += 1
+        mark(con, run, template, as_of.date())
+        timed = PerStatement(con)
+        start = load()
+        t, c = time.perf_counter(), time.process_time()
+        s = evaluate_incremental(timed, registry, as_of)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        label = "warm-up (not counted)" if i == 0 else f"minute {i}"
+        print(f"{label} as_of {as_of:%H:%M}: {wall:.2f} s wall, {cpu:.2f} s CPU, {s.kpis} KPIs, "
+              f"{s.skipped} skipped by columns, {s.rows} rows, errors {len(s.errors)}; "
+              f"{start} at the start")
+        print_kinds(timed.kinds)
+        if i:
+            walls.append(wall)
+            cpus.append(cpu)
+            for dt, sql in timed.statements:
+                names = _KPI.findall(sql)
+                key = (("facts of " + ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else ""))
+                       if names else " ".join(sql.split())[:100])
+                per[key] = per.get(key, 0.0) + dt
+        as_of += timedelta(seconds=60)
+    print(f"ordinary passes: {len(walls)}, median {statistics.median(walls):.2f} s wall "
+          f"({statistics.median(cpus):.2f} s CPU), slowest {max(walls):.2f} s; {load()} at the end")
+    print("slowest statements (mean seconds per pass):")
+    for key, total in sorted(per.items(), key=lambda x: -x[1])[:args.top]:
+        print(f"  {total / len(walls):.3f}  {key}")
+    print(f"reproduce: {cmd}")
+
+
+if __name__ == "__main__":
+    main()
