@@ -57,6 +57,7 @@ def main() -> int:
                  "--dir", str(d), "--minutes", "3"])
         if "kpis" not in skip:
             run([py, "bench/bench_kpis.py", "--data-dir", str(copy("kpis"))])
+            run([py, "bench/bench_kpi_minute.py", "--data-dir", str(copy("kpi-minute"))])
         if "web" not in skip:
             run([py, "bench/bench_web.py", "--data-dir", str(copy("web")), "--users", "50",
                  "--seconds", "150", "--with-worker"])
