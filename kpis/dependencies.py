@@ -139,10 +139,10 @@ def _from_items(toks: list[str], i: int) -> list[tuple[str, str]] | None:
         if t == "(" and not expect:      # ON/USING conditions: skip the group
             i = _skip_group(toks, i)
             continue
-        if expect and t not in _NOT_ALIAS - {"lateral"}:
-            if t == "lateral":
-                i += 1
-                continue
+        if expect and t == "lateral":
+            i += 1
+            continue
+        if expect and t not in _NOT_ALIAS:
             if t == "(":
                 source, i = "(", _skip_group(toks, i)
             else:
