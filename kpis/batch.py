@@ -67,7 +67,7 @@ def te_only(k: KpiDef) -> bool:
     once for both instead of once each. Derived from the SQL: it names no other column of
     _periods (a false positive only costs the saving)."""
     code = _COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith("'") else "",
-                                  f"{k.facts}\n{k.presence or ''}")
+                                  k.sql_text)
     return not _PERIOD_SHAPE.search(code)
 
 
@@ -93,7 +93,7 @@ def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: datetime | None = None,
     sample = f"SUM({exact('sample')})" if "sample" in cols else f"SUM({exact('den')})"
     pending = "BOOL_OR(pending)" if "pending" in cols else "FALSE"
     missing = "BOOL_OR(missing)" if "missing" in cols else "FALSE"
-    facts = _bounded(k.facts if facts is None else facts, lo)
+    facts = _bounded(k.values_sql if facts is None else facts, lo)
     return f"""SELECT * FROM (-- {k.id} (named for profiles and logs)
 WITH f AS (
 {facts}
@@ -106,7 +106,7 @@ FROM f GROUP BY pid, org_no, grid_no)"""
 def _facts_sql(items: Sequence[tuple[int, KpiDef, set[str]]], lo: datetime | None) -> str:
     """The reduced facts of several KPIs as one statement. A shared subquery (kpis/shared.py)
     that two or more of them read is stated once at the top and computed once for all."""
-    splits = {kix: shared.split(k.facts) for kix, k, _ in items}
+    splits = {kix: shared.split(k.values_sql) for kix, k, _ in items}
     counts = Counter(n for names, _ in splits.values() for n in names)
     lifted = [n for n in shared.definitions() if counts[n] > 1]
     parts = []

@@ -58,10 +58,11 @@ def _prelude_sql() -> dict[str, str]:
 
 
 def facts_hash(k: KpiDef) -> str:
-    """The SQL a stored day depends on: facts, presence and the prelude objects they read."""
+    """The SQL a stored day depends on: facts, presence, reduced facts and the prelude objects
+    they read."""
     from kpis.dependencies import prelude_objects  # noqa: PLC0415
     prelude = _prelude_sql()
-    parts = [FORMAT, k.facts, k.presence or ""]
+    parts = [FORMAT, k.facts, k.presence or ""] + ([k.reduced] if k.reduced else [])
     parts += [prelude.get(name, name) for name in sorted(prelude_objects(k))]
     return hashlib.sha256("\n\x00".join(parts).encode()).hexdigest()[:24]
 

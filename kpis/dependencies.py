@@ -71,7 +71,7 @@ def prelude_objects(k: KpiDef) -> frozenset[str]:
     other prelude objects: which on-demand prelude tables an evaluation must build."""
     refs = _prelude_refs()
     out: set[str] = set()
-    code = _COMMENT.sub("", f"{k.facts or ''}\n{k.presence or ''}")
+    code = _COMMENT.sub("", k.sql_text)
     for w in _WORD.findall(code.lower()):
         out |= refs.get(w, frozenset())
     return frozenset(out)
@@ -81,7 +81,7 @@ def tables_read(k: KpiDef) -> frozenset[str]:
     """The contract tables whose changes can change this KPI's values."""
     contract, prelude = _contract_tables(), _prelude_tables()
     out: set[str] = set(ALWAYS)
-    for w in _WORD.findall(f"{k.facts or ''}\n{k.presence or ''}".lower()):
+    for w in _WORD.findall(k.sql_text.lower()):
         if w in contract:
             out.add(w)
         elif w in prelude:
@@ -216,12 +216,17 @@ def _prelude_texts() -> dict[str, str]:
             for stmt in statements() if (m := _DEFINES.match(stmt))}
 
 
+def _rest(k: KpiDef) -> str:
+    """The KPI's SQL beside its facts (reduced facts, presence), read alike."""
+    return "\n".join(x for x in (k.reduced, k.presence) if x)
+
+
 def columns_read(k: KpiDef, table: str) -> frozenset[str] | None:
     """The columns of a contract table the KPI's values can depend on: those of its names that
     the KPI's SQL, or a prelude object it reads that reads the table, writes as words (an
     over-approximation). None: any column may count (the org tree, read by every roll-up; a
     star, NATURAL join or COLUMNS() in that SQL)."""
-    return _columns_read(k.facts or "", k.presence or "", table)
+    return _columns_read(k.facts or "", _rest(k), table)
 
 
 @lru_cache(maxsize=8192)
@@ -281,7 +286,7 @@ def columns_named(k: KpiDef, table: str) -> frozenset[str] | None:
     object's outer select list (k_bill) counts only through the KPI's own SQL; the object's
     joins, filters and expressions count in full. None as in columns_read, or when the KPI's own
     SQL has a star."""
-    return _columns_named(k.facts or "", k.presence or "", table)
+    return _columns_named(k.facts or "", _rest(k), table)
 
 
 @lru_cache(maxsize=8192)     # asked for every woken (KPI, table) of every minute pass

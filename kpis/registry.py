@@ -170,7 +170,7 @@ _COMMENT_OR_STRING = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
 
 def _period_words(k: KpiDef) -> list[str]:
     code = _COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith("'") else "",
-                                  f"{k.facts}\n{k.presence or ''}")
+                                  k.sql_text)
     return [w.lower() for w in _PERIOD_WORD.findall(code)]
 
 
@@ -227,8 +227,19 @@ def day_additive_valid(parsed: list[Located]) -> list[Issue]:
     return issues
 
 
+def reduced_only_where_summed(parsed: list[Located]) -> list[Issue]:
+    """Reduced facts stand for the facts only where the engine sums them (kpis.batch.batchable)."""
+    from kpis.batch import batchable  # noqa: PLC0415  (batch imports the compiler)
+
+    return [Issue(loc.file, loc.line, loc.kpi.id,
+                  f"`reduced` on a KPI whose facts are not summed (kind {loc.kpi.kind}, num_agg "
+                  f"{loc.kpi.num_agg}, den_agg {loc.kpi.den_agg}); expected a sum, count, ratio, "
+                  "mean or value of sums")
+            for loc in parsed if loc.kpi.reduced and not batchable(loc.kpi)]
+
+
 DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known,
-                                   day_additive_valid)
+                                   day_additive_valid, reduced_only_where_summed)
 
 
 def sql_binds(parsed: list[Located]) -> list[Issue]:
@@ -259,6 +270,8 @@ def sql_binds(parsed: list[Located]) -> list[Issue]:
                                     f"facts lack column(s) {sorted(missing)}; expected pid, org_no, grid_no, num, den"))
                 continue
             con.execute("EXPLAIN " + compile_kpi(k, cols))
+            if k.reduced:
+                issues.extend(_reduced_binds(con, loc, cols))
             if k.presence:
                 con.execute(f"EXPLAIN SELECT DISTINCT pid FROM ({k.presence})")
         except duckdb.Error as exc:
@@ -266,6 +279,21 @@ def sql_binds(parsed: list[Located]) -> list[Issue]:
             issues.append(Issue(loc.file, loc.line, k.id, f"SQL does not bind: {msg}"))
     con.close()
     return issues
+
+
+# Columns of the facts that the reduced facts carry alike (item keys are what they drop).
+_SUMMED = {"pid", "org_no", "grid_no", "num", "den", "sample", "pending", "missing"}
+
+
+def _reduced_binds(con: object, loc: Located, fact_cols: set[str]) -> list[Issue]:
+    k = loc.kpi
+    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM ({k.reduced}) AS f").fetchall()}
+    want = fact_cols & _SUMMED
+    if cols & _SUMMED != want:
+        return [Issue(loc.file, loc.line, k.id,
+                      f"reduced has column(s) {sorted(cols & _SUMMED)}; expected those of the facts "
+                      f"that are summed: {sorted(want)}")]
+    return []
 
 
 def load_registry(directory: Path = DEFINITIONS_DIR, rules: Sequence[Rule] = DEFAULT_RULES,
@@ -287,8 +315,9 @@ def load_registry(directory: Path = DEFINITIONS_DIR, rules: Sequence[Rule] = DEF
         for raw in doc["kpis"]:
             line = raw.get("__line__") if isinstance(raw, dict) else None
             item = {**defaults, **_strip(raw), "theme": doc["theme"]}
-            if isinstance(item.get("facts"), str):
-                item["facts"] = shared.expand(item["facts"])
+            for field in ("facts", "reduced"):
+                if isinstance(item.get(field), str):
+                    item[field] = shared.expand(item[field])
             try:
                 parsed.append(Located(path.name, line or 0, KpiDef.model_validate(item)))
             except ValidationError as exc:

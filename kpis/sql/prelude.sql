@@ -87,6 +87,14 @@ CREATE OR REPLACE MACRO is_active(is_deleted, build_date, created_at, cancel_dat
     AND (cancel_date IS NULL OR cancel_date > CAST(t - INTERVAL 1 MICROSECOND AS DATE))
     AND NOT (status_code = '04' AND cancel_date IS NULL);
 
+-- A build (cancel) date of ACTIVE clamped to [lo - 1, hi + 1] ([lo, hi + 1]), lo and hi the
+-- first and last day D that periods test: it answers ACTIVE alike for every D in [lo, hi], so
+-- that customers group by few dates (kpis/sql/shared.sql k_cust_groups). NULL stays NULL.
+CREATE OR REPLACE MACRO clamp_build(d, lo, hi) AS
+    CASE WHEN d < lo THEN lo - 1 WHEN d > hi THEN hi + 1 ELSE d END;
+CREATE OR REPLACE MACRO clamp_cancel(d, lo, hi) AS
+    CASE WHEN d > hi THEN hi + 1 WHEN d < lo THEN lo ELSE d END;
+
 -- TG(c): the 台区 of the customer's settlement point with the smallest mp_no. A table, built
 -- once per pass that needs it: as part of the view below it was recomputed over every metering
 -- point by each KPI that read k_customer (the reliability KPIs now read this table directly).

@@ -112,3 +112,65 @@ SELECT p.pid, y.org_no, c.grid_no, y.charge_id, y.rcv_amt, y.pay_channel, y.stat
 FROM mis_payment y JOIN _periods p ON y.pay_time >= p.ws AND y.pay_time < p.te
 LEFT JOIN mis_customer c ON c.cons_no = y.cons_no AND c.is_deleted = 0
 WHERE y.is_deleted = 0;
+
+-- shared: k_cust_groups
+-- The reduced facts of the archive stocks (customer.active_total and the 17 others whose test
+-- of a customer is ACTIVE(c, te) and its own fields): customers (is_deleted = 0) grouped by org,
+-- grid and what ACTIVE reads, the dates clamped to the span of the periods' te days
+-- (clamp_build, clamp_cancel: a date before all of them, or after all of them, acts alike for
+-- every period), with one count or sum per stock. 3.5 M customers become a few thousand groups,
+-- read once by all of them; their facts (one row per customer and period) stay the items.
+-- CLASS(c) is the ELEC_TYPE code's parent (mis_code's key is (code_type, code_value), so the
+-- look-up adds no row); cap_mva sums the facts' exact per-customer value.
+SELECT c.org_no, c.grid_no, c.status_code,
+       clamp_build(c.bd, x.lo, x.hi) AS bd, clamp_cancel(c.cancel_date, x.lo, x.hi) AS cancel_date,
+       COUNT(*) AS n,
+       COUNT(*) FILTER (WHERE e.parent_value = '2') AS n_residential,
+       COUNT(*) FILTER (WHERE e.parent_value = '4') AS n_general_ci,
+       COUNT(*) FILTER (WHERE e.parent_value = '1') AS n_large_industry,
+       COUNT(*) FILTER (WHERE e.parent_value = '3') AS n_agriculture,
+       COUNT(*) FILTER (WHERE e.parent_value NOT IN ('1', '2', '3', '4') OR e.parent_value IS NULL) AS n_other_class,
+       COUNT(*) FILTER (WHERE c.cons_sort_code = '01') AS n_hv,
+       SUM(CAST(COALESCE(c.contract_cap, 0) / 1000.0 AS DECIMAL(38, 9))) AS cap_mva,
+       COUNT(*) FILTER (WHERE c.contract_cap >= 315) AS n_cap_ge_315,
+       COUNT(*) FILTER (WHERE c.impt_level IN ('01', '02', '03', '04')) AS n_important,
+       COUNT(*) FILTER (WHERE (c.impt_level IN ('01', '02') AND c.supply_mode IN ('03', '04'))
+                           OR (c.impt_level IN ('03', '04') AND c.supply_mode IN ('02', '03', '04'))) AS n_important_compliant,
+       COUNT(*) FILTER (WHERE c.impt_level IN ('01', '02', '03', '04') AND c.emergency_power_flag = 1) AS n_important_emergency,
+       COUNT(*) FILTER (WHERE c.cons_sort_code IN ('02', '03')) AS n_low_voltage,
+       COUNT(*) FILTER (WHERE c.cons_sort_code IN ('02', '03') AND c.echannel_bind_flag = 1) AS n_lv_echannel,
+       COUNT(*) FILTER (WHERE c.cons_sort_code IN ('02', '03') AND c.pay_mode IN ('02', '03')) AS n_lv_smart_payment,
+       COUNT(*) FILTER (WHERE c.dg_flag = 1) AS n_dg,
+       COUNT(*) FILTER (WHERE c.mobile_no IS NOT NULL AND TRIM(c.mobile_no) <> '' AND c.mobile_verified_flag = 1) AS n_valid_mobile,
+       COUNT(*) FILTER (WHERE c.ebill_flag = 1) AS n_ebill
+FROM (SELECT org_no, grid_no, status_code, cancel_date, elec_type_code, cons_sort_code,
+             contract_cap, impt_level, supply_mode, emergency_power_flag, echannel_bind_flag,
+             pay_mode, dg_flag, mobile_no, mobile_verified_flag, ebill_flag,
+             COALESCE(build_date, CAST(created_at AS DATE)) AS bd
+      FROM mis_customer WHERE is_deleted = 0) c
+LEFT JOIN mis_code e ON e.code_type = 'ELEC_TYPE' AND e.code_value = c.elec_type_code AND e.is_deleted = 0
+CROSS JOIN (SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
+                   MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS hi
+            FROM _periods) x
+GROUP BY ALL;
+
+-- shared: k_settle_groups
+-- The reduced facts of the three stocks over settlement points (k_settle_mp): the points grouped
+-- by org, grid and what ACTIVE reads of their customer, the dates clamped as in k_cust_groups,
+-- with each stock's counts. 3.5 M points at city become a few thousand groups.
+SELECT s.org_no, s.grid_no, s.status_code,
+       clamp_build(s.bd, x.lo, x.hi) AS bd, clamp_cancel(s.cancel_date, x.lo, x.hi) AS cancel_date,
+       COUNT(*) AS n,
+       COUNT(*) FILTER (WHERE s.smart) AS n_smart,
+       COUNT(*) FILTER (WHERE s.run_meter) AS n_run_meter,
+       COUNT(*) FILTER (WHERE s.run_meter AND s.covered) AS n_run_meter_covered,
+       COUNT(*) FILTER (WHERE s.rel_n > 0 AND s.cons_sort_code IN ('02', '03')) AS n_lv_related,
+       COALESCE(SUM(s.rel_n) FILTER (WHERE s.rel_n > 0 AND s.cons_sort_code IN ('02', '03')), 0) AS lv_rel_n,
+       COALESCE(SUM(s.rel_same) FILTER (WHERE s.rel_n > 0 AND s.cons_sort_code IN ('02', '03')), 0) AS lv_rel_same
+FROM (SELECT org_no, grid_no, status_code, cancel_date, smart, run_meter, covered, rel_n,
+             rel_same, cons_sort_code, COALESCE(build_date, CAST(created_at AS DATE)) AS bd
+      FROM k_settle_mp) s
+CROSS JOIN (SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
+                   MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS hi
+            FROM _periods) x
+GROUP BY ALL;

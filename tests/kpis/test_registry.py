@@ -84,3 +84,27 @@ def test_every_problem_is_reported_with_file_line_and_id(tmp_path: Path) -> None
     assert "unit 'furlongs' unknown" in message                          # unit rule
     assert "does not bind" in message and "nowhere" in message           # SQL binding
     assert len(info.value.issues) >= 6
+
+
+def test_reduced_facts_must_carry_the_summed_columns_of_a_summed_kpi(tmp_path: Path) -> None:
+    """`reduced` stands for the facts only where the engine sums them, with the same summed
+    columns: a missing `den`, or reduced facts on a distinct count, are reported by id."""
+    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
+            "    formula: x\n    unit: count\n    direction: band\n    grain: daily\n"
+            "    warning: '1..2'\n    critical: '0..3'\n    org_levels: [city]\n    tier: core\n"
+            "    sources: [mis]\n    kind: count\n    shape: stock\n{extra}"
+            "    facts: SELECT p.pid, c.org_no, c.grid_no, c.cons_no AS item_key, 1 AS num, "
+            "NULL AS den, c.cons_no AS num_key FROM mis_customer c CROSS JOIN _periods p\n"
+            "    reduced: SELECT p.pid, c.org_no, c.grid_no, COUNT(*) AS num{den} "
+            "FROM mis_customer c CROSS JOIN _periods p GROUP BY ALL\n")
+    text = ("theme: customer\nkpis:\n"
+            + item.format(id="customer.good", extra="", den=", NULL AS den")
+            + item.format(id="customer.no_den", extra="", den="")
+            + item.format(id="customer.distinct", extra="    num_agg: count_distinct\n", den=", NULL AS den"))
+    (tmp_path / "customer.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(RegistryError) as info:
+        load_registry(tmp_path, check_sql=True)
+    message = str(info.value)
+    assert "customer.good" not in message
+    assert "[customer.no_den]: reduced has column(s)" in message and "'den'" in message
+    assert "[customer.distinct]: `reduced` on a KPI whose facts are not summed" in message
