@@ -2,7 +2,7 @@
 engine, at any scale, in minutes of wall time.
 
 Usage: python bench/bench_kpi_minute.py --data-dir DIR [--minutes 4] [--as-of 'YYYY-MM-DD HH:MM:SS']
-                                        [--template county|all] [--top 25] [--per-kpi]
+                                        [--template county|all] [--top 25] [--per-kpi] [--sweep]
 DIR holds warehouse.duckdb (and simulator_state.json) as `app.py worker` or `python -m etl run
 --once` leaves them; the run writes into the warehouse: use a copy.
 
@@ -25,6 +25,9 @@ the worker keeps between passes (kept prelude tables, stored days): it is printe
 as_of defaults to 90 minutes before the simulator's clock (22:30 for a fresh build), so that
 today holds most of a day and the measured minutes stay inside one hour (a new hour is a sweep).
 --per-kpi times the facts KPI by KPI (kpis.batch.CHUNK = 1: more statements, so a larger total).
+--sweep makes every measured pass a sweep (the last sweep set SWEEP_EVERY back before each):
+the worker's recurring full evaluation, every KPI for today, its hours and the running month
+(days re-read for the months summed from stored days), with the kept tables as a pass keeps them.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_kpis import Timed, load, print_kinds, sim_clock  # noqa: E402
 from kpis import batch, wake  # noqa: E402
 from kpis.dependencies import tables_read  # noqa: E402
-from kpis.evaluate import ensure_schema, evaluate_incremental  # noqa: E402
+from kpis.evaluate import SWEEP_EVERY, ensure_schema, evaluate_incremental  # noqa: E402
 from kpis.registry import load_registry  # noqa: E402
 
 # What the ETL recorded after one county live minute (etl_changed of runs 15-17, session 9):
@@ -97,6 +100,7 @@ def main() -> None:
     ap.add_argument("--template", choices=("county", "all"), default="county")
     ap.add_argument("--top", type=int, default=25, help="statements (or KPIs) listed, slowest first")
     ap.add_argument("--per-kpi", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="every measured pass a sweep")
     args = ap.parse_args()
     if args.per_kpi:
         batch.CHUNK = 1
@@ -109,7 +113,7 @@ def main() -> None:
         template = {t: ("*",) for k in registry.kpis.values() for t in tables_read(k)}
     cmd = (f"python bench/bench_kpi_minute.py --data-dir {args.data_dir} --minutes {args.minutes} "
            f"--as-of '{as_of:%Y-%m-%d %H:%M:%S}' --template {args.template}"
-           + (" --per-kpi" if args.per_kpi else ""))
+           + (" --per-kpi" if args.per_kpi else "") + (" --sweep" if args.sweep else ""))
     con = duckdb.connect(str(args.data_dir / "warehouse.duckdb"))
     con.execute("SET threads = 2")
     con.execute("SET memory_limit = '8GB'")
@@ -125,6 +129,8 @@ def main() -> None:
     for i in range(args.minutes + 1):
         run += 1
         mark(con, run, template, as_of.date())
+        if args.sweep and i:
+            con.execute("UPDATE kpi_eval_state SET last_sweep_at = $a", {"a": as_of - SWEEP_EVERY})
         timed = PerStatement(con)
         start = load()
         t, c = time.perf_counter(), time.process_time()
@@ -144,7 +150,7 @@ def main() -> None:
                        if names else " ".join(sql.split())[:100])
                 per[key] = per.get(key, 0.0) + dt
         as_of += timedelta(seconds=60)
-    print(f"ordinary passes: {len(walls)}, median {statistics.median(walls):.2f} s wall "
+    print(f"{'sweeps' if args.sweep else 'ordinary passes'}: {len(walls)}, median {statistics.median(walls):.2f} s wall "
           f"({statistics.median(cpus):.2f} s CPU), slowest {max(walls):.2f} s; {load()} at the end")
     print("slowest statements (mean seconds per pass):")
     for key, total in sorted(per.items(), key=lambda x: -x[1])[:args.top]:

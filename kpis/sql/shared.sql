@@ -1,6 +1,7 @@
--- Named subqueries over _periods that several KPI definitions read, written once here. A
--- definition names one like a table (`FROM k_active_n`); loading the registry wraps its facts
--- in `WITH k_active_n AS MATERIALIZED (...)` (kpis/shared.py), so the facts stay one
+-- Named subqueries (most over _periods) that several KPI definitions, or a KPI's facts and its
+-- reduced facts, read, written once here. A definition names one like a table (`FROM
+-- k_active_n`); loading the registry wraps its facts (and reduced facts) in `WITH k_active_n
+-- AS MATERIALIZED (...)` (kpis/shared.py), so the facts stay one
 -- self-contained statement wherever they run (a KPI's own statement, detail pages, the
 -- registry's bind check). The batched engine lifts the WITH to the top of a statement that
 -- holds several such KPIs: computed once for all of them, not once each.
@@ -174,3 +175,38 @@ CROSS JOIN (SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
                    MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS hi
             FROM _periods) x
 GROUP BY ALL;
+
+-- shared: k_cust_complete
+-- customer.archive_completeness_rate's test of each customer (not deleted): num 1 when every
+-- mandatory field is present and valid, empty strings counting as missing; read by its facts
+-- (one row per customer and period) and its reduced facts (groups). Worked out once per
+-- customer, before the customer meets its periods (joined after the CROSS JOIN, the look-ups
+-- and text tests ran per customer and period), and the 台区 test is a membership test (one
+-- hash of the points, no DISTINCT of them first). Every look-up is on a key: one row a customer.
+WITH tg_ok AS (
+    SELECT mp.cons_no FROM mis_metering_point mp
+    JOIN dist_tg t ON t.tg_no = mp.tg_no AND t.is_deleted = 0
+    WHERE mp.is_deleted = 0 AND mp.mp_attr_code = '01' AND mp.status_code IN ('01', '02')
+      AND mp.cons_no IS NOT NULL
+)
+SELECT c.cons_no, c.org_no, c.grid_no, c.build_date, c.created_at, c.cancel_date,
+       c.status_code,
+       CASE WHEN et.code_value IS NOT NULL
+             AND has_text(c.prc_code)
+             AND vt.code_value IS NOT NULL
+             AND c.contract_cap > 0
+             AND o.org_no IS NOT NULL
+             AND g.grid_no IS NOT NULL
+             AND has_text(c.elec_addr)
+             AND has_text(c.trade_code)
+             AND (c.cons_sort_code NOT IN ('02', '03')
+                  OR COALESCE(c.cons_no IN (SELECT cons_no FROM tg_ok), FALSE))
+            THEN 1 ELSE 0 END AS num
+FROM mis_customer c
+LEFT JOIN mis_code et ON et.code_type = 'ELEC_TYPE' AND et.code_value = c.elec_type_code
+                     AND et.is_deleted = 0
+LEFT JOIN mis_code vt ON vt.code_type = 'VOLT' AND vt.code_value = c.volt_code
+                     AND vt.is_deleted = 0
+LEFT JOIN mis_org o ON o.org_no = c.org_no AND o.is_deleted = 0
+LEFT JOIN mis_grid g ON g.grid_no = c.grid_no AND g.is_deleted = 0
+WHERE c.is_deleted = 0;

@@ -46,8 +46,8 @@ def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registr
 @pytest.mark.parametrize("kpi, objects", [
     # reads the table k_settle_tg (TG(c)) and the macro is_active
     ("reliability.saifi", {"k_settle_tg", "is_active", "upto"}),
-    # names k_customer only in a comment: needs no prelude table
-    ("customer.residential_share", {"is_active"}),
+    # names k_customer only in a comment: needs no prelude table; its reduced facts clamp dates
+    ("customer.residential_share", {"is_active", "clamp_build", "clamp_cancel"}),
     ("order.total", {"k_wo", "k_org"}),
 ])
 def test_prelude_objects_by_hand(registry, kpi, objects):
@@ -74,7 +74,8 @@ def test_k_settle_mp_readers_are_not_woken_by_heartbeats(registry):
                 "customer.smart_meter_coverage"):
         cols = columns_read(registry.get(kpi), "meter_terminal")
         assert cols is not None and "last_online_time" not in cols, kpi
-    assert prelude_objects(registry.get("customer.smart_meter_coverage")) == {"k_settle_mp", "is_active"}
+    assert prelude_objects(registry.get("customer.smart_meter_coverage")) == {
+        "k_settle_mp", "is_active", "clamp_build", "clamp_cancel"}
 
 
 @pytest.mark.parametrize("sql, whole", [

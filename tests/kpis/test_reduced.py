@@ -1,11 +1,11 @@
 """Reduced facts (kpis/spec.py `reduced`) against the facts they stand for, on an archive built to
-reach every branch of the groupings in kpis/sql/shared.sql (k_cust_groups, k_settle_groups):
-customers built before, between and after the periods' ends, or without a build date (created_at
-stands in); closed before, between and after them, or closed without a date (status 04); deleted
-rows; unknown codes; capacities on the 315 kVA line; blank mobile numbers; settlement points with
-and without running, smart or collected meters and terminals in their own 台区 or another. The
-simulator's archive has no customer built during its span, so it cannot test the clamping of
-late build dates.
+reach every branch of the groupings (kpis/sql/shared.sql k_cust_groups, k_settle_groups, and
+customer.archive_completeness_rate's own): customers built before, between and after the
+periods' ends, or without a build date (created_at stands in); closed before, between and after
+them, or closed without a date (status 04); deleted rows; unknown codes, orgs, grids and 台区;
+capacities on the 315 kVA line; blank text fields; settlement points with and without running,
+smart or collected meters and terminals in their own 台区 or another. The simulator's archive
+has no customer built during its span, so it cannot test the clamping of late build dates.
 
 The facts are the definition (one row per customer and period, what detail pages list); the
 engine sums the reduced facts. Both, summed by period, org and grid, must agree exactly."""
@@ -37,7 +37,19 @@ def _archive(con: duckdb.DuckDBPyConnection, n: int = 600, seed: int = 7) -> Non
                 "('ELEC_TYPE', '401', 'd', 'CUST_CLASS', '4', now(), now(), 0), "
                 "('ELEC_TYPE', '501', 'e', 'CUST_CLASS', '5', now(), now(), 0), "
                 "('ELEC_TYPE', '601', 'f', 'CUST_CLASS', NULL, now(), now(), 0), "
-                "('ELEC_TYPE', '701', 'g', 'CUST_CLASS', '2', now(), now(), 1)")
+                "('ELEC_TYPE', '701', 'g', 'CUST_CLASS', '2', now(), now(), 1), "
+                "('VOLT', 'AC02202', 'h', NULL, NULL, now(), now(), 0)")
+    # the org, grid and 台区 look-ups of the archive completeness test (O2 and G3 deleted)
+    con.execute("INSERT INTO mis_org (org_no, org_name, org_type, status_code, created_at, updated_at, "
+                "is_deleted) VALUES ('O1', 'a', '05', '01', now(), now(), 0), "
+                "('O2', 'b', '05', '01', now(), now(), 1)")
+    con.execute("INSERT INTO mis_grid (grid_no, grid_name, org_no, status_code, created_at, updated_at, "
+                "is_deleted) VALUES ('G1', 'a', 'O1', '01', now(), now(), 0), "
+                "('G2', 'b', 'O1', '01', now(), now(), 0), ('G3', 'c', 'O1', '01', now(), now(), 1)")
+    con.execute("INSERT INTO dist_tg (tg_no, tg_name, feeder_no, pub_priv_flag, org_no, urban_rural, "
+                "run_status, created_at, updated_at, is_deleted) VALUES "
+                "('T1', 'a', 'F1', '01', 'O1', '01', '01', now(), now(), 0), "
+                "('T2', 'b', 'F1', '01', 'O1', '01', '01', now(), now(), 1)")
 
     def a_date(none_share: float) -> date | None:
         if rnd.random() < none_share:
@@ -54,18 +66,19 @@ def _archive(con: duckdb.DuckDBPyConnection, n: int = 600, seed: int = 7) -> Non
             rnd.choice(["101", "201", "301", "401", "501", "601", "701", "999"]), "AC02202",
             rnd.choice([None, 0, 10.5, 314.99, 315, 315.01, 2000]),
             rnd.choice([None, "01", "02", "03"]), rnd.choice([None, "01", "02", "03", "04", "05"]),
-            rnd.choice(["O1", "O1", "O2", "UNKNOWN"]), rnd.choice(["G1", "G2", "G3", None]),
+            rnd.choice(["O1", "O1", "O1", "O2", "UNKNOWN"]), rnd.choice(["G1", "G1", "G2", "G3", None]),
             status, build, cancel,
-            rnd.choice([None, "", "   ", "13800000000"]), rnd.randint(0, 1), rnd.randint(0, 1),
+            rnd.choice([None, "", "   ", "13800000000"]), rnd.choice([None, "", "\u3000", "101", "101", "101"]),
+            rnd.choice([None, "addr", "addr"]), rnd.choice([None, " ", "A01", "A01", "A01"]), rnd.randint(0, 1), rnd.randint(0, 1),
             rnd.randint(0, 1), rnd.randint(0, 1), rnd.choice([None, "01", "02", "03", "04"]),
             rnd.randint(0, 1),
             datetime.combine(D0 + timedelta(days=rnd.choice([-500, -2, 3, 7, 20])), datetime.min.time()),
             1 if rnd.random() < 0.08 else 0))
     con.executemany("""INSERT INTO mis_customer (cons_no, cons_sort_code, elec_type_code, volt_code,
         contract_cap, pay_mode, impt_level, org_no, grid_no, status_code, build_date, cancel_date,
-        mobile_no, mobile_verified_flag, echannel_bind_flag, ebill_flag, dg_flag, supply_mode,
-        emergency_power_flag, created_at, updated_at, is_deleted)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)""", rows)
+        mobile_no, prc_code, elec_addr, trade_code, mobile_verified_flag, echannel_bind_flag,
+        ebill_flag, dg_flag, supply_mode, emergency_power_flag, created_at, updated_at, is_deleted)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)""", rows)
     # settlement points (k_settle_mp): none, one or two a customer, some not settling or stopped;
     # each with no, one or two meters, collected (or not) by terminals in its 台区 or another
     tgs = ["T1", "T2", None]
@@ -127,7 +140,7 @@ def test_reduced_facts_equal_the_facts_summed(con, as_of: datetime) -> None:
     for k in kpis:
         cols = [c for c in ("num", "den", "sample") if c in fact_columns(con, k)]
         a, b = _sums(con, k.facts, cols), _sums(con, k.reduced, cols)
-        assert len(a) > 0, f"{k.id}: the archive gives it no facts"
+        assert len(a) > 0 and a.num.sum() > 0, f"{k.id}: the archive gives it no facts counted"
         pd.testing.assert_frame_equal(a, b, check_dtype=False, obj=k.id)
         compared += len(a)
     assert compared > 500
