@@ -58,6 +58,8 @@ def main() -> int:
         if "kpis" not in skip:
             run([py, "bench/bench_kpis.py", "--data-dir", str(copy("kpis"))])
             run([py, "bench/bench_kpi_minute.py", "--data-dir", str(copy("kpi-minute"))])
+            run([py, "bench/bench_kpi_minute.py", "--data-dir", str(copy("kpi-sweep")),
+                 "--minutes", "2", "--sweep"])
         if "web" not in skip:
             run([py, "bench/bench_web.py", "--data-dir", str(copy("web")), "--users", "50",
                  "--seconds", "150", "--with-worker"])
