@@ -10,7 +10,8 @@ table even when its facts were empty (4.4 s of 18 s with every facts query empti
    (`_fr`), then attributed to known units by one statement (`_fg`); months of day-additive
    KPIs may instead be summed from stored days (kpis/day_store.py);
 3. one statement rolls all of them up the org tree, fills every unit and period, and computes
-   value and status (per-KPI expressions as `CASE kix WHEN …`).
+   value (per-KPI expressions as `CASE WHEN kix IN …`) and status (one expression over the
+   thresholds held in `_kmeta`, kpis.compile.status_by_columns).
 
 The aggregates and expressions are exactly those of `compile_kpi` (same DECIMAL sums, same value
 and status SQL), so values do not move. KPIs that are not additive (distinct counts, MAX,
@@ -28,8 +29,8 @@ import duckdb
 
 from kpis import day_store as day_store_mod
 from kpis import shared
-from kpis.compile import (_EXACT, PERIODS_DDL, _additive, compile_kpi,
-                          status_sql, value_sql)
+from kpis.compile import (_EXACT, PERIODS_DDL, THRESHOLD_COLUMNS, _additive, compile_kpi,
+                          status_by_columns, threshold_values, value_sql)
 from kpis.periods import Period
 from kpis.registry import day_additive
 from kpis.spec import KpiDef
@@ -165,7 +166,7 @@ def _rollup_sql(items: Sequence[tuple[int, KpiDef]]) -> str:
     """All batched KPIs rolled up, filled and valued in one statement (compile_kpi's tail)."""
     kixs = [i for i, _ in items]
     value = per_kpi("kix", kixs, [f"CAST({value_sql(k)} AS DOUBLE)" for _, k in items])
-    status = per_kpi("v.kix", kixs, [f"({status_sql(k)})" for _, k in items])
+    status = status_by_columns("km", "v")
     return f"""
 WITH agg AS (
     SELECT g.kix, g.pid, an.ancestor_no AS unit_no, SUM(g.num) AS num, SUM(g.den) AS den,
@@ -378,11 +379,15 @@ def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Se
 
 def _load_meta(con: duckdb.DuckDBPyConnection, kpis: Sequence[tuple[int, KpiDef]],
                kperiods: Sequence[tuple[int, int]]) -> None:
+    thresholds = ", ".join(f"{c} {t}" for c, t in THRESHOLD_COLUMNS)
     con.execute("CREATE OR REPLACE TEMP TABLE _kmeta (kix INTEGER, kpi_id VARCHAR, theme VARCHAR, "
-                "counting BOOLEAN)")
-    con.execute("INSERT INTO _kmeta SELECT unnest($i), unnest($id), unnest($th), unnest($c)", {
+                f"counting BOOLEAN, {thresholds})")
+    values = [threshold_values(k) for _, k in kpis]
+    unnests = ", ".join(f"unnest(${c})" for c, _ in THRESHOLD_COLUMNS)
+    con.execute(f"INSERT INTO _kmeta SELECT unnest($i), unnest($id), unnest($th), unnest($c), {unnests}", {
         "i": [i for i, _ in kpis], "id": [k.id for _, k in kpis], "th": [k.theme for _, k in kpis],
-        "c": [k.kind in ("count", "sum") for _, k in kpis]})
+        "c": [k.kind in ("count", "sum") for _, k in kpis],
+        **{c: [row[j] for row in values] for j, (c, _) in enumerate(THRESHOLD_COLUMNS)}})
     levels = [(i, lvl) for i, k in kpis for lvl in dict.fromkeys(k.org_levels)]
     con.execute("CREATE OR REPLACE TEMP TABLE _klevel AS SELECT unnest($i) AS kix, unnest($l) AS level",
                 {"i": [i for i, _ in levels], "l": [lvl for _, lvl in levels]})
