@@ -344,7 +344,7 @@ def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Se
             day_store_mod.forget(con, failed)
             try:
                 day_store_mod.store_and_build(con, [jobs[kix] for kix in ok if kix in jobs], pid_of,
-                                              as_of, day_store.computed_at)
+                                              as_of, day_store.computed_at, day_store.run_id)
             except duckdb.Error as exc:
                 # the store's KPIs fail together (their months cannot be built); the rest go on
                 log.error("day store failed: %s", exc)

@@ -16,10 +16,15 @@ today holds rows up to that minute only). Anything else is read again from the f
 same statements as the pass's other periods ("backfill"), then stored.
 
 Freshness: the days a pass reads are the periods it already evaluates (today, and past days the
-ETL marked dirty); the sweep (kpis.evaluate.SWEEP_EVERY) re-reads every day of the months it
-evaluates (the running month, and a closed month with restated days), so a change the dirty
-dates do not show (a row of a joined table) reaches the month at the next sweep, as restatements
-of closed months already do.
+ETL marked dirty); the sweep (kpis.evaluate.SWEEP_EVERY) re-reads the days of the months it
+evaluates (the running month, and a closed month with restated days) whose inputs may have
+changed, so a change the dirty dates do not show (a row of a joined table) reaches the month at
+the next sweep, as restatements of closed months already do. A day is stored with the ETL run
+its data was up to (`run_id`); the sweep keeps it when no later run changed a column the KPI
+reads of any table it reads (kpis/changes.py: the ETL's record of changed columns), because a
+day-additive KPI's day depends on nothing else (no as_of, no period end: day_additive). At city
+the sweep re-read every day of the month for the collection rates (3.5 M meters a day) and the
+billing flows although no column they read had changed since.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from functools import lru_cache
 
 import duckdb
 
+from kpis import changes
 from kpis.periods import Period, days_of
 from kpis.spec import KpiDef
 
@@ -42,6 +48,8 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS kpi_day_fact (
         kpi_id VARCHAR, day DATE, org_no VARCHAR, grid_no VARCHAR, num DECIMAL(38, 9),
         den DECIMAL(38, 9), sample DECIMAL(38, 9), missing BOOLEAN)""",
+    # the ETL run the day's data was up to (kpis/changes.py); NULL: unknown, read again at a sweep
+    "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS run_id BIGINT",
 )
 # Part of every hash: a change of what a stored row means invalidates every stored day.
 FORMAT = "day-store 1"
@@ -69,10 +77,13 @@ def facts_hash(k: KpiDef) -> str:
 
 @dataclass(frozen=True)
 class Mode:
-    """How an evaluation uses the store: refresh re-reads every day of the months it builds
-    (the sweep); computed_at stamps the days written."""
+    """How an evaluation uses the store: refresh re-reads the days of the months it builds whose
+    inputs changed since they were stored (the sweep); computed_at stamps the days written,
+    run_id is the ETL run the data is up to (kpis.changes.top_run; None: unknown, so a refresh
+    re-reads every day)."""
     refresh: bool
     computed_at: datetime
+    run_id: int | None = None
 
 
 @dataclass
@@ -93,11 +104,18 @@ def needed_days(m: Period, as_of: datetime) -> list[Period]:
     return [d for d in days_of(m) if d.ws < te]
 
 
+def _reads(k: KpiDef) -> dict[str, frozenset[str] | None]:
+    """The columns the KPI's values depend on, per table it reads."""
+    from kpis.dependencies import columns_named, tables_read  # noqa: PLC0415
+    return {t: columns_named(k, t) for t in tables_read(k)}
+
+
 def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Sequence[Period]]],
          as_of: datetime, refresh: bool) -> dict[int, Job]:
     """A Job per entry that has a daily or monthly period. Months take their days from the store
     when stored with the same hash up to the right te; other days are added to the reads.
-    refresh (the sweep): every day of the months is read again, as a month read did."""
+    refresh (the sweep): a stored day is read again unless the ETL's record shows that no run
+    after the one it was stored at changed a column the KPI reads (kpis/changes.py)."""
     jobs: dict[int, Job] = {}
     wanted: list[tuple[int, KpiDef, list[Period], list[Period]]] = []
     for kix, k, ps in entries:
@@ -110,10 +128,27 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
     lo = min(p.ws for _, _, ms, ds in wanted for p in ms + ds).date()
     hi = max(p.we for _, _, ms, ds in wanted for p in ms + ds).date()
     ids = sorted({k.id for _, k, _, _ in wanted})
-    stored: dict[tuple[str, date], tuple[datetime, str]] = {
-        (kid, d): (te, h) for kid, d, te, h in con.execute(
-            "SELECT kpi_id, day, te, facts_hash FROM kpi_day WHERE kpi_id IN (SELECT unnest($ids)) "
-            "AND day >= $lo AND day < $hi", {"ids": ids, "lo": lo, "hi": hi}).fetchall()}
+    rows = con.execute(
+        "SELECT kpi_id, day, te, facts_hash, run_id FROM kpi_day WHERE kpi_id IN (SELECT unnest($ids)) "
+        "AND day >= $lo AND day < $hi", {"ids": ids, "lo": lo, "hi": hi}).fetchall()
+    stored = {(kid, d): (te, h) for kid, d, te, h, _ in rows}
+    run_of = {(kid, d): run for kid, d, _, _, run in rows}
+    touched: dict[str, int | None] = {}
+    if refresh:
+        runs = [r for r in run_of.values() if r is not None]
+        if runs and changes.top_run(con) is not None:
+            wanted_reads = {k.id: _reads(k) for _, k, _, _ in wanted}
+            found = changes.Changes(con, min(runs), {t for r in wanted_reads.values() for t in r})
+            touched = {kid: found.last_touch(r) for kid, r in wanted_reads.items()}
+
+    def fresh(kid: str, d: date) -> bool:
+        """At a sweep: no run after the day's changed what the KPI reads."""
+        run = run_of.get((kid, d))
+        if run is None or kid not in touched:
+            return False
+        last = touched[kid]
+        return last is None or last <= run
+
     for kix, k, months, days in wanted:
         h = facts_hash(k)
         own = set(days)
@@ -127,7 +162,8 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
             for d in need:
                 if d in own:
                     continue
-                if refresh or stored.get((k.id, d.ws.date())) != (d.te(as_of), h):
+                if (stored.get((k.id, d.ws.date())) != (d.te(as_of), h)
+                        or (refresh and not fresh(k.id, d.ws.date()))):
                     extra.add(d)
         jobs[kix] = Job(kix, k, h, sorted(own | extra), by_month, extra)
     return jobs
@@ -141,7 +177,7 @@ def read_periods(job: Job, ps: Sequence[Period]) -> list[Period]:
 
 
 def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of: dict[Period, int],
-                    as_of: datetime, computed_at: datetime) -> None:
+                    as_of: datetime, computed_at: datetime, run_id: int | None = None) -> None:
     """Write the days read this pass from _fr/_present into the store, then add each month's
     rows to _fr/_present as the sums of its stored days. One transaction: a crash leaves the
     days as they were."""
@@ -165,9 +201,10 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                            SELECT m.kpi_id, m.day, r.org_no, r.grid_no, r.num, r.den, r.sample, r.missing
                            FROM _fr r JOIN _dmap m ON m.kix = r.kix AND m.pid = r.pid""")
             con.execute("""INSERT INTO kpi_day
-                           SELECT m.kpi_id, m.day, m.te, pr.pid IS NOT NULL, m.facts_hash, $at
+                           SELECT m.kpi_id, m.day, m.te, pr.pid IS NOT NULL, m.facts_hash, $at, $run
                            FROM _dmap m LEFT JOIN (SELECT DISTINCT kix, pid FROM _present) pr
-                                ON pr.kix = m.kix AND pr.pid = m.pid""", {"at": computed_at})
+                                ON pr.kix = m.kix AND pr.pid = m.pid""",
+                        {"at": computed_at, "run": run_id})
         if month_days:
             cols = list(zip(*month_days))
             con.execute("CREATE OR REPLACE TEMP TABLE _mmap AS SELECT unnest($kix) AS kix, "

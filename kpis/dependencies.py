@@ -66,6 +66,29 @@ def prelude_tables(name: str) -> frozenset[str]:
     return _prelude_tables().get(name, frozenset())
 
 
+def prelude_columns(name: str) -> dict[str, frozenset[str] | None]:
+    """Per contract table a prelude object reads, the columns its rows can depend on: the
+    table's column names written as words in its statement or in those of the prelude objects
+    it reads that read the table (an over-approximation); None when one of them could read
+    columns it does not name (a star, NATURAL, COLUMNS())."""
+    return dict(_prelude_columns(name))
+
+
+@lru_cache(maxsize=32)
+def _prelude_columns(name: str) -> tuple[tuple[str, frozenset[str] | None], ...]:
+    texts = _prelude_texts()
+    out = []
+    for table in sorted(prelude_tables(name)):
+        own = [texts[o] for o in sorted(_prelude_refs().get(name, ()))
+               if o in texts and table in _prelude_tables().get(o, ())]
+        if any(_reads_whole_rows(t) for t in own):
+            out.append((table, None))
+            continue
+        columns = {c.name for c in load_contract().tables[table].columns}
+        out.append((table, frozenset(w for t in own for w in _WORD.findall(t) if w in columns)))
+    return tuple(out)
+
+
 def prelude_objects(k: KpiDef) -> frozenset[str]:
     """The prelude objects (tables, views, macros) the KPI's SQL reads, directly or through
     other prelude objects: which on-demand prelude tables an evaluation must build."""

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from kpis import day_store, wake
+from kpis import changes, day_store, wake
 from kpis.batch import RESULT_COLUMNS, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import prelude_objects, tables_read
@@ -399,7 +399,8 @@ def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
         apply_prelude(con, needed=on_demand_tables(chosen))
     plan = [(k, periods_for(k, requested, as_of)) for k in chosen]
     at = computed_at or local_now()
-    mode = day_store.Mode(refresh=False, computed_at=at) if use_day_store else None
+    mode = (day_store.Mode(refresh=False, computed_at=at, run_id=changes.top_run(con))
+            if use_day_store else None)
     return evaluate_plan(con, plan, as_of, at, mode)
 
 
@@ -526,12 +527,14 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         plan.append((k, periods_for(k, sorted(periods), as_of)))
     # kept between passes: only the keys whose inputs this pass's ETL merged are re-derived
     refresh_on_demand(con, on_demand_tables(k for k, _ in plan))
-    # The sweep re-reads every day of the months it evaluates: a change the dirty dates do not
-    # show (a row of a joined table) reaches the stored days at most SWEEP_EVERY late.
+    # The sweep re-reads the days of the months it evaluates whose inputs changed (kpis/changes.py):
+    # a change the dirty dates do not show (a row of a joined table) reaches the stored days at
+    # most SWEEP_EVERY late.
     at = local_now()
     if sweep:   # older months are evaluated only when restated; they read absent days again
         day_store.prune(con, (month(as_of.year, as_of.month).ws - timedelta(days=1)).replace(day=1).date())
-    summary = evaluate_plan(con, plan, as_of, at, day_store.Mode(refresh=sweep, computed_at=at))
+    summary = evaluate_plan(con, plan, as_of, at, day_store.Mode(refresh=sweep, computed_at=at,
+                                                                  run_id=changes.top_run(con)))
     wake.record(con, [k for k, _ in plan], summary.errors, fingerprints)
     summary.skipped = len(same)
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "

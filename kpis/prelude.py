@@ -11,6 +11,8 @@ from pathlib import Path
 
 import duckdb
 
+from kpis import changes
+
 _CREATE = re.compile(r"^CREATE OR REPLACE (TEMP )?(TABLE|VIEW) (\w+)")
 
 PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
@@ -59,22 +61,17 @@ FOLLOW = {
 _KEYS = {t: k for f in FOLLOW.values()
          for t, k in ((f.base, f.base_key), *((t, k) for t, k, _ in f.links))}
 
-# On-demand tables not kept between passes (no FOLLOW): rebuilt whole by each pass that needs
-# them, and why. tests/kpis/test_dependencies.py wants every ON_DEMAND table in one of the two.
-REBUILT = {
+# On-demand tables kept between passes but not re-derived per key (no FOLLOW): rebuilt whole by
+# a pass that needs them when a column they read changed since their build (kpis/changes.py),
+# and why. tests/kpis/test_dependencies.py wants every ON_DEMAND table in FOLLOW or GATED.
+GATED = {
     # a collection object or terminal reaches its point over two keys (terminal -> collection
-    # object -> meter -> point), which FOLLOW's one-key links cannot express; at county the
-    # build is a few joins over ~60 k rows, and the three stocks reading it are woken only by
-    # the columns it names (not the terminals' heartbeat)
+    # object -> meter -> point), which FOLLOW's one-key links cannot express; the columns it
+    # reads (not the terminals' heartbeat) change seldom, and the city build (3.5 M points) was
+    # ~3 s of every sweep when each pass that read it rebuilt it as a TEMP table
     "k_settle_mp": "inputs reach the point over more than one key",
 }
-# A REBUILT table is a TEMP table of the evaluating connection: nothing reads it between passes,
-# and at city most of its build was the write of 3.5 M rows into the warehouse file (17.5 s CPU
-# persistent against 12.2 s TEMP). Unqualified names find a TEMP table before a main one.
 
-
-def _temp(stmt: str) -> str:
-    return stmt.replace("CREATE OR REPLACE TABLE", "CREATE OR REPLACE TEMP TABLE", 1)
 
 # Rows an ETL pass merges carry updated_at > its window's low. SQLite sources filter the window
 # on text: a same-day stamp written another way ('T' separator, a zone offset) can pass the text
@@ -109,9 +106,6 @@ def apply_prelude(con: duckdb.DuckDBPyConnection, temp: bool = False,
                 stmt = stmt.replace(f"CREATE OR REPLACE {kind}", f"CREATE OR REPLACE TEMP {kind}")
         m = _CREATE.match(stmt)
         on_demand = bool(m) and m.group(3) in ON_DEMAND
-        if on_demand and not temp and m.group(3) in REBUILT:
-            _rebuild(con, m.group(3), stmt, needed is None or m.group(3) in needed, existing)
-            continue
         if on_demand and needed is not None and m.group(3) not in needed:
             if existing.get(m.group(3)) == "TABLE":
                 continue
@@ -123,19 +117,6 @@ def apply_prelude(con: duckdb.DuckDBPyConnection, temp: bool = False,
             _build(con, m.group(3), stmt, full=not stmt.endswith("LIMIT 0"))
         else:
             con.execute(stmt)
-
-
-def _rebuild(con: duckdb.DuckDBPyConnection, name: str, stmt: str, needed: bool,
-             existing: dict[str, str]) -> None:
-    """A REBUILT table as a TEMP table: built whole when needed, else created empty once (so
-    that every definition binds). A main-schema copy an older release kept is dropped."""
-    if name in existing:
-        con.execute(f"DROP {existing[name]} main.{name}")
-    if needed:
-        con.execute(_temp(stmt))
-    elif not con.execute("SELECT 1 FROM duckdb_tables() WHERE database_name = 'temp' "
-                         "AND table_name = $n", {"n": name}).fetchall():
-        con.execute(_temp(stmt) + " LIMIT 0")
 
 
 def _existing_kinds(con: duckdb.DuckDBPyConnection, temp: bool) -> dict[str, str]:
@@ -168,9 +149,8 @@ def refresh_on_demand(con: duckdb.DuckDBPyConnection, names: Collection[str]) ->
     try:
         for name, stmt in wanted:
             state = states.get(name)
-            if name in REBUILT:
-                con.execute(_temp(stmt))
-                out[name] = "full"
+            if name in GATED:
+                out[name] = _gated(con, name, stmt, state)
             elif top is None or state is None or state[0] != _hash(stmt) or not _follows(name, stmt):
                 out[name] = _full(con, name, stmt, top)
             else:
@@ -180,10 +160,7 @@ def refresh_on_demand(con: duckdb.DuckDBPyConnection, names: Collection[str]) ->
         # a kept table dropped behind its state (apply_prelude, run first, recreates it)
         con.execute("ROLLBACK")
         for name, stmt in wanted:
-            if name in REBUILT:
-                con.execute(_temp(stmt))
-            else:
-                _build(con, name, stmt, full=True)
+            _build(con, name, stmt, full=True)
         return {name: "full" for name, _ in wanted}
     except BaseException:
         con.execute("ROLLBACK")
@@ -267,6 +244,23 @@ def _full(con: duckdb.DuckDBPyConnection, name: str, stmt: str, top: int | None)
         con.execute("RESET force_compression")
     _record(con, name, stmt, top)
     return "full"
+
+
+def _gated(con: duckdb.DuckDBPyConnection, name: str, stmt: str,
+           state: tuple[str, int] | None) -> str:
+    """A GATED table: rebuilt whole when no build state is known for this SQL, or when an ETL run
+    after its build changed a column it reads; else kept (the caller's transaction). Its state
+    counts runs as kpis/changes.py does (etl_run and etl_dirty)."""
+    from kpis.dependencies import prelude_columns  # noqa: PLC0415  (dependencies imports this module)
+    top = changes.top_run(con)
+    if top is None or state is None or state[0] != _hash(stmt):
+        return _full(con, name, stmt, top)
+    if top != state[1]:
+        reads = prelude_columns(name)
+        if changes.Changes(con, state[1], reads).last_touch(reads) is not None:
+            return _full(con, name, stmt, top)
+        _record(con, name, stmt, top)
+    return "unchanged"
 
 
 def _changes(con: duckdb.DuckDBPyConnection, tables: frozenset[str], since: int,

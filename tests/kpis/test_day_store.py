@@ -18,8 +18,9 @@ import duckdb
 import pytest
 
 from etl.pipeline import run_pass
+from etl.warehouse import BOOKKEEPING
 from etl.warehouse import Warehouse
-from kpis import day_store
+from kpis import changes, day_store
 from kpis.batch import compute_plan
 from kpis.evaluate import ensure_schema, evaluate_incremental, on_demand_tables, periods_for
 from kpis.periods import Period, day, month
@@ -106,6 +107,16 @@ def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of)
     # the sweep: the running month's days read again and rewritten
     sweep = _rows(con, kpis, as_of, day_store.Mode(refresh=True, computed_at=at))
     assert _diff(direct, sweep) == []
+    # days stored with the ETL run they are up to: a sweep with no run since reads none again
+    top = changes.top_run(con)
+    assert top
+    stored_at_top = _rows(con, kpis, as_of, day_store.Mode(refresh=True, computed_at=at, run_id=top))
+    assert _diff(direct, stored_at_top) == []
+    jobs = day_store.plan(con, [(i, k, periods_for(k, _requested(as_of), as_of))
+                                for i, k in enumerate(kpis)], as_of, refresh=True)
+    assert all(not j.extra for j in jobs.values())
+    kept = _rows(con, kpis, as_of, day_store.Mode(refresh=True, computed_at=at, run_id=top))
+    assert _diff(direct, kept) == []
 
 
 def test_a_population_at_te_is_not_day_additive(sim) -> None:
@@ -234,6 +245,42 @@ def test_stored_days_are_used_only_with_the_same_sql_and_te(small) -> None:
     # a changed definition (another hash) invalidates every stored day
     changed = k.model_copy(update={"facts": k.facts + "\n  AND a.app_no IS NOT NULL"})
     assert _extra(con, changed, t0 + timedelta(minutes=1)) == {date(2024, 7, d) for d in range(1, 10)}
+
+
+def test_the_sweep_reads_again_only_days_whose_inputs_changed(small) -> None:
+    """With the ETL's record (etl_run, etl_changed), a sweep keeps a stored day unless a run
+    after the one it was stored at changed a column the KPI reads of a table it reads."""
+    con, one = small
+    k = one.get(KPI)
+    for ddl in BOOKKEEPING:
+        con.execute(ddl)
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, one, t0).errors
+    later = t0 + timedelta(minutes=1)
+    month_so_far = {date(2024, 7, d) for d in range(1, 10)}
+    assert _extra(con, k, later, refresh=True) == set()
+
+    def run(run_id: int, table: str, *marks: str) -> None:
+        con.execute("INSERT INTO etl_run (run_id, source, table_name, rows_merged) VALUES (?, 'x', ?, 1)",
+                    [run_id, table])
+        for m in marks:
+            con.execute("INSERT INTO etl_changed VALUES (?, 'x', ?, ?)", [run_id, table, m])
+
+    run(1, "mis_app", "", "updated_at")          # compared: only a column the KPI does not read
+    run(2, "cs_call", "*")                       # a table it does not read
+    assert _extra(con, k, later, refresh=True) == set()
+    assert _extra(con, k, later) == set()        # an ordinary pass never re-reads for this
+    run(3, "mis_app", "", "org_no")              # attribution of applications on any day
+    assert _extra(con, k, later, refresh=True) == month_so_far
+    # the sweep stores the days again at run 3: kept at the next sweep
+    assert not evaluate_incremental(con, one, t0 + timedelta(hours=1)).errors
+    assert con.execute("SELECT MIN(run_id) FROM kpi_day WHERE day >= DATE '2024-07-01'").fetchone()[0] == 3
+    assert _extra(con, k, t0 + timedelta(hours=1, minutes=1), refresh=True) == set()
+    run(4, "mis_app")                             # merged, columns not recorded: any column
+    assert _extra(con, k, t0 + timedelta(hours=1, minutes=1), refresh=True) == month_so_far
+    run(5, "mis_org", "", "org_name")            # the org tree: every KPI reads all of it
+    con.execute("DELETE FROM etl_run WHERE run_id = 4")
+    assert _extra(con, k, t0 + timedelta(hours=1, minutes=1), refresh=True) == month_so_far
 
 
 def test_a_month_from_stored_days_follows_late_rows_of_dirty_days(small) -> None:

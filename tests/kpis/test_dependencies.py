@@ -5,7 +5,7 @@ import pytest
 
 from kpis.dependencies import columns_read, prelude_objects, tables_read
 from kpis.evaluate import on_demand_tables
-from kpis.prelude import FOLLOW, ON_DEMAND, REBUILT
+from kpis.prelude import FOLLOW, GATED, ON_DEMAND
 from kpis.registry import load_registry
 
 
@@ -60,12 +60,12 @@ def test_only_the_on_demand_tables_a_plan_reads_are_built(registry):
         == {"k_wo", "k_settle_tg"}
 
 
-def test_every_on_demand_table_is_followed_or_rebuilt_for_a_stated_reason():
-    """A table the worker neither follows key by key (FOLLOW) nor lists as rebuilt whole each
-    pass (REBUILT, with the reason) is a decision nobody made: refused."""
-    assert set(FOLLOW) | set(REBUILT) == set(ON_DEMAND)
-    assert not set(FOLLOW) & set(REBUILT)
-    assert all(REBUILT.values())
+def test_every_on_demand_table_is_followed_or_gated_for_a_stated_reason():
+    """A table the worker neither follows key by key (FOLLOW) nor lists as rebuilt whole when a
+    column it reads changed (GATED, with the reason) is a decision nobody made: refused."""
+    assert set(FOLLOW) | set(GATED) == set(ON_DEMAND)
+    assert not set(FOLLOW) & set(GATED)
+    assert all(GATED.values())
 
 
 def test_k_settle_mp_readers_are_not_woken_by_heartbeats(registry):

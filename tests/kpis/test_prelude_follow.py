@@ -28,7 +28,7 @@ import pytest
 from etl.pipeline import run_pass
 from etl.settings import SOURCE_NAMES, load_settings
 from etl.warehouse import Warehouse
-from kpis.prelude import FOLLOW, ON_DEMAND, REBUILT, apply_prelude, refresh_on_demand, statements
+from kpis.prelude import FOLLOW, GATED, ON_DEMAND, apply_prelude, refresh_on_demand, statements
 from tests.kpis.harness import simulated_small
 
 START = date(2026, 5, 1)
@@ -200,11 +200,12 @@ def test_kept_tables_equal_a_fresh_build_after_random_changes(sim, seed, keys) -
         at = END + timedelta(minutes=step)
         change_sources(sim, rng, at)
         how = _pass(sim, keys_lost=keys == "lost")
-        assert how == {n: "full" if n in REBUILT else "delta" for n in ON_DEMAND}, (step, how)
+        # every step changes settlement points (customer, 台区, status): k_settle_mp reads them
+        assert how == {n: "full" if n in GATED else "delta" for n in ON_DEMAND}, (step, how)
         for name in sorted(ON_DEMAND):
             assert _fresh_differs(sim.con, name) == 0, (step, name)
-    # nothing merged since: nothing to do, and still equal (a REBUILT table is built anyway)
-    assert _pass(sim) == {n: "full" if n in REBUILT else "unchanged" for n in ON_DEMAND}
+    # nothing merged since: nothing to do, and still equal
+    assert _pass(sim) == {n: "unchanged" for n in ON_DEMAND}
     for name in sorted(ON_DEMAND):
         assert _fresh_differs(sim.con, name) == 0
 
@@ -244,7 +245,9 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
         w = cs.execute("SELECT MIN(wo_no) FROM cs_work_order").fetchone()[0]
         _set(cs, "cs_work_order", "wo_no", w, END + timedelta(minutes=1), status_code="09")
     assert _pass(sim) == {"k_wo": "delta", "k_task": "full", "k_settle_tg": "full",
-                          "k_bill": "unchanged", "k_settle_mp": "full"}
+                          "k_bill": "unchanged", "k_settle_mp": "unchanged"}
+    con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
+    assert _pass(sim)["k_settle_mp"] == "full"
 
 
 def test_a_kept_table_dropped_behind_its_state_is_rebuilt(sim) -> None:
@@ -263,3 +266,28 @@ def test_follow_names_every_table_the_statement_reads() -> None:
     from kpis.dependencies import prelude_tables
     for name, f in FOLLOW.items():
         assert prelude_tables(name) == f.tables(), name
+
+
+def test_k_settle_mp_is_rebuilt_only_when_a_column_it_reads_changed(sim) -> None:
+    """GATED: the terminals' heartbeat (last_online_time, every terminal, every minute) leaves
+    k_settle_mp as it is; a terminal that stops running (run_status, which `covered` reads)
+    rebuilds it, and the kept table equals a fresh build either way."""
+    with _source(sim, "meter") as meter:
+        terms = [r[0] for r in meter.execute(
+            "SELECT terminal_id FROM meter_terminal WHERE is_deleted = 0 AND run_status = '01' "
+            "ORDER BY terminal_id LIMIT 5")]
+        for t in terms:
+            _set(meter, "meter_terminal", "terminal_id", t, END + timedelta(minutes=1),
+                 last_online_time=_stamp(END + timedelta(minutes=1)))
+    how = _pass(sim)
+    assert how["k_settle_mp"] == "unchanged", how
+    assert _fresh_differs(sim.con, "k_settle_mp") == 0
+    covered = sim.con.execute("SELECT COUNT(*) FILTER (WHERE covered) FROM k_settle_mp").fetchone()[0]
+    with _source(sim, "meter") as meter:
+        for t in terms:
+            _set(meter, "meter_terminal", "terminal_id", t, END + timedelta(minutes=2), run_status="02")
+    how = _pass(sim)
+    assert how["k_settle_mp"] == "full", how
+    assert _fresh_differs(sim.con, "k_settle_mp") == 0
+    # the change reached the table: points collected through those terminals are no longer covered
+    assert sim.con.execute("SELECT COUNT(*) FILTER (WHERE covered) FROM k_settle_mp").fetchone()[0] < covered
