@@ -12,8 +12,11 @@ last bit (tests/kpis/test_day_store.py checks it on simulated data).
 
 A stored day is used only when it was computed with the same SQL (facts, presence and the prelude
 objects they read: `facts_hash`) and up to the te the month needs (a day stored while it was
-today holds rows up to that minute only). Anything else is read again from the facts in the
-same statements as the pass's other periods ("backfill"), then stored.
+today holds rows up to that minute only); for a KPI whose facts read as_of and settle
+(`settles_after`: a day's collection counts if it succeeded before 09:00 of the next day), only
+when it was computed at an as_of at least that long after the day's end. Anything else is read
+again from the facts in the same statements as the pass's other periods ("backfill"), then
+stored.
 
 Freshness: the days a pass reads are the periods it already evaluates (today, and past days the
 ETL marked dirty); the sweep (kpis.evaluate.SWEEP_EVERY) re-reads the days of the months it
@@ -50,6 +53,9 @@ DDL = (
         den DECIMAL(38, 9), sample DECIMAL(38, 9), missing BOOLEAN)""",
     # the ETL run the day's data was up to (kpis/changes.py); NULL: unknown, read again at a sweep
     "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS run_id BIGINT",
+    # the as_of the day was computed at: a KPI that settles (settles_after) reuses a day only
+    # when it was computed after it settled
+    "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS as_of TIMESTAMP",
 )
 # Part of every hash: a change of what a stored row means invalidates every stored day.
 FORMAT = "day-store 1"
@@ -70,7 +76,7 @@ def facts_hash(k: KpiDef) -> str:
     they read."""
     from kpis.dependencies import prelude_objects  # noqa: PLC0415
     prelude = _prelude_sql()
-    parts = [FORMAT, k.facts, k.presence or ""] + ([k.reduced] if k.reduced else [])
+    parts = [FORMAT, k.facts, k.presence or "", k.settles_after or ""] + ([k.reduced] if k.reduced else [])
     parts += [prelude.get(name, name) for name in sorted(prelude_objects(k))]
     return hashlib.sha256("\n\x00".join(parts).encode()).hexdigest()[:24]
 
@@ -129,10 +135,11 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
     hi = max(p.we for _, _, ms, ds in wanted for p in ms + ds).date()
     ids = sorted({k.id for _, k, _, _ in wanted})
     rows = con.execute(
-        "SELECT kpi_id, day, te, facts_hash, run_id FROM kpi_day WHERE kpi_id IN (SELECT unnest($ids)) "
+        "SELECT kpi_id, day, te, facts_hash, run_id, as_of FROM kpi_day WHERE kpi_id IN (SELECT unnest($ids)) "
         "AND day >= $lo AND day < $hi", {"ids": ids, "lo": lo, "hi": hi}).fetchall()
-    stored = {(kid, d): (te, h) for kid, d, te, h, _ in rows}
-    run_of = {(kid, d): run for kid, d, _, _, run in rows}
+    stored = {(kid, d): (te, h) for kid, d, te, h, _, _ in rows}
+    run_of = {(kid, d): run for kid, d, _, _, run, _ in rows}
+    computed_as_of = {(kid, d): at for kid, d, _, _, _, at in rows}
     touched: dict[str, int | None] = {}
     if refresh:
         runs = [r for r in run_of.values() if r is not None]
@@ -149,6 +156,11 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
         last = touched[kid]
         return last is None or last <= run
 
+    def settled(k: KpiDef, d: Period) -> bool:
+        """A KPI that reads as_of: the day was computed after it stopped depending on it."""
+        at = computed_as_of.get((k.id, d.ws.date()))
+        return k.settles is None or (at is not None and at >= d.we + k.settles)
+
     for kix, k, months, days in wanted:
         h = facts_hash(k)
         own = set(days)
@@ -162,7 +174,7 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
             for d in need:
                 if d in own:
                     continue
-                if (stored.get((k.id, d.ws.date())) != (d.te(as_of), h)
+                if (stored.get((k.id, d.ws.date())) != (d.te(as_of), h) or not settled(k, d)
                         or (refresh and not fresh(k.id, d.ws.date()))):
                     extra.add(d)
         jobs[kix] = Job(kix, k, h, sorted(own | extra), by_month, extra)
@@ -201,10 +213,11 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                            SELECT m.kpi_id, m.day, r.org_no, r.grid_no, r.num, r.den, r.sample, r.missing
                            FROM _fr r JOIN _dmap m ON m.kix = r.kix AND m.pid = r.pid""")
             con.execute("""INSERT INTO kpi_day
-                           SELECT m.kpi_id, m.day, m.te, pr.pid IS NOT NULL, m.facts_hash, $at, $run
+                           SELECT m.kpi_id, m.day, m.te, pr.pid IS NOT NULL, m.facts_hash, $at, $run,
+                                  $as_of
                            FROM _dmap m LEFT JOIN (SELECT DISTINCT kix, pid FROM _present) pr
                                 ON pr.kix = m.kix AND pr.pid = m.pid""",
-                        {"at": computed_at, "run": run_id})
+                        {"at": computed_at, "run": run_id, "as_of": as_of})
         if month_days:
             cols = list(zip(*month_days))
             con.execute("CREATE OR REPLACE TEMP TABLE _mmap AS SELECT unnest($kix) AS kix, "

@@ -181,7 +181,8 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     [ws, te) and reduced by sums only: then each row falls in exactly one day, and the day
     sums are exact DECIMALs. The shapes that break it: stocks, snapshots and rolling windows
     (a value at te, not a sum over the period), distinct counts, MAX and quantiles, items that
-    stay pending, facts that read as_of (a day keeps moving after it ends) or the period's
+    stay pending, facts that read as_of (a day keeps moving after it ends, unless the author
+    states when it stops: settles_after, kpis/day_store.py) or the period's
     end, length or grain. The first entries are hard (an override cannot lift them); the last,
     `te without its ws`, is a heuristic for a population taken at te beside a flow (e.g. a
     count of customers at the end): the author may override it after checking."""
@@ -195,7 +196,8 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     if k.resolved_or_due:
         out.append("resolved_or_due")
     words = _period_words(k)
-    named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"})
+    named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"}
+                   - ({"as_of"} if k.settles_after else set()))
     if named:
         out.append("names " + ", ".join(named))
     if "ws" not in words or "te" not in words:
@@ -227,6 +229,15 @@ def day_additive_valid(parsed: list[Located]) -> list[Issue]:
     return issues
 
 
+def settles_only_where_as_of_is_read(parsed: list[Located]) -> list[Issue]:
+    """settles_after says when a day stops depending on as_of: only for facts that read it."""
+    return [Issue(loc.file, loc.line, loc.kpi.id,
+                  f"settles_after: {loc.kpi.settles_after}, but the KPI's SQL does not read as_of; "
+                  "expected no settles_after")
+            for loc in parsed
+            if loc.kpi.settles_after and "as_of" not in _period_words(loc.kpi)]
+
+
 def reduced_only_where_summed(parsed: list[Located]) -> list[Issue]:
     """Reduced facts stand for the facts only where the engine sums them (kpis.batch.batchable)."""
     from kpis.batch import batchable  # noqa: PLC0415  (batch imports the compiler)
@@ -239,7 +250,8 @@ def reduced_only_where_summed(parsed: list[Located]) -> list[Issue]:
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known,
-                                   day_additive_valid, reduced_only_where_summed)
+                                   day_additive_valid, reduced_only_where_summed,
+                                   settles_only_where_as_of_is_read)
 
 
 def sql_binds(parsed: list[Located]) -> list[Issue]:

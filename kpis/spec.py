@@ -1,6 +1,7 @@
 """The schema of one KPI definition (pydantic): catalogue fields plus its computation."""
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -60,6 +61,12 @@ class KpiDef(BaseModel):
     # definition (kpis.registry.day_additive); false opts out; true is accepted only where the
     # derivation finds no shape that makes days non-additive.
     day_additive: bool | None = None
+    # A flow whose facts read as_of (a success counts once it has happened by as_of) but whose
+    # day no longer depends on it from this long after the day's end on: e.g. "9 hours" when a
+    # day's collection counts if it succeeded before 09:00 of the next day. Lifts the day store's
+    # "names as_of" blocker; a stored day is then reused only when it was computed at an as_of
+    # at least this long after the day's end (kpis/day_store.py).
+    settles_after: str | None = Field(default=None, pattern=r"^[1-9][0-9]* (hours|days)$")
     presence: str | None = None        # SQL returning rows when the source delivered data for p
     facts: str                         # SQL returning pid, org_no, grid_no, num, den [, ...]
     # The facts already summed: the same columns less item_key (and the count_distinct keys),
@@ -72,6 +79,14 @@ class KpiDef(BaseModel):
     @classmethod
     def _text(cls, v: object) -> object:
         return None if v is None else str(v)
+
+    @property
+    def settles(self) -> timedelta | None:
+        """settles_after as a duration."""
+        if self.settles_after is None:
+            return None
+        n, unit = self.settles_after.split()
+        return timedelta(**{unit: int(n)})
 
     @property
     def values_sql(self) -> str:

@@ -68,9 +68,9 @@ def _requested(as_of: datetime) -> list[Period]:
 
 
 def _rows(con: duckdb.DuckDBPyConnection, kpis: list[KpiDef], as_of: datetime,
-          mode: day_store.Mode | None) -> list[tuple]:
+          mode: day_store.Mode | None, asked: list[Period] | None = None) -> list[tuple]:
     errors: dict[str, str] = {}
-    plan = [(k, periods_for(k, _requested(as_of), as_of)) for k in kpis]
+    plan = [(k, periods_for(k, asked or _requested(as_of), as_of)) for k in kpis]
     compute_plan(con, plan, as_of, errors, mode)
     assert errors == {}
     return con.execute(f"SELECT {COLUMNS} FROM _result ORDER BY kpi_id, org_no, grain, period_start").fetchall()
@@ -117,6 +117,44 @@ def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of)
     assert all(not j.extra for j in jobs.values())
     kept = _rows(con, kpis, as_of, day_store.Mode(refresh=True, computed_at=at, run_id=top))
     assert _diff(direct, kept) == []
+
+
+SETTLING = ("metering.daily_collect_success_rate", "metering.collect_success_rate_special")
+
+
+def test_a_day_that_reads_as_of_is_reused_only_once_it_has_settled(sim) -> None:
+    """The collection success rates count a day's success before 09:00 of the next day that has
+    happened by as_of (settles_after: 9 hours). Days stored at 03:00 of the last day: the day
+    before has not settled (its morning retries are still to come) and is read again at the
+    end of the day; days stored at the end of the day are reused. Either way the month equals
+    the month read directly, to the last bit."""
+    con = sim.con
+    kpis = [sim.registry.get(kid) for kid in SETTLING]
+    assert all(day_additive(k) and k.settles for k in kpis)
+    last = AS_OFS[0].date()
+    early = datetime.combine(last, datetime.min.time()) + timedelta(hours=3)
+    late, later = AS_OFS[1], AS_OFS[0]      # 14:37:12 and 23:59:59 of the last day
+    # the data must hold what makes as_of matter: day-before successes after 03:00, before 09:00
+    retried = con.execute("""SELECT COUNT(*) FROM meter_collection_daily
+                             WHERE data_date = $d AND coll_status = '01'
+                               AND success_time >= $early AND success_time < $nine""",
+                          {"d": last - timedelta(days=1), "early": early,
+                           "nine": early + timedelta(hours=6)}).fetchone()[0]
+    assert retried > 0
+    for table in ("kpi_day", "kpi_day_fact"):
+        con.execute(f"DELETE FROM {table}")
+    at = datetime(2026, 6, 4, 12, 0)
+    _rows(con, kpis, early, day_store.Mode(refresh=False, computed_at=at))
+    # today and the month to date: the past days of June come from the store or are read again
+    asked = [day(last), month(last.year, last.month)]
+    yesterday = last - timedelta(days=1)
+    for as_of, reread in ((late, {yesterday}), (later, set())):
+        requested = [(i, k, periods_for(k, asked, as_of)) for i, k in enumerate(kpis)]
+        jobs = day_store.plan(con, requested, as_of, refresh=False)
+        assert all({p.ws.date() for p in j.extra} == reread for j in jobs.values()), as_of
+        direct = _rows(con, kpis, as_of, None, asked)
+        via = _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at), asked)
+        assert _diff(direct, via) == [], as_of
 
 
 def test_a_population_at_te_is_not_day_additive(sim) -> None:

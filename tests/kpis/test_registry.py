@@ -108,3 +108,27 @@ def test_reduced_facts_must_carry_the_summed_columns_of_a_summed_kpi(tmp_path: P
     assert "customer.good" not in message
     assert "[customer.no_den]: reduced has column(s)" in message and "'den'" in message
     assert "[customer.distinct]: `reduced` on a KPI whose facts are not summed" in message
+
+
+def test_settles_after_only_where_the_sql_reads_as_of(tmp_path: Path) -> None:
+    """settles_after says when a day stops depending on as_of: on a KPI that does not read it,
+    or in another form than 'N hours' / 'N days', it is reported by id."""
+    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
+            "    formula: x\n    unit: count\n    direction: band\n    grain: daily\n"
+            "    warning: '1..2'\n    critical: '0..3'\n    org_levels: [city]\n    tier: core\n"
+            "    sources: [mis]\n    kind: ratio\n    shape: flow\n    settles_after: {after}\n"
+            "    presence: SELECT pid FROM _periods\n"
+            "    facts: SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den FROM mis_app a "
+            "JOIN _periods p ON a.accept_time >= p.ws AND a.accept_time < p.te{cond}\n")
+    reads = " AND upto(a.accept_time, p.as_of) IS NOT NULL"
+    text = ("theme: newconn\nkpis:\n"
+            + item.format(id="newconn.good", after="9 hours", cond=reads)
+            + item.format(id="newconn.no_as_of", after="9 hours", cond="")
+            + item.format(id="newconn.bad_form", after="9h", cond=reads))
+    (tmp_path / "newconn.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(RegistryError) as info:
+        load_registry(tmp_path, check_sql=True)
+    message = str(info.value)
+    assert "newconn.good" not in message
+    assert "[newconn.no_as_of]: settles_after: 9 hours, but the KPI's SQL does not read as_of" in message
+    assert "[newconn.bad_form]" in message and "settles_after" in message
