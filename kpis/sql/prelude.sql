@@ -71,6 +71,13 @@ CREATE OR REPLACE MACRO wdl(t, n) AS
      WHERE c.work_flag = 1 AND c.wd_index = (SELECT d.wd_index FROM k_calendar d
                                              WHERE d.cal_date = CAST(t AS DATE)) + n + 1);
 
+-- Working days by their index (00:00 of each): WDL(t, n) as a join, the working day at the index
+-- of DATE(t) (k_calendar) + n + 1, for facts over many rows (wdl() above is a correlated
+-- subquery: a DELIM join per statement, ~0.05 s each at city even for a few hundred orders).
+CREATE OR REPLACE TABLE k_wd_day AS
+SELECT wd_index, CAST(MIN(cal_date) AS TIMESTAMP) AS day_start
+FROM k_calendar WHERE work_flag = 1 GROUP BY wd_index;
+
 -- A text field filled in: not NULL and not only blanks, i.e. NULLIF(TRIM(x), '') IS NOT NULL.
 -- TRIM of every value was 0.7 s of 3.5 M customers x 3 fields at city (CJK text); only a value
 -- whose first character is one TRIM removes (the Unicode space separators, listed) needs it.
