@@ -1,13 +1,14 @@
 """The on-demand prelude tables kept between passes (kpis.prelude.refresh_on_demand).
 
-Property: after random source changes and ETL passes, the kept k_wo, k_task, k_settle_tg and
-k_bill equal a fresh build from the warehouse row for row, and the refresh took the delta path
-(else the property would hold trivially). The changes reach every input: work orders (another customer or
-台区, merges, status, deletes), customers (another grid, deleted), 台区 (another grid, urban
-class, deleted), repair tasks, metering points (another customer or 台区, retired, a new point
-with a smaller mp_no), bills (another customer, deleted, another amount; their customer to
-another grid or use code), rows stamped inside the ETL overlap behind the watermark, and a hard
-delete at the source (the warehouse keeps the row). A change of the org tree rebuilds k_wo whole.
+Property: after random source changes and ETL passes, the kept k_wo, k_task, k_settle_tg, k_bill
+and k_payment equal a fresh build from the warehouse row for row, and the refresh took the delta
+path (else the property would hold trivially); k_settle_mp (GATED) is rebuilt whole when a column
+it reads changed. The changes reach every input: work orders (another customer or 台区, merges,
+status, deletes), customers (another grid, deleted), 台区 (another grid, urban class, deleted),
+repair tasks, metering points (another customer or 台区, retired, a new point with a smaller
+mp_no), bills and payments (another customer, deleted, another amount; their customer to another
+grid or use code), rows stamped inside the ETL overlap behind the watermark, and a hard delete
+at the source (the warehouse keeps the row). A change of the org tree rebuilds k_wo whole.
 Hand-checked: a customer moved to another grid moves its work orders' attr_grid and its bills'
 cust_grid_no.
 """
@@ -146,6 +147,19 @@ def change_sources(sim: Sim | Path, rng: random.Random, at: datetime, joined: bo
                 _set(mis, "mis_bill", "bill_id", b, when(), is_deleted=1)
             else:
                 _set(mis, "mis_bill", "bill_id", b, when(), rcvbl_amt=rng.randrange(1, 900))
+        # payments to another customer, deleted or re-amounted; paying customers to another grid
+        for y in _keys(mis, "mis_payment", "charge_id", rng, 3):
+            change = rng.choice(("cons", "delete", "amount"))
+            if change == "cons":
+                _set(mis, "mis_payment", "charge_id", y, when(), cons_no=rng.choice(custs))
+            elif change == "delete":
+                _set(mis, "mis_payment", "charge_id", y, when(), is_deleted=1)
+            else:
+                _set(mis, "mis_payment", "charge_id", y, when(), rcv_amt=rng.randrange(1, 900))
+        paying = [r[0] for r in mis.execute(
+            "SELECT DISTINCT cons_no FROM mis_payment WHERE cons_no IS NOT NULL ORDER BY 1")]
+        for c in rng.sample(paying, 2):
+            _set(mis, "mis_customer", "cons_no", c, when(), grid_no=rng.choice(grids))
         codes = [r[0] for r in mis.execute("SELECT DISTINCT elec_type_code FROM mis_customer "
                                            "WHERE elec_type_code IS NOT NULL ORDER BY 1")]
         billed = [r[0] for r in mis.execute(
@@ -210,7 +224,8 @@ def test_kept_tables_equal_a_fresh_build_after_random_changes(sim, seed, keys) -
         assert _fresh_differs(sim.con, name) == 0
 
 
-@pytest.mark.parametrize("table, grid_col", [("k_wo", "attr_grid"), ("k_bill", "cust_grid_no")])
+@pytest.mark.parametrize("table, grid_col", [("k_wo", "attr_grid"), ("k_bill", "cust_grid_no"),
+                                             ("k_payment", "cust_grid_no")])
 def test_a_customer_moved_to_another_grid_moves_its_orders_and_bills(sim, table, grid_col) -> None:
     con = sim.con
     only_kept = ("JOIN mis_customer c ON c.cons_no = w.cons_no AND c.is_deleted = 0"
@@ -245,7 +260,7 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
         w = cs.execute("SELECT MIN(wo_no) FROM cs_work_order").fetchone()[0]
         _set(cs, "cs_work_order", "wo_no", w, END + timedelta(minutes=1), status_code="09")
     assert _pass(sim) == {"k_wo": "delta", "k_task": "full", "k_settle_tg": "full",
-                          "k_bill": "unchanged", "k_settle_mp": "unchanged"}
+                          "k_bill": "unchanged", "k_payment": "unchanged", "k_settle_mp": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
