@@ -137,25 +137,18 @@ def change_sources(sim: Sim | Path, rng: random.Random, at: datetime, joined: bo
             _set(dist, "dist_tg", "tg_no", t, when(), grid_no=rng.choice(grids),
                  urban_rural=rng.choice(("01", "02", "03")))
         _set(dist, "dist_tg", "tg_no", rng.choice(used_tgs), when(), is_deleted=rng.choice((0, 1)))
-        # bills to another customer, deleted or re-amounted; billed customers to another grid
-        # or use code (k_bill carries both)
-        for b in _keys(mis, "mis_bill", "bill_id", rng, 3):
-            change = rng.choice(("cons", "delete", "amount"))
-            if change == "cons":
-                _set(mis, "mis_bill", "bill_id", b, when(), cons_no=rng.choice(custs))
-            elif change == "delete":
-                _set(mis, "mis_bill", "bill_id", b, when(), is_deleted=1)
-            else:
-                _set(mis, "mis_bill", "bill_id", b, when(), rcvbl_amt=rng.randrange(1, 900))
-        # payments to another customer, deleted or re-amounted; paying customers to another grid
-        for y in _keys(mis, "mis_payment", "charge_id", rng, 3):
-            change = rng.choice(("cons", "delete", "amount"))
-            if change == "cons":
-                _set(mis, "mis_payment", "charge_id", y, when(), cons_no=rng.choice(custs))
-            elif change == "delete":
-                _set(mis, "mis_payment", "charge_id", y, when(), is_deleted=1)
-            else:
-                _set(mis, "mis_payment", "charge_id", y, when(), rcv_amt=rng.randrange(1, 900))
+        # bills and payments to another customer, deleted or re-amounted; billed and paying
+        # customers to another grid (k_bill and k_payment carry it) or use code (k_bill)
+        for table, key, amount in (("mis_bill", "bill_id", "rcvbl_amt"),
+                                   ("mis_payment", "charge_id", "rcv_amt")):
+            for row in _keys(mis, table, key, rng, 3):
+                change = rng.choice(("cons", "delete", "amount"))
+                if change == "cons":
+                    _set(mis, table, key, row, when(), cons_no=rng.choice(custs))
+                elif change == "delete":
+                    _set(mis, table, key, row, when(), is_deleted=1)
+                else:
+                    _set(mis, table, key, row, when(), **{amount: rng.randrange(1, 900)})
         paying = [r[0] for r in mis.execute(
             "SELECT DISTINCT cons_no FROM mis_payment WHERE cons_no IS NOT NULL ORDER BY 1")]
         for c in rng.sample(paying, 2):
