@@ -229,8 +229,8 @@ def _run_chunk(con: duckdb.DuckDBPyConnection, chunk: Sequence[tuple[int, KpiDef
     def run(items: Sequence[tuple[int, KpiDef, set[str]]]) -> None:
         try:
             con.execute("INSERT INTO _fr " + _facts_sql(items, lo))
-            con.execute("INSERT INTO _present "
-                        + "\nUNION ALL\n".join(_presence_sql(i, k) for i, k, _ in items))
+            con.execute("INSERT INTO _present " + _bounded(
+                "\nUNION ALL\n".join(_presence_sql(i, k) for i, k, _ in items), lo))
         except duckdb.Error:
             # the facts may be in while the presence failed: a retry must not count them twice
             kixs = ", ".join(str(i) for i, _, _ in items)

@@ -54,7 +54,7 @@ CREATE OR REPLACE MACRO seconds_between(a, b) AS epoch(b) - epoch(a);
 CREATE OR REPLACE MACRO hours_between(a, b) AS epoch(b) / 3600.0 - epoch(a) / 3600.0;
 -- An event later than as_of has not happened yet.
 CREATE OR REPLACE MACRO upto(t, as_of) AS CASE WHEN t <= as_of THEN t END;
--- periods_from(): no period of _periods starts before it. A facts query may filter a large
+-- periods_from(): no period of _periods starts before it. A facts or presence query may filter a large
 -- table's placing column on it (a row placed in [ws, te) is never before it): the batched
 -- engine writes the earliest ws of the statement's periods in its place, a constant whose
 -- comparison skips row groups by their min/max (kpis/batch.py). Elsewhere it bounds nothing.
