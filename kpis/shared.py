@@ -30,7 +30,8 @@ def definitions() -> dict[str, str]:
     return out
 
 
-def _cte(name: str) -> str:
+def cte(name: str) -> str:
+    """The CTE a shared subquery is stated as (`expand`, `with_clause`)."""
     return f"{name} AS MATERIALIZED (\n{definitions()[name]}\n)"
 
 
@@ -44,7 +45,7 @@ def expand(facts: str) -> str:
     names = names_in(facts)
     if not names:
         return facts
-    return f"WITH {', '.join(_cte(n) for n in names)}\n{_OPEN}{facts}{_CLOSE}"
+    return f"WITH {', '.join(cte(n) for n in names)}\n{_OPEN}{facts}{_CLOSE}"
 
 
 def split(facts: str) -> tuple[list[str], str]:
@@ -52,7 +53,7 @@ def split(facts: str) -> tuple[list[str], str]:
     names = names_in(facts)
     if not names:
         return [], facts
-    head = f"WITH {', '.join(_cte(n) for n in names)}\n{_OPEN}"
+    head = f"WITH {', '.join(cte(n) for n in names)}\n{_OPEN}"
     if not (facts.startswith(head) and facts.endswith(_CLOSE)):
         return [], facts
     return names, facts[len(head):-len(_CLOSE)]
@@ -60,4 +61,4 @@ def split(facts: str) -> tuple[list[str], str]:
 
 def with_clause(names: list[str]) -> str:
     """`WITH a AS MATERIALIZED (...), b AS ...` for a statement's top (empty for none)."""
-    return f"WITH {', '.join(_cte(n) for n in names)}\n" if names else ""
+    return f"WITH {', '.join(cte(n) for n in names)}\n" if names else ""

@@ -113,6 +113,24 @@ SELECT p.pid, y.org_no, y.cust_grid_no AS grid_no, y.charge_id, y.rcv_amt, y.pay
 FROM k_payment y JOIN _periods p ON y.pay_time >= p.ws AND y.pay_time < p.te
 WHERE y.is_deleted = 0;
 
+-- shared: k_cust_n
+-- Customers (is_deleted = 0) counted per org, grid and what ACTIVE reads, the dates clamped to the
+-- span of the periods' te days as in k_cust_groups below (a date before all of them, or after
+-- all of them, acts alike for every period; NULL stays NULL; grouped by their exact dates they
+-- stayed 2.6 M groups at city): the populations of the two "per 10k customers" KPIs
+-- (order.complaint_rate_10k, repair.orders_per_10k). A pass evaluates them in two statements;
+-- kpis.batch.SharedCache computes it once for both (it reads _periods only through te).
+SELECT c.org_no, c.grid_no, c.status_code,
+       clamp_build(c.bd, x.lo, x.hi) AS bd, clamp_cancel(c.cancel_date, x.lo, x.hi) AS cancel_date,
+       COUNT(*) AS n
+FROM (SELECT org_no, grid_no, status_code, cancel_date,
+             COALESCE(build_date, CAST(created_at AS DATE)) AS bd
+      FROM mis_customer WHERE is_deleted = 0) c
+CROSS JOIN (SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
+                   MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS hi
+            FROM _periods) x
+GROUP BY ALL;
+
 -- shared: k_cust_groups
 -- The reduced facts of the archive stocks (customer.active_total and the 17 others whose test
 -- of a customer is ACTIVE(c, te) and its own fields): customers (is_deleted = 0) grouped by org,

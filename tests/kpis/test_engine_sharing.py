@@ -7,16 +7,21 @@ that the batched engine (which shares) gives each KPI's own statement's rows to 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 
-from kpis.batch import te_only
+from kpis import shared
+from kpis.batch import SharedCache, load_periods, te_only
 from kpis.evaluate import evaluate_and_store
 from kpis.periods import day, month
 from kpis.prelude import apply_prelude
 from kpis.registry import load_registry
 from tests.kpis.harness import load_inputs
+
+CASES = Path(__file__).resolve().parent / "cases"
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +127,12 @@ class _Recording:
     """The engine's connection, keeping the statements that insert reduced facts."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._con, self.facts = con, []
+        self._con, self.facts, self.all = con, [], []
 
     def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
         if sql.startswith("INSERT INTO _fr ") and ("-- reliability." in sql or "-- metering." in sql):
             self.facts.append(sql)
+        self.all.append(sql)
         return self._con.execute(sql, *args)
 
     def __getattr__(self, name: str) -> object:
@@ -202,3 +208,49 @@ def test_a_lifted_subquery_keeps_the_statements_bound(registry):
         ("metering.collect_success_rate_special", "daily 2024-07-02 00:00:00"): 100.0,
         ("metering.collect_success_rate_special", "monthly 2024-07-01 00:00:00"): 100.0,
         ("metering.collect_success_rate_special", "monthly 2024-06-01 00:00:00"): 0.0})
+
+
+def test_a_shared_subquery_read_through_te_is_computed_once_per_evaluation(registry):
+    """billing.arrears_amount (summed, in a statement of reduced facts) and
+    billing.arrears_customers (a distinct count, in its own statement) both read k_bill_out,
+    which reads _periods only through te: it is built once and both statements read it. Inputs
+    and working: tests/kpis/cases/billing.arrears_customers.conventions_10_3.yaml (customers in
+    arrears at 06-30: S1 1, S2 1, P 3); the amounts at 06-30: S1 B1 40.00 + B2 50.00 = 90.00,
+    S2 B4 30.00, P 90.00 + 30.00 + B8 15.50 = 135.50."""
+    case = yaml.safe_load((CASES / "billing.arrears_customers.conventions_10_3.yaml").read_text(encoding="utf-8"))
+    con = duckdb.connect()
+    load_inputs(con, {"inputs": case["inputs"]})
+    as_of = datetime.fromisoformat(case["as_of"])
+    kpis = [registry.get(i) for i in ("billing.arrears_amount", "billing.arrears_customers")]
+    rec = _Recording(con)
+    s = evaluate_and_store(rec, registry, [day(datetime(2024, 6, 30).date())], as_of, kpis=kpis,
+                           computed_at=as_of)
+    assert not s.errors
+    readers = [q for q in rec.all if "k_bill_out AS (SELECT * FROM _shared_k_bill_out)" in q]
+    builds = [q for q in rec.all if q.startswith("CREATE OR REPLACE TEMP TABLE _shared_k_bill_out ")]
+    assert len(readers) == 2 and len(builds) == 1
+    # (a DESCRIBE that binds the facts still states it: it computes nothing)
+    assert not any("k_bill_out AS MATERIALIZED" in q for q in rec.all if q.startswith("INSERT"))
+    rows = {(r[0], r[1]): r[2] for r in con.execute(
+        "SELECT kpi_id, org_no, value FROM kpi_value WHERE org_no IN ('S1', 'S2', 'P')").fetchall()}
+    assert rows == pytest.approx({("billing.arrears_customers", "S1"): 1, ("billing.arrears_customers", "S2"): 1,
+                                  ("billing.arrears_customers", "P"): 3, ("billing.arrears_amount", "S1"): 90.0,
+                                  ("billing.arrears_amount", "S2"): 30.0, ("billing.arrears_amount", "P"): 135.5})
+
+
+def test_the_shared_cache_is_built_again_for_other_te_values():
+    """kpis.batch.SharedCache keys a cached subquery by the te (and as_of) values of _periods:
+    a statement over other period ends gets its own rows, not the first statement's."""
+    con = duckdb.connect()
+    load_inputs(con, {"inputs": {"mis_customer": [_customer("C1", "S1", "2024-06-01", "201"),
+                                                  _customer("C2", "S1", "2024-07-05", "201")]}})
+    apply_prelude(con)
+    cache = SharedCache(con)
+    stmt = shared.expand("SELECT SUM(n) AS n FROM k_cust_n c CROSS JOIN _periods p "
+                         "WHERE is_active(0, c.bd, NULL, c.cancel_date, c.status_code, p.te)")
+    as_of = datetime(2024, 7, 10, 23, 0)
+    counts = []
+    for periods in ([month(2024, 7)], [day(as_of.date())], [month(2024, 6)]):
+        load_periods(con, "_periods", range(len(periods)), periods, as_of)
+        counts.append(con.execute(cache.use(stmt)).fetchone()[0])
+    assert counts == [2, 2, 1]
