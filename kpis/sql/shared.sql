@@ -9,25 +9,12 @@
 
 -- shared: k_active_n
 -- N(org, grid) at each period end we of _periods: customers with ACTIVE(c, we), by mis_customer's
--- org_no and grid_no. Customers are counted per (org, grid) and dates first, the dates clamped to
--- the span of the periods' days (a date before all of them, or after all of them, acts alike for
--- every period; NULL stays NULL): 3.5 M customers become a few thousand groups. Grouped by their
--- exact dates they stayed 2.6 M groups (~3.5 s CPU per KPI at city). 13 reliability KPIs read it;
+-- org_no and grid_no, from the customers counted per (org, grid) and dates, the dates clamped to
+-- the span of the periods' days (cust_counts, kpis/sql/prelude.sql). 13 reliability KPIs read it;
 -- each computing it on its own was ~0.4 s of their ~0.5 s facts at city.
 SELECT p.we, c.org_no, c.grid_no, SUM(c.n) AS n
-FROM (SELECT c.org_no, c.grid_no, c.status_code,
-             CASE WHEN c.bd < x.lo THEN x.lo - 1 ELSE c.bd END AS bd,
-             CASE WHEN c.cancel_date > x.hi THEN x.hi + 1
-                  WHEN c.cancel_date < x.lo THEN x.lo
-                  ELSE c.cancel_date END AS cancel_date,
-             COUNT(*) AS n
-      FROM (SELECT org_no, grid_no, status_code, cancel_date,
-                   COALESCE(build_date, CAST(created_at AS DATE)) AS bd
-            FROM mis_customer WHERE is_deleted = 0) c
-      CROSS JOIN (SELECT MIN(CAST(we - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
-                         MAX(CAST(we - INTERVAL 1 MICROSECOND AS DATE)) AS hi
-                  FROM _periods) x
-      GROUP BY ALL) c
+FROM cust_counts((SELECT MIN(CAST(we - INTERVAL 1 MICROSECOND AS DATE)) FROM _periods),
+                 (SELECT MAX(CAST(we - INTERVAL 1 MICROSECOND AS DATE)) FROM _periods)) c
 JOIN (SELECT DISTINCT we FROM _periods) p
   ON is_active(0, c.bd, NULL, c.cancel_date, c.status_code, p.we)
 GROUP BY p.we, c.org_no, c.grid_no;
@@ -114,22 +101,13 @@ FROM k_payment y JOIN _periods p ON y.pay_time >= p.ws AND y.pay_time < p.te
 WHERE y.is_deleted = 0;
 
 -- shared: k_cust_n
--- Customers (is_deleted = 0) counted per org, grid and what ACTIVE reads, the dates clamped to the
--- span of the periods' te days as in k_cust_groups below (a date before all of them, or after
--- all of them, acts alike for every period; NULL stays NULL; grouped by their exact dates they
--- stayed 2.6 M groups at city): the populations of the two "per 10k customers" KPIs
--- (order.complaint_rate_10k, repair.orders_per_10k). A pass evaluates them in two statements;
--- kpis.batch.SharedCache computes it once for both (it reads _periods only through te).
-SELECT c.org_no, c.grid_no, c.status_code,
-       clamp_build(c.bd, x.lo, x.hi) AS bd, clamp_cancel(c.cancel_date, x.lo, x.hi) AS cancel_date,
-       COUNT(*) AS n
-FROM (SELECT org_no, grid_no, status_code, cancel_date,
-             COALESCE(build_date, CAST(created_at AS DATE)) AS bd
-      FROM mis_customer WHERE is_deleted = 0) c
-CROSS JOIN (SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
-                   MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS hi
-            FROM _periods) x
-GROUP BY ALL;
+-- Customers counted per org, grid and what ACTIVE reads, the dates clamped to the span of the
+-- periods' te days (cust_counts, kpis/sql/prelude.sql): the populations of the two "per 10k
+-- customers" KPIs (order.complaint_rate_10k, repair.orders_per_10k). A pass may evaluate them in
+-- two statements; kpis.batch.SharedCache computes it once for both (it reads _periods only
+-- through te).
+SELECT * FROM cust_counts((SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) FROM _periods),
+                          (SELECT MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) FROM _periods));
 
 -- shared: k_cust_groups
 -- The reduced facts of the archive stocks (customer.active_total and the 17 others whose test

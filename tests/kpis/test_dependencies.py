@@ -44,8 +44,10 @@ def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registr
 
 
 @pytest.mark.parametrize("kpi, objects", [
-    # reads the table k_settle_tg (TG(c)) and the macro is_active
-    ("reliability.saifi", {"k_settle_tg", "is_active", "upto"}),
+    # reads the table k_settle_tg (TG(c)), the macro is_active and, through k_active_n, the
+    # customer counts (cust_counts) with their clamped dates
+    ("reliability.saifi", {"k_settle_tg", "is_active", "upto", "cust_counts", "clamp_build",
+                           "clamp_cancel"}),
     # names k_customer only in a comment: needs no prelude table; its reduced facts clamp dates
     ("customer.residential_share", {"is_active", "clamp_build", "clamp_cancel"}),
     ("order.total", {"k_wo", "k_org"}),
