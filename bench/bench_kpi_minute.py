@@ -92,6 +92,21 @@ def mark(con: duckdb.DuckDBPyConnection, run_id: int, template: dict[str, tuple[
                         {"r": run_id, "t": table, "c": c})
 
 
+def open_at(data_dir: Path, as_of: datetime) -> tuple[duckdb.DuckDBPyConnection, int]:
+    """The warehouse, its evaluation state set to a pass a minute before as_of in the same hour
+    (so the next pass is ordinary); and the newest ETL run id, after which mark() counts."""
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    con.execute("SET threads = 2")
+    con.execute("SET memory_limit = '8GB'")
+    ensure_schema(con)
+    run = con.execute("SELECT COALESCE(MAX(run_id), 0) FROM etl_dirty").fetchone()[0]
+    con.execute("DELETE FROM kpi_eval_state")
+    con.execute("INSERT INTO kpi_eval_state (id, last_dirty_run_id, last_full_at, last_eval_at, "
+                "last_sweep_at, last_past_run_id) VALUES (1, $r, $a, $a, $a, $r)",
+                {"r": run, "a": as_of - timedelta(seconds=60)})
+    return con, run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, required=True, help="a copy: the run writes into it")
@@ -114,15 +129,7 @@ def main() -> None:
     cmd = (f"python bench/bench_kpi_minute.py --data-dir {args.data_dir} --minutes {args.minutes} "
            f"--as-of '{as_of:%Y-%m-%d %H:%M:%S}' --template {args.template}"
            + (" --per-kpi" if args.per_kpi else "") + (" --sweep" if args.sweep else ""))
-    con = duckdb.connect(str(args.data_dir / "warehouse.duckdb"))
-    con.execute("SET threads = 2")
-    con.execute("SET memory_limit = '8GB'")
-    ensure_schema(con)
-    run = con.execute("SELECT COALESCE(MAX(run_id), 0) FROM etl_dirty").fetchone()[0]
-    con.execute("DELETE FROM kpi_eval_state")
-    con.execute("INSERT INTO kpi_eval_state (id, last_dirty_run_id, last_full_at, last_eval_at, "
-                "last_sweep_at, last_past_run_id) VALUES (1, $r, $a, $a, $a, $r)",
-                {"r": run, "a": as_of - timedelta(seconds=60)})
+    con, run = open_at(args.data_dir, as_of)
     print(f"{datetime.now():%Y-%m-%d %H:%M} duckdb {duckdb.__version__}; template {args.template} "
           f"({len(template)} tables); {len(registry.kpis)} KPIs")
     walls, cpus, per = [], [], {}
