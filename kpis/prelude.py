@@ -21,7 +21,8 @@ PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
 # orders, repair tasks, metering points, bills): an evaluation builds them only when a KPI of
 # its plan reads them (kpis.dependencies.prelude_objects), so a pass without such a KPI does
 # not pay.
-ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_wo", "k_task"})
+ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_rc_event", "k_wo",
+                       "k_task"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ FOLLOW = {
                      links=(("mis_customer", "cons_no", "cons_no"),)),
     "k_payment": Follow("charge_id", "mis_payment", "charge_id", "charge_id", "charge_id",
                         links=(("mis_customer", "cons_no", "cons_no"),)),
+    "k_rc_event": Follow("rc_id", "mis_rc_event", "rc_id", "rc_id", "rc_id",
+                         links=(("mis_customer", "cons_no", "cons_no"),)),
 }
 
 # The primary key of each table the kept tables follow (what etl_keys records of it).

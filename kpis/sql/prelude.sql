@@ -186,6 +186,18 @@ SELECT y.charge_id, y.cons_no, y.org_no, y.pay_time, y.rcv_amt, y.pay_channel, y
 FROM mis_payment y
 LEFT JOIN mis_customer c ON c.cons_no = y.cons_no AND c.is_deleted = 0;
 
+-- Disconnection and reconnection events with the grid of their customer (mis_customer.grid_no
+-- of cons_no). A table kept between passes (kpis/prelude.py FOLLOW), for the same reason as
+-- k_payment: billing.reconnect_within_24h_rate is evaluated every minute, and its few thousand
+-- events joined the 3.5 M customers each time (~0.1 s at city). Every event is kept, deleted
+-- ones too (one row per event), and only the columns the reconnection KPIs read.
+CREATE OR REPLACE TABLE k_rc_event AS
+SELECT r.rc_id, r.cons_no, r.org_no, r.cut_reason, r.cut_time, r.settle_time, r.recon_cmd_time,
+       r.recon_remote_result, r.recon_time, r.status_code, r.is_deleted,
+       c.grid_no AS cust_grid_no
+FROM mis_rc_event r
+LEFT JOIN mis_customer c ON c.cons_no = r.cons_no AND c.is_deleted = 0;
+
 -- Customers with CLASS(c) and TG(c).
 CREATE OR REPLACE VIEW k_customer AS
 SELECT c.*, e.parent_value AS cust_class, tg.tg_no AS settle_tg_no

@@ -7,7 +7,8 @@ it reads changed. The changes reach every input: work orders (another customer o
 status, deletes), customers (another grid, deleted), 台区 (another grid, urban class, deleted),
 repair tasks, metering points (another customer or 台区, retired, a new point with a smaller
 mp_no), bills and payments (another customer, deleted, another amount; their customer to another
-grid or use code), rows stamped inside the ETL overlap behind the watermark, and a hard delete
+grid or use code), disconnection events (another customer, deleted, settled; their customer to
+another grid), rows stamped inside the ETL overlap behind the watermark, and a hard delete
 at the source (the warehouse keeps the row). A change of the org tree rebuilds k_wo whole.
 Hand-checked: a customer moved to another grid moves its work orders' attr_grid and its bills'
 cust_grid_no.
@@ -149,6 +150,19 @@ def change_sources(sim: Sim | Path, rng: random.Random, at: datetime, joined: bo
                     _set(mis, table, key, row, when(), is_deleted=1)
                 else:
                     _set(mis, table, key, row, when(), **{amount: rng.randrange(1, 900)})
+        # disconnection events to another customer, deleted or settled; their customers too
+        for row in _keys(mis, "mis_rc_event", "rc_id", rng, 3):
+            change = rng.choice(("cons", "delete", "settle"))
+            if change == "cons":
+                _set(mis, "mis_rc_event", "rc_id", row, when(), cons_no=rng.choice(custs))
+            elif change == "delete":
+                _set(mis, "mis_rc_event", "rc_id", row, when(), is_deleted=1)
+            else:
+                _set(mis, "mis_rc_event", "rc_id", row, when(), settle_time=_stamp(when()))
+        cut = [r[0] for r in mis.execute(
+            "SELECT DISTINCT cons_no FROM mis_rc_event WHERE cons_no IS NOT NULL ORDER BY 1")]
+        for c in rng.sample(cut, min(2, len(cut))):
+            _set(mis, "mis_customer", "cons_no", c, when(), grid_no=rng.choice(grids))
         paying = [r[0] for r in mis.execute(
             "SELECT DISTINCT cons_no FROM mis_payment WHERE cons_no IS NOT NULL ORDER BY 1")]
         for c in rng.sample(paying, 2):
@@ -218,7 +232,7 @@ def test_kept_tables_equal_a_fresh_build_after_random_changes(sim, seed, keys) -
 
 
 @pytest.mark.parametrize("table, grid_col", [("k_wo", "attr_grid"), ("k_bill", "cust_grid_no"),
-                                             ("k_payment", "cust_grid_no")])
+                                             ("k_payment", "cust_grid_no"), ("k_rc_event", "cust_grid_no")])
 def test_a_customer_moved_to_another_grid_moves_its_orders_and_bills(sim, table, grid_col) -> None:
     con = sim.con
     only_kept = ("JOIN mis_customer c ON c.cons_no = w.cons_no AND c.is_deleted = 0"
@@ -253,7 +267,8 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
         w = cs.execute("SELECT MIN(wo_no) FROM cs_work_order").fetchone()[0]
         _set(cs, "cs_work_order", "wo_no", w, END + timedelta(minutes=1), status_code="09")
     assert _pass(sim) == {"k_wo": "delta", "k_task": "full", "k_settle_tg": "full",
-                          "k_bill": "unchanged", "k_payment": "unchanged", "k_settle_mp": "unchanged"}
+                          "k_bill": "unchanged", "k_payment": "unchanged", "k_rc_event": "unchanged",
+                          "k_settle_mp": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
