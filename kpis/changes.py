@@ -8,8 +8,9 @@ merged row differs from the version it replaced, with a marker '' when it compar
 '*' when a row was new or the versions were not compared. A run without the marker (a table
 without business dates, a run whose markers were dropped after CHANGED_KEEP_RUNS, a full load)
 counts as having changed every column. A warehouse without the ETL's tables (a test database
-filled by hand) has no record: then nothing counts as known (`top_run` is None) and whatever
-is kept is read again.
+filled by hand) has no record: then nothing counts as known (`top_run` is None, `Changes.known`
+false) and whatever is kept is read again; one with dirty marks but no run log is read from the
+marks alone.
 """
 from __future__ import annotations
 
@@ -37,23 +38,27 @@ class Changes:
         self.known = True      # False: the ETL's record is missing; every table counts as changed
         self._runs: dict[str, list[tuple[int, frozenset[str] | None]]] = {}
         try:
-            rows = self._read(con, since, tables)
+            rows = self._read(con, since, tables, with_runs=True)
         except duckdb.CatalogException:
-            self.known = False
-            return
+            try:    # a warehouse with the dirty marks but no run log (a test filled by hand)
+                rows = self._read(con, since, tables, with_runs=False)
+            except duckdb.CatalogException:
+                self.known = False
+                return
         for table, run, marks in rows:
             marks = set(marks or ())
             cols = None if "" not in marks or "*" in marks else frozenset(marks - {""})
             self._runs.setdefault(table, []).append((run, cols))
 
     @staticmethod
-    def _read(con: duckdb.DuckDBPyConnection, since: int, tables: Collection[str]) -> list[tuple]:
-        return con.execute("""
+    def _read(con: duckdb.DuckDBPyConnection, since: int, tables: Collection[str],
+              with_runs: bool) -> list[tuple]:
+        merged = ("""SELECT run_id, table_name FROM etl_run
+                     WHERE run_id > $since AND rows_merged > 0 AND list_contains($t, table_name)
+                     UNION """ if with_runs else "")
+        return con.execute(f"""
             WITH runs AS (
-                SELECT run_id, table_name FROM etl_run
-                WHERE run_id > $since AND rows_merged > 0 AND list_contains($t, table_name)
-                UNION
-                SELECT run_id, table_name FROM etl_dirty
+                {merged}SELECT run_id, table_name FROM etl_dirty
                 WHERE run_id > $since AND list_contains($t, table_name))
             SELECT r.table_name, r.run_id,
                    list(c.column_name) FILTER (WHERE c.column_name IS NOT NULL)

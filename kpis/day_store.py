@@ -143,7 +143,7 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
     touched: dict[str, int | None] = {}
     if refresh:
         runs = [r for r in run_of.values() if r is not None]
-        if runs and changes.top_run(con) is not None:
+        if runs:     # without the ETL's record (Changes.known) no day counts as fresh
             wanted_reads = {k.id: _reads(k) for _, k, _, _ in wanted}
             found = changes.Changes(con, min(runs), {t for r in wanted_reads.values() for t in r})
             touched = {kid: found.last_touch(r) for kid, r in wanted_reads.items()}

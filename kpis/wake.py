@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import duckdb
 
 from etl.schema import quote_ident
+from kpis import changes
 from kpis.dependencies import columns_named, columns_read, tables_read
 from kpis.spec import KpiDef
 
@@ -127,45 +128,14 @@ def record(con: duckdb.DuckDBPyConnection, evaluated: Iterable[KpiDef], failed: 
                     {"a": cols[0], "b": cols[1], "c": cols[2], "d": cols[3]})
 
 
-def _changes(con: duckdb.DuckDBPyConnection, since: int | None, tables: Iterable[str]
-             ) -> dict[str, set[str] | None]:
-    """Per table, the columns merged rows changed in the runs after `since`; None when a run
-    marked the table dirty without recording them (before etl_changed existed) or added rows."""
-    try:
-        rows = con.execute("""
-            SELECT d.table_name, d.run_id, list(c.column_name) FILTER (WHERE c.column_name IS NOT NULL)
-            FROM (SELECT DISTINCT run_id, table_name FROM etl_dirty
-                  WHERE ($since IS NULL OR run_id > $since) AND list_contains($t, table_name)) d
-            LEFT JOIN etl_changed c ON c.run_id = d.run_id AND c.table_name = d.table_name
-            GROUP BY d.table_name, d.run_id""", {"since": since, "t": sorted(tables)}).fetchall()
-    except duckdb.CatalogException:
-        return {}
-    out: dict[str, set[str] | None] = {}
-    for table, _, marks in rows:
-        marks = marks or []
-        if table in out and out[table] is None:
-            continue
-        if "" not in marks or "*" in marks:
-            out[table] = None
-        else:
-            out[table] = (out.get(table) or set()) | (set(marks) - {""})
-    return out
-
-
 def untouched(con: duckdb.DuckDBPyConnection, candidates: Sequence[tuple[KpiDef, set[str]]],
               since: int | None) -> set[str]:
     """Of (KPI, its woken tables), the KPIs that read none of the columns the runs after `since`
-    changed in any of those tables."""
-    changes = _changes(con, since, {t for _, woken in candidates for t in woken})
-    out = set()
-    for k, woken in candidates:
-        if not woken:
-            continue
-        for t in woken:
-            changed = changes.get(t)
-            cols = columns_named(k, t) if changed is not None else None
-            if cols is None or cols & changed:
-                break
-        else:
-            out.add(k.id)
-    return out
+    changed in any of those tables (kpis/changes.py: a run that did not record its columns, or
+    added rows, changed all of them)."""
+    candidates = [(k, woken) for k, woken in candidates if woken]
+    if not candidates:
+        return set()
+    found = changes.Changes(con, since or 0, {t for _, woken in candidates for t in woken})
+    return {k.id for k, woken in candidates
+            if found.last_touch({t: columns_named(k, t) for t in woken}) is None}
