@@ -47,7 +47,7 @@ def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registr
     # reads the table k_settle_tg (TG(c)), the macro is_active and, through k_active_n, the
     # customer counts (cust_counts) with their clamped dates
     ("reliability.saifi", {"k_settle_tg", "is_active", "upto", "cust_counts", "clamp_build",
-                           "clamp_cancel"}),
+                           "clamp_cancel", "k_cust_grp"}),
     # names k_customer only in a comment: needs no prelude table; its reduced facts clamp dates
     ("customer.residential_share", {"is_active", "clamp_build", "clamp_cancel"}),
     ("order.total", {"k_wo", "k_org"}),
@@ -59,7 +59,7 @@ def test_prelude_objects_by_hand(registry, kpi, objects):
 def test_only_the_on_demand_tables_a_plan_reads_are_built(registry):
     assert on_demand_tables([registry.get("newconn.applications")]) == set()
     assert on_demand_tables([registry.get("order.total"), registry.get("reliability.saifi")]) \
-        == {"k_wo", "k_settle_tg"}
+        == {"k_wo", "k_settle_tg", "k_cust_grp"}
 
 
 def test_every_on_demand_table_is_followed_or_gated_for_a_stated_reason():

@@ -268,7 +268,7 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
         _set(cs, "cs_work_order", "wo_no", w, END + timedelta(minutes=1), status_code="09")
     assert _pass(sim) == {"k_wo": "delta", "k_task": "full", "k_settle_tg": "full",
                           "k_bill": "unchanged", "k_payment": "unchanged", "k_rc_event": "unchanged",
-                          "k_settle_mp": "unchanged"}
+                          "k_settle_mp": "unchanged", "k_cust_grp": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
@@ -314,3 +314,58 @@ def test_k_settle_mp_is_rebuilt_only_when_a_column_it_reads_changed(sim) -> None
     assert _fresh_differs(sim.con, "k_settle_mp") == 0
     # the change reached the table: points collected through those terminals are no longer covered
     assert sim.con.execute("SELECT COUNT(*) FILTER (WHERE covered) FROM k_settle_mp").fetchone()[0] < covered
+
+
+def test_k_cust_grp_is_rebuilt_only_when_a_column_it_reads_changed(sim) -> None:
+    """GATED: a customer column the counts do not read (sensitive_flag) leaves k_cust_grp as it
+    is; a cancellation rebuilds it, and the count moves to the cancelled group."""
+    con = sim.con
+    cons = con.execute("SELECT MIN(cons_no) FROM mis_customer WHERE is_deleted = 0 "
+                       "AND cancel_date IS NULL AND status_code <> '04'").fetchone()[0]
+    cancelled = "SELECT COALESCE(SUM(n), 0) FROM k_cust_grp WHERE cancel_date IS NOT NULL"
+    before = con.execute(cancelled).fetchone()[0]
+    with _source(sim, "mis") as mis:
+        _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=1), sensitive_flag=1)
+    how = _pass(sim)
+    assert how["k_cust_grp"] == "unchanged", how
+    assert _fresh_differs(sim.con, "k_cust_grp") == 0
+    with _source(sim, "mis") as mis:
+        _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=2),
+             cancel_date=str(END.date()), status_code="04")
+    how = _pass(sim)
+    assert how["k_cust_grp"] == "full", how
+    assert _fresh_differs(sim.con, "k_cust_grp") == 0
+    assert con.execute(cancelled).fetchone()[0] == before + 1
+
+
+def test_cust_counts_from_the_kept_groups_equal_the_customers_grouped(sim) -> None:
+    """cust_counts(lo, hi) reads the kept groups when lo is not below their floor day and the
+    customers otherwise: either way it equals the customers grouped with their dates clamped to
+    [lo - 1, hi + 1] (cancel [lo, hi + 1]), written out here without the prelude's macros. Spans
+    below the floor and across it check the choice of source (the sources have customers built
+    and cancelled on either side of the floor)."""
+    con = sim.con
+    floor = con.execute("SELECT MIN(floor_day), MAX(floor_day) FROM k_cust_grp").fetchone()
+    assert floor[0] == floor[1] is not None
+    floor = floor[0]
+    sides = con.execute("""SELECT COUNT(*) FILTER (WHERE b < $f), COUNT(*) FILTER (WHERE b >= $f)
+                           FROM (SELECT COALESCE(build_date, CAST(created_at AS DATE)) AS b
+                                 FROM mis_customer WHERE is_deleted = 0)""", {"f": floor}).fetchone()
+    assert min(sides) > 0, sides
+    by_hand = """
+        SELECT org_no, grid_no, status_code,
+               CASE WHEN bd < $lo THEN $lo - 1 WHEN bd > $hi THEN $hi + 1 ELSE bd END AS b,
+               CASE WHEN cancel_date > $hi THEN $hi + 1 WHEN cancel_date < $lo THEN $lo
+                    ELSE cancel_date END AS c,
+               COUNT(*) AS n
+        FROM (SELECT *, COALESCE(build_date, CAST(created_at AS DATE)) AS bd FROM mis_customer
+              WHERE is_deleted = 0)
+        GROUP BY ALL ORDER BY ALL"""
+    end = END.date()
+    spans = [(floor, floor), (floor + timedelta(days=40), floor + timedelta(days=75)),
+             (end - timedelta(days=3), end), (floor - timedelta(days=200), floor - timedelta(days=1)),
+             (floor - timedelta(days=30), end)]
+    for lo, hi in spans:
+        got = con.execute("SELECT * FROM cust_counts(CAST($lo AS DATE), CAST($hi AS DATE)) "
+                          "ORDER BY ALL", {"lo": lo, "hi": hi}).fetchall()
+        assert got == con.execute(by_hand, {"lo": lo, "hi": hi}).fetchall(), (lo, hi)
