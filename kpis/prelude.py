@@ -22,7 +22,7 @@ PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
 # its plan reads them (kpis.dependencies.prelude_objects), so a pass without such a KPI does
 # not pay.
 ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_rc_event", "k_wo",
-                       "k_task", "k_cust_grp"})
+                       "k_task", "k_cust_grp", "k_cust_stock_grp", "k_cust_check"})
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,11 @@ GATED = {
     # status and attribution change seldom (a new connection, a cancellation), and grouping the
     # 3.5 M customers was ~0.1 s of every city minute that read cust_counts
     "k_cust_grp": "an aggregate: a changed customer moves a count between groups",
+    # the same for the archive stocks' counts (k_cust_groups read ~0.6 s of each city sweep)
+    "k_cust_stock_grp": "an aggregate: a changed customer moves its counts between groups",
+    # one row per customer, but a code, an org, a grid or a settlement point reaches it through
+    # another key than the customer's; none of them changes often (~1 s of each city sweep)
+    "k_cust_check": "inputs reach the customer over other keys (codes, org tree, points)",
 }
 
 

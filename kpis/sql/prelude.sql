@@ -146,6 +146,97 @@ FROM (SELECT g.org_no, g.grid_no, g.status_code, g.bd, g.cancel_date, g.n
 GROUP BY c.org_no, c.grid_no, c.status_code, clamp_build(c.bd, lo, hi),
          clamp_cancel(c.cancel_date, lo, hi);
 
+-- The archive stocks' counts (kpis/sql/shared.sql k_cust_groups) of the customers (is_deleted =
+-- 0) grouped by org, grid, status and the dates ACTIVE reads, a date before `lo_day` clamped to
+-- lo_day - 1 (cancel: lo_day) as clamp_build and clamp_cancel do: the groups answer ACTIVE alike for
+-- any day D >= lo_day; no customer is read unless `wanted` (a condition tested before the
+-- scan, which DuckDB then skips when it is false). CLASS(c) is the ELEC_TYPE code's parent (mis_code's key is (code_type,
+-- code_value), so the look-up adds no row); cap_mva sums the facts' exact per-customer value.
+CREATE OR REPLACE MACRO cust_stock_counts(lo_day, wanted) AS TABLE
+SELECT c.org_no, c.grid_no, c.status_code,
+       clamp_build(c.bd, lo_day, DATE '9999-12-30') AS bd,
+       clamp_cancel(c.cancel_date, lo_day, DATE '9999-12-30') AS cancel_date,
+       COUNT(*) AS n,
+       COUNT(*) FILTER (WHERE e.parent_value = '2') AS n_residential,
+       COUNT(*) FILTER (WHERE e.parent_value = '4') AS n_general_ci,
+       COUNT(*) FILTER (WHERE e.parent_value = '1') AS n_large_industry,
+       COUNT(*) FILTER (WHERE e.parent_value = '3') AS n_agriculture,
+       COUNT(*) FILTER (WHERE e.parent_value NOT IN ('1', '2', '3', '4') OR e.parent_value IS NULL) AS n_other_class,
+       COUNT(*) FILTER (WHERE c.cons_sort_code = '01') AS n_hv,
+       SUM(CAST(COALESCE(c.contract_cap, 0) / 1000.0 AS DECIMAL(38, 9))) AS cap_mva,
+       COUNT(*) FILTER (WHERE c.contract_cap >= 315) AS n_cap_ge_315,
+       COUNT(*) FILTER (WHERE c.impt_level IN ('01', '02', '03', '04')) AS n_important,
+       COUNT(*) FILTER (WHERE (c.impt_level IN ('01', '02') AND c.supply_mode IN ('03', '04'))
+                           OR (c.impt_level IN ('03', '04') AND c.supply_mode IN ('02', '03', '04'))) AS n_important_compliant,
+       COUNT(*) FILTER (WHERE c.impt_level IN ('01', '02', '03', '04') AND c.emergency_power_flag = 1) AS n_important_emergency,
+       COUNT(*) FILTER (WHERE c.cons_sort_code IN ('02', '03')) AS n_low_voltage,
+       COUNT(*) FILTER (WHERE c.cons_sort_code IN ('02', '03') AND c.echannel_bind_flag = 1) AS n_lv_echannel,
+       COUNT(*) FILTER (WHERE c.cons_sort_code IN ('02', '03') AND c.pay_mode IN ('02', '03')) AS n_lv_smart_payment,
+       COUNT(*) FILTER (WHERE c.dg_flag = 1) AS n_dg,
+       COUNT(*) FILTER (WHERE c.mobile_no IS NOT NULL AND TRIM(c.mobile_no) <> '' AND c.mobile_verified_flag = 1) AS n_valid_mobile,
+       COUNT(*) FILTER (WHERE c.ebill_flag = 1) AS n_ebill
+FROM (SELECT org_no, grid_no, status_code, cancel_date, elec_type_code, cons_sort_code,
+             contract_cap, impt_level, supply_mode, emergency_power_flag, echannel_bind_flag,
+             pay_mode, dg_flag, mobile_no, mobile_verified_flag, ebill_flag,
+             COALESCE(build_date, CAST(created_at AS DATE)) AS bd
+      FROM mis_customer WHERE is_deleted = 0 AND wanted) c
+LEFT JOIN mis_code e ON e.code_type = 'ELEC_TYPE' AND e.code_value = c.elec_type_code AND e.is_deleted = 0
+GROUP BY c.org_no, c.grid_no, c.status_code, clamp_build(c.bd, lo_day, DATE '9999-12-30'),
+         clamp_cancel(c.cancel_date, lo_day, DATE '9999-12-30');
+
+-- cust_stock_counts at the floor day of k_cust_grp's rule (the first day of the month 13 months
+-- before the newest build date), kept between passes (kpis/prelude.py GATED): ~0.2 M groups
+-- at city, which k_cust_groups re-clamps to the periods' days instead of grouping the 3.5 M
+-- customers again (~0.6 s of each city sweep).
+CREATE OR REPLACE TABLE k_cust_stock_grp AS
+WITH f AS (
+    SELECT CAST(date_trunc('month', MAX(COALESCE(build_date, CAST(created_at AS DATE))))
+                - INTERVAL 13 MONTH AS DATE) AS floor_day
+    FROM mis_customer WHERE is_deleted = 0
+)
+SELECT s.org_no, s.grid_no, s.status_code, s.bd, s.cancel_date, s.n, s.n_residential,
+       s.n_general_ci, s.n_large_industry, s.n_agriculture, s.n_other_class, s.n_hv, s.cap_mva,
+       s.n_cap_ge_315, s.n_important, s.n_important_compliant, s.n_important_emergency,
+       s.n_low_voltage, s.n_lv_echannel, s.n_lv_smart_payment, s.n_dg, s.n_valid_mobile,
+       s.n_ebill, f.floor_day
+FROM cust_stock_counts((SELECT floor_day FROM f), TRUE) s CROSS JOIN f;
+
+-- customer.archive_completeness_rate's test of each customer (not deleted): num 1 when every
+-- mandatory field is present and valid, empty strings counting as missing (kpis/sql/shared.sql
+-- k_cust_complete reads it). Worked out once per customer, before the customer meets its
+-- periods, and the 台区 test is a membership test (one hash of the points, no DISTINCT of them
+-- first). Every look-up is on a key: one row a customer. A table kept between passes
+-- (kpis/prelude.py GATED): it reads no period, and its inputs (customers, codes, the org tree,
+-- settlement points) change seldom; computed in each evaluation it was ~1 s of each city sweep.
+CREATE OR REPLACE TABLE k_cust_check AS
+WITH tg_ok AS (
+    SELECT mp.cons_no FROM mis_metering_point mp
+    JOIN dist_tg t ON t.tg_no = mp.tg_no AND t.is_deleted = 0
+    WHERE mp.is_deleted = 0 AND mp.mp_attr_code = '01' AND mp.status_code IN ('01', '02')
+      AND mp.cons_no IS NOT NULL
+)
+SELECT c.cons_no, c.org_no, c.grid_no, c.build_date, c.created_at, c.cancel_date,
+       c.status_code,
+       CASE WHEN et.code_value IS NOT NULL
+             AND has_text(c.prc_code)
+             AND vt.code_value IS NOT NULL
+             AND c.contract_cap > 0
+             AND o.org_no IS NOT NULL
+             AND g.grid_no IS NOT NULL
+             AND has_text(c.elec_addr)
+             AND has_text(c.trade_code)
+             AND (c.cons_sort_code NOT IN ('02', '03')
+                  OR COALESCE(c.cons_no IN (SELECT cons_no FROM tg_ok), FALSE))
+            THEN 1 ELSE 0 END AS num
+FROM mis_customer c
+LEFT JOIN mis_code et ON et.code_type = 'ELEC_TYPE' AND et.code_value = c.elec_type_code
+                     AND et.is_deleted = 0
+LEFT JOIN mis_code vt ON vt.code_type = 'VOLT' AND vt.code_value = c.volt_code
+                     AND vt.is_deleted = 0
+LEFT JOIN mis_org o ON o.org_no = c.org_no AND o.is_deleted = 0
+LEFT JOIN mis_grid g ON g.grid_no = c.grid_no AND g.is_deleted = 0
+WHERE c.is_deleted = 0;
+
 -- TG(c): the 台区 of the customer's settlement point with the smallest mp_no. A table, built
 -- once per pass that needs it: as part of the view below it was recomputed over every metering
 -- point by each KPI that read k_customer (the reliability KPIs now read this table directly).

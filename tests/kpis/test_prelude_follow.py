@@ -268,7 +268,8 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
         _set(cs, "cs_work_order", "wo_no", w, END + timedelta(minutes=1), status_code="09")
     assert _pass(sim) == {"k_wo": "delta", "k_task": "full", "k_settle_tg": "full",
                           "k_bill": "unchanged", "k_payment": "unchanged", "k_rc_event": "unchanged",
-                          "k_settle_mp": "unchanged", "k_cust_grp": "unchanged"}
+                          "k_settle_mp": "unchanged", "k_cust_grp": "unchanged",
+                          "k_cust_stock_grp": "unchanged", "k_cust_check": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
@@ -316,26 +317,43 @@ def test_k_settle_mp_is_rebuilt_only_when_a_column_it_reads_changed(sim) -> None
     assert sim.con.execute("SELECT COUNT(*) FILTER (WHERE covered) FROM k_settle_mp").fetchone()[0] < covered
 
 
-def test_k_cust_grp_is_rebuilt_only_when_a_column_it_reads_changed(sim) -> None:
-    """GATED: a customer column the counts do not read (sensitive_flag) leaves k_cust_grp as it
-    is; a cancellation rebuilds it, and the count moves to the cancelled group."""
+CUSTOMER_KEPT = ("k_cust_grp", "k_cust_stock_grp", "k_cust_check")
+
+
+def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(sim) -> None:
+    """GATED: a customer column none of them reads (sensitive_flag) leaves k_cust_grp,
+    k_cust_stock_grp and k_cust_check as they are; a cancellation rebuilds all three, the counts
+    move to the cancelled groups; a deleted code rebuilds the two that read mis_code (the class
+    look-up of k_cust_stock_grp, the voltage check of k_cust_check), not k_cust_grp."""
     con = sim.con
     cons = con.execute("SELECT MIN(cons_no) FROM mis_customer WHERE is_deleted = 0 "
                        "AND cancel_date IS NULL AND status_code <> '04'").fetchone()[0]
-    cancelled = "SELECT COALESCE(SUM(n), 0) FROM k_cust_grp WHERE cancel_date IS NOT NULL"
-    before = con.execute(cancelled).fetchone()[0]
+    cancelled = """SELECT (SELECT COALESCE(SUM(n), 0) FROM k_cust_grp WHERE cancel_date IS NOT NULL),
+                          (SELECT COALESCE(SUM(n), 0) FROM k_cust_stock_grp WHERE cancel_date IS NOT NULL),
+                          (SELECT COUNT(*) FROM k_cust_check WHERE cancel_date IS NOT NULL)"""
+    before = con.execute(cancelled).fetchone()
     with _source(sim, "mis") as mis:
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=1), sensitive_flag=1)
     how = _pass(sim)
-    assert how["k_cust_grp"] == "unchanged", how
-    assert _fresh_differs(sim.con, "k_cust_grp") == 0
+    assert all(how[n] == "unchanged" for n in CUSTOMER_KEPT), how
     with _source(sim, "mis") as mis:
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=2),
              cancel_date=str(END.date()), status_code="04")
     how = _pass(sim)
-    assert how["k_cust_grp"] == "full", how
-    assert _fresh_differs(sim.con, "k_cust_grp") == 0
-    assert con.execute(cancelled).fetchone()[0] == before + 1
+    assert all(how[n] == "full" for n in CUSTOMER_KEPT), how
+    for name in CUSTOMER_KEPT:
+        assert _fresh_differs(sim.con, name) == 0, name
+    assert con.execute(cancelled).fetchone() == tuple(n + 1 for n in before)
+    with _source(sim, "mis") as mis:
+        code = mis.execute("SELECT code_type, code_value FROM mis_code WHERE code_type = 'VOLT' "
+                           "ORDER BY code_value LIMIT 1").fetchone()
+        mis.execute("UPDATE mis_code SET is_deleted = 1, updated_at = ? WHERE code_type = ? "
+                    "AND code_value = ?", [_stamp(END + timedelta(minutes=3)), *code])
+    how = _pass(sim)
+    assert (how["k_cust_grp"], how["k_cust_stock_grp"], how["k_cust_check"]) == \
+        ("unchanged", "full", "full"), how
+    for name in CUSTOMER_KEPT:
+        assert _fresh_differs(sim.con, name) == 0, name
 
 
 def test_cust_counts_from_the_kept_groups_equal_the_customers_grouped(sim) -> None:
@@ -368,4 +386,37 @@ def test_cust_counts_from_the_kept_groups_equal_the_customers_grouped(sim) -> No
     for lo, hi in spans:
         got = con.execute("SELECT * FROM cust_counts(CAST($lo AS DATE), CAST($hi AS DATE)) "
                           "ORDER BY ALL", {"lo": lo, "hi": hi}).fetchall()
+        assert got == con.execute(by_hand, {"lo": lo, "hi": hi}).fetchall(), (lo, hi)
+
+
+def test_customer_stock_groups_from_the_kept_groups_equal_the_customers_grouped(sim) -> None:
+    """k_cust_groups (the archive stocks' reduced facts) reads the kept groups when the first te
+    day is not below their floor day, the customers otherwise: either way some of its counts
+    equal the customers grouped by hand with their dates clamped to the te days' span."""
+    from kpis import shared
+    con = sim.con
+    floor = con.execute("SELECT MIN(floor_day) FROM k_cust_stock_grp").fetchone()[0]
+    by_hand = """
+        SELECT c.org_no, c.grid_no, c.status_code,
+               CASE WHEN bd < $lo THEN $lo - 1 WHEN bd > $hi THEN $hi + 1 ELSE bd END AS b,
+               CASE WHEN cancel_date > $hi THEN $hi + 1 WHEN cancel_date < $lo THEN $lo
+                    ELSE cancel_date END AS cd,
+               COUNT(*), COUNT(*) FILTER (WHERE e.parent_value = '2'),
+               COUNT(*) FILTER (WHERE c.dg_flag = 1),
+               SUM(CAST(COALESCE(c.contract_cap, 0) / 1000.0 AS DECIMAL(38, 9)))
+        FROM (SELECT *, COALESCE(build_date, CAST(created_at AS DATE)) AS bd FROM mis_customer
+              WHERE is_deleted = 0) c
+        LEFT JOIN mis_code e ON e.code_type = 'ELEC_TYPE' AND e.code_value = c.elec_type_code
+                            AND e.is_deleted = 0
+        GROUP BY ALL ORDER BY ALL"""
+    end = END.date()
+    for lo, hi in [(floor, floor + timedelta(days=20)), (end - timedelta(days=2), end),
+                   (floor - timedelta(days=60), floor - timedelta(days=1)),
+                   (floor - timedelta(days=10), end)]:
+        con.execute("CREATE OR REPLACE TEMP TABLE _periods AS SELECT 0 AS pid, "
+                    "CAST($lo AS TIMESTAMP) + INTERVAL 1 DAY AS te UNION ALL SELECT 1, "
+                    "CAST($hi AS TIMESTAMP) + INTERVAL 1 DAY", {"lo": lo, "hi": hi})
+        got = con.execute(f"""SELECT org_no, grid_no, status_code, bd, cancel_date, n,
+                                     n_residential, n_dg, cap_mva
+                              FROM ({shared.definitions()['k_cust_groups']}) ORDER BY ALL""").fetchall()
         assert got == con.execute(by_hand, {"lo": lo, "hi": hi}).fetchall(), (lo, hi)
