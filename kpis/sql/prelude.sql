@@ -105,17 +105,21 @@ CREATE OR REPLACE MACRO clamp_cancel(d, lo, hi) AS
 -- Customers (is_deleted = 0) counted per org, grid, status and the dates ACTIVE reads, a date
 -- before the floor day F clamped to F - 1 (cancel: F) as clamp_build and clamp_cancel do: it
 -- answers ACTIVE alike for any day D >= F. F is the first day of the month 13 months before the
--- newest build date, so that the days a pass tests (today, this and last month, the worker's
--- first 100 days) are above it. A table kept between passes (kpis/prelude.py GATED): 3.5 M
+-- newest build date (cust_floor_day; the other kept customer groups use it too), so that the
+-- days a pass tests (today, this and last month, the worker's first 100 days) are above it. A table kept between passes (kpis/prelude.py GATED): 3.5 M
 -- customers are ~0.2 M groups at city, and cust_counts below grouped the 3.5 M customers again
 -- in every pass that read them (~0.1 s of each city minute); customers change seldom.
+CREATE OR REPLACE MACRO cust_floor_day() AS
+    (SELECT CAST(date_trunc('month', MAX(COALESCE(build_date, CAST(created_at AS DATE))))
+                 - INTERVAL 13 MONTH AS DATE)
+     FROM mis_customer WHERE is_deleted = 0);
 CREATE OR REPLACE TABLE k_cust_grp AS
 WITH c AS (
     SELECT org_no, grid_no, status_code, cancel_date,
            COALESCE(build_date, CAST(created_at AS DATE)) AS bd
     FROM mis_customer WHERE is_deleted = 0
 ),
-f AS (SELECT CAST(date_trunc('month', MAX(bd)) - INTERVAL 13 MONTH AS DATE) AS floor_day FROM c)
+f AS (SELECT cust_floor_day() AS floor_day)
 SELECT c.org_no, c.grid_no, c.status_code,
        clamp_build(c.bd, f.floor_day, DATE '9999-12-30') AS bd,
        clamp_cancel(c.cancel_date, f.floor_day, DATE '9999-12-30') AS cancel_date,
@@ -189,11 +193,7 @@ GROUP BY c.org_no, c.grid_no, c.status_code, clamp_build(c.bd, lo_day, DATE '999
 -- at city, which k_cust_groups re-clamps to the periods' days instead of grouping the 3.5 M
 -- customers again (~0.6 s of each city sweep).
 CREATE OR REPLACE TABLE k_cust_stock_grp AS
-WITH f AS (
-    SELECT CAST(date_trunc('month', MAX(COALESCE(build_date, CAST(created_at AS DATE))))
-                - INTERVAL 13 MONTH AS DATE) AS floor_day
-    FROM mis_customer WHERE is_deleted = 0
-)
+WITH f AS (SELECT cust_floor_day() AS floor_day)
 SELECT s.org_no, s.grid_no, s.status_code, s.bd, s.cancel_date, s.n, s.n_residential,
        s.n_general_ci, s.n_large_industry, s.n_agriculture, s.n_other_class, s.n_hv, s.cap_mva,
        s.n_cap_ge_315, s.n_important, s.n_important_compliant, s.n_important_emergency,
@@ -246,6 +246,45 @@ CREATE OR REPLACE TABLE k_settle_tg AS
 SELECT cons_no, arg_min(tg_no, mp_no) AS tg_no, MIN(mp_no) AS mp_no FROM mis_metering_point
 WHERE is_deleted = 0 AND mp_attr_code = '01' AND status_code IN ('01', '02')
 GROUP BY cons_no;
+
+-- Customers (is_deleted = 0) with a settlement 台区 TG(c) (k_settle_tg, the 台区 not deleted)
+-- counted per org, grid, status, the reliability area of that 台区 (dist_tg.rel_area_code) and
+-- the dates ACTIVE reads, a date before lo_day clamped as in cust_stock_counts; none read unless
+-- `wanted`. The populations of reliability.rs1_urban and rs1_rural (cust_area_groups).
+CREATE OR REPLACE MACRO cust_area_counts(lo_day, wanted) AS TABLE
+SELECT c.org_no, c.grid_no, c.status_code, t.rel_area_code,
+       clamp_build(c.bd, lo_day, DATE '9999-12-30') AS bd,
+       clamp_cancel(c.cancel_date, lo_day, DATE '9999-12-30') AS cancel_date, COUNT(*) AS n
+FROM (SELECT cons_no, org_no, grid_no, status_code, cancel_date,
+             COALESCE(build_date, CAST(created_at AS DATE)) AS bd
+      FROM mis_customer WHERE is_deleted = 0 AND wanted) c
+JOIN k_settle_tg s ON s.cons_no = c.cons_no
+JOIN dist_tg t ON t.tg_no = s.tg_no AND t.is_deleted = 0
+GROUP BY c.org_no, c.grid_no, c.status_code, t.rel_area_code,
+         clamp_build(c.bd, lo_day, DATE '9999-12-30'),
+         clamp_cancel(c.cancel_date, lo_day, DATE '9999-12-30');
+
+-- cust_area_counts at the floor day of k_cust_grp's rule, kept between passes (kpis/prelude.py
+-- GATED): joining the 3.5 M customers to their 台区 was ~0.7 s of each city sweep for rs1_rural.
+CREATE OR REPLACE TABLE k_cust_area_grp AS
+WITH f AS (SELECT cust_floor_day() AS floor_day)
+SELECT a.org_no, a.grid_no, a.status_code, a.rel_area_code, a.bd, a.cancel_date, a.n, f.floor_day
+FROM cust_area_counts((SELECT floor_day FROM f), TRUE) a CROSS JOIN f;
+
+-- The customers of cust_area_counts with their dates clamped to [lo - 1, hi + 1] ([lo, hi + 1]
+-- for cancel: lo and hi the first and last day D tested): from the kept groups when lo is not
+-- below their floor day, else from the customers.
+CREATE OR REPLACE MACRO cust_area_groups(lo, hi) AS TABLE
+SELECT g.org_no, g.grid_no, g.status_code, g.rel_area_code,
+       clamp_build(g.bd, lo, hi) AS bd, clamp_cancel(g.cancel_date, lo, hi) AS cancel_date,
+       CAST(SUM(g.n) AS BIGINT) AS n
+FROM (SELECT k.org_no, k.grid_no, k.status_code, k.rel_area_code, k.bd, k.cancel_date, k.n
+      FROM k_cust_area_grp k WHERE k.floor_day <= lo
+      UNION ALL
+      SELECT * FROM cust_area_counts(lo, NOT EXISTS (SELECT 1 FROM k_cust_area_grp k
+                                                     WHERE k.floor_day <= lo))) g
+GROUP BY g.org_no, g.grid_no, g.status_code, g.rel_area_code, clamp_build(g.bd, lo, hi),
+         clamp_cancel(g.cancel_date, lo, hi);
 
 -- Settlement metering points (mp_attr_code '01', status_code '01'/'02', not deleted) of
 -- customers not deleted, with the customer's attribution and ACTIVE inputs and what the

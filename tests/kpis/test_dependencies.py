@@ -47,12 +47,12 @@ def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registr
     # reads the table k_settle_tg (TG(c)), the macro is_active and, through k_active_n, the
     # customer counts (cust_counts) with their clamped dates
     ("reliability.saifi", {"k_settle_tg", "is_active", "upto", "cust_counts", "clamp_build",
-                           "clamp_cancel", "k_cust_grp"}),
+                           "clamp_cancel", "k_cust_grp", "cust_floor_day"}),
     # names k_customer only in a comment; its reduced facts read the kept groups of customers
     # (k_cust_groups: k_cust_stock_grp, else the customers grouped by cust_stock_counts) and
     # clamp their dates
     ("customer.residential_share", {"is_active", "clamp_build", "clamp_cancel",
-                                    "k_cust_stock_grp", "cust_stock_counts"}),
+                                    "k_cust_stock_grp", "cust_stock_counts", "cust_floor_day"}),
     ("order.total", {"k_wo", "k_org"}),
 ])
 def test_prelude_objects_by_hand(registry, kpi, objects):

@@ -269,7 +269,8 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
     assert _pass(sim) == {"k_wo": "delta", "k_task": "full", "k_settle_tg": "full",
                           "k_bill": "unchanged", "k_payment": "unchanged", "k_rc_event": "unchanged",
                           "k_settle_mp": "unchanged", "k_cust_grp": "unchanged",
-                          "k_cust_stock_grp": "unchanged", "k_cust_check": "unchanged"}
+                          "k_cust_stock_grp": "unchanged", "k_cust_check": "unchanged",
+                          "k_cust_area_grp": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
@@ -420,3 +421,42 @@ def test_customer_stock_groups_from_the_kept_groups_equal_the_customers_grouped(
                                      n_residential, n_dg, cap_mva
                               FROM ({shared.definitions()['k_cust_groups']}) ORDER BY ALL""").fetchall()
         assert got == con.execute(by_hand, {"lo": lo, "hi": hi}).fetchall(), (lo, hi)
+
+
+def test_customer_area_groups_equal_the_customers_joined_to_their_tg_by_hand(sim) -> None:
+    """cust_area_groups (the populations of rs1_urban and rs1_rural): from the kept groups at or
+    above their floor day, from the customers below it, equal to the customers joined to their
+    settlement 台区 and grouped by hand; a 台区 moved to another area rebuilds the kept groups
+    (GATED on dist_tg.rel_area_code) and moves its customers' counts."""
+    con = sim.con
+    floor = con.execute("SELECT MIN(floor_day) FROM k_cust_area_grp").fetchone()[0]
+    by_hand = """
+        SELECT c.org_no, c.grid_no, c.status_code, t.rel_area_code,
+               CASE WHEN bd < $lo THEN $lo - 1 WHEN bd > $hi THEN $hi + 1 ELSE bd END AS b,
+               CASE WHEN cancel_date > $hi THEN $hi + 1 WHEN cancel_date < $lo THEN $lo
+                    ELSE cancel_date END AS cd, COUNT(*)
+        FROM (SELECT *, COALESCE(build_date, CAST(created_at AS DATE)) AS bd FROM mis_customer
+              WHERE is_deleted = 0) c
+        JOIN (SELECT cons_no, arg_min(tg_no, mp_no) AS tg_no FROM mis_metering_point
+              WHERE is_deleted = 0 AND mp_attr_code = '01' AND status_code IN ('01', '02')
+              GROUP BY cons_no) s ON s.cons_no = c.cons_no
+        JOIN dist_tg t ON t.tg_no = s.tg_no AND t.is_deleted = 0
+        GROUP BY ALL ORDER BY ALL"""
+    got = "SELECT * FROM cust_area_groups(CAST($lo AS DATE), CAST($hi AS DATE)) ORDER BY ALL"
+    end = END.date()
+    for lo, hi in [(floor, end), (floor - timedelta(days=45), floor - timedelta(days=2)),
+                   (floor - timedelta(days=3), floor + timedelta(days=3))]:
+        assert con.execute(got, {"lo": lo, "hi": hi}).fetchall() == \
+            con.execute(by_hand, {"lo": lo, "hi": hi}).fetchall(), (lo, hi)
+    tg, area, n = con.execute("""SELECT t.tg_no, t.rel_area_code, COUNT(*) FROM k_settle_tg s
+                                 JOIN dist_tg t ON t.tg_no = s.tg_no AND t.is_deleted = 0
+                                 JOIN mis_customer c ON c.cons_no = s.cons_no AND c.is_deleted = 0
+                                 GROUP BY ALL ORDER BY 3 DESC, 1 LIMIT 1""").fetchone()
+    other = "04" if area != "04" else "01"
+    in_area = "SELECT SUM(n) FROM k_cust_area_grp WHERE rel_area_code = $a"
+    before = con.execute(in_area, {"a": other}).fetchone()[0] or 0
+    with _source(sim, "dist") as dist:
+        _set(dist, "dist_tg", "tg_no", tg, END + timedelta(minutes=1), rel_area_code=other)
+    assert _pass(sim)["k_cust_area_grp"] == "full"
+    assert _fresh_differs(con, "k_cust_area_grp") == 0
+    assert con.execute(in_area, {"a": other}).fetchone()[0] == before + n
