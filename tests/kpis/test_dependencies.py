@@ -44,10 +44,12 @@ def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registr
 
 
 @pytest.mark.parametrize("kpi, objects", [
-    # reads the table k_settle_tg (TG(c)), the macro is_active and, through k_active_n, the
-    # customer counts (cust_counts) with their clamped dates
+    # reads the table k_settle_tg (TG(c)), the macro is_active, through k_active_n the customer
+    # counts (cust_counts) with their clamped dates, and NTG from the customers counted per
+    # 台区 (tg_cust_groups); the kept groups of both
     ("reliability.saifi", {"k_settle_tg", "is_active", "upto", "cust_counts", "clamp_build",
-                           "clamp_cancel", "k_cust_grp", "cust_floor_day"}),
+                           "clamp_cancel", "k_cust_grp", "cust_floor_day", "tg_cust_groups",
+                           "tg_cust_counts", "k_tg_cust_grp"}),
     # names k_customer only in a comment; its reduced facts read the kept groups of customers
     # (k_cust_groups: k_cust_stock_grp, else the customers grouped by cust_stock_counts) and
     # clamp their dates
@@ -62,7 +64,7 @@ def test_prelude_objects_by_hand(registry, kpi, objects):
 def test_only_the_on_demand_tables_a_plan_reads_are_built(registry):
     assert on_demand_tables([registry.get("newconn.applications")]) == set()
     assert on_demand_tables([registry.get("order.total"), registry.get("reliability.saifi")]) \
-        == {"k_wo", "k_settle_tg", "k_cust_grp"}
+        == {"k_wo", "k_settle_tg", "k_cust_grp", "k_tg_cust_grp"}
 
 
 def test_every_on_demand_table_is_followed_or_gated_for_a_stated_reason():
