@@ -182,10 +182,3 @@ CROSS JOIN (SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
                    MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS hi
             FROM _periods) x
 GROUP BY ALL;
-
--- shared: k_cust_complete
--- customer.archive_completeness_rate's test of each customer (not deleted): num 1 when every
--- mandatory field is present and valid (kpis/sql/prelude.sql k_cust_check, kept between passes);
--- read by its facts (one row per customer and period) and its reduced facts (groups).
-SELECT cons_no, org_no, grid_no, build_date, created_at, cancel_date, status_code, num
-FROM k_cust_check;
