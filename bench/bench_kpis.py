@@ -59,6 +59,7 @@ def command(args: argparse.Namespace) -> str:
                     if getattr(args, f.replace("-", "_")))
     flags += f" --minutes {args.minutes}" if args.minutes != 3 else ""
     flags += f" --advance-hours {args.advance_hours:g}" if args.advance_hours else ""
+    flags += f" --again {args.again}" if args.again else ""
     if args.data_dir:
         return f"python bench/bench_kpis.py --data-dir {args.data_dir}{flags}"
     extra = f" --workdir {args.workdir}" if args.workdir_given else ""
@@ -577,6 +578,9 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="an existing data directory (a copy: the run writes into it)")
     ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--again", type=int, default=0,
+                    help="run (a) this many times more, with the kept tables (a) built: the full "
+                         "evaluation of a running worker, whose kept tables exist")
     ap.add_argument("--skip-pandas", action="store_true", help="leave out (c); (d), the floor, still runs")
     ap.add_argument("--minutes", type=int, default=3, help="one-minute passes measured in (b)")
     ap.add_argument("--advance-hours", type=float, default=0,
@@ -611,6 +615,11 @@ def main() -> None:
             side_by_side(con, registry, as_of)
         floor_side_by_side(con, registry, as_of, cpu, wall)
         print(f"    reproduce: {cmd}")
+        for n in range(args.again):
+            wall2, cpu2, _, kinds = full_evaluation(con, registry, as_of)
+            print(f"(a{n + 2}) the same full evaluation again, the tables kept between passes "
+                  f"(kpis/prelude.py) as (a) left them: {wall2:.2f} s wall, {cpu2:.2f} s CPU; {load()}")
+            print_kinds(kinds)
         if args.skip_incremental:
             return
         t = time.perf_counter()
