@@ -60,6 +60,7 @@ def command(args: argparse.Namespace) -> str:
     flags += f" --minutes {args.minutes}" if args.minutes != 3 else ""
     flags += f" --advance-hours {args.advance_hours:g}" if args.advance_hours else ""
     flags += f" --again {args.again}" if args.again else ""
+    flags += " --day-store" if args.day_store else ""
     if args.data_dir:
         return f"python bench/bench_kpis.py --data-dir {args.data_dir}{flags}"
     extra = f" --workdir {args.workdir}" if args.workdir_given else ""
@@ -143,6 +144,10 @@ def load() -> str:
     return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+# --day-store: (a) as the worker evaluates, months of day-additive KPIs summed from stored days
+DAY_STORE = False
+
+
 def full_evaluation(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: datetime
                     ) -> tuple[float, float, int, dict[str, list[float]]]:
     """All KPIs for today, its hours, the current and the last closed month, stored, as the
@@ -150,7 +155,7 @@ def full_evaluation(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: d
     timed = Timed(con)
     print(f"    (full evaluation starts; {load()})")
     t, c = time.perf_counter(), time.process_time()
-    s = evaluate_and_store(timed, registry, full_periods(as_of), as_of)
+    s = evaluate_and_store(timed, registry, full_periods(as_of), as_of, use_day_store=DAY_STORE)
     for kid, err in s.errors.items():
         print(f"  ERROR {kid}: {err.splitlines()[0][:200]}")
     return time.perf_counter() - t, time.process_time() - c, s.rows, timed.kinds
@@ -578,6 +583,10 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="an existing data directory (a copy: the run writes into it)")
     ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--day-store", action="store_true",
+                    help="(a) with the day store (kpis/day_store.py) as the worker uses it: months "
+                         "of day-additive KPIs summed from stored days, a day re-read when the "
+                         "ETL's record shows a change")
     ap.add_argument("--again", type=int, default=0,
                     help="run (a) this many times more, with the kept tables (a) built: the full "
                          "evaluation of a running worker, whose kept tables exist")
@@ -586,6 +595,8 @@ def main() -> None:
     ap.add_argument("--advance-hours", type=float, default=0,
                     help="live hours run (and loaded) before the measured minutes")
     args = ap.parse_args()
+    global DAY_STORE
+    DAY_STORE = args.day_store
     args.workdir_given = args.workdir is not None
     args.workdir = args.workdir or REPO / "bench" / "out" / args.scale
     urls, settings, side = prepare(args)

@@ -401,7 +401,9 @@ def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
                        computed_at: datetime | None = None, prelude: bool = True,
                        use_day_store: bool = False) -> EvalSummary:
     """Evaluate the KPIs for the requested periods and store them (the worker's path).
-    use_day_store: months of day-additive KPIs from stored days (kpis/day_store.py)."""
+    use_day_store: months of day-additive KPIs from stored days (kpis/day_store.py), a stored
+    day read again unless the ETL's record shows nothing it reads changed since (as a sweep
+    does: a full evaluation must not trust a day stored before an ETL run it did not see)."""
     ensure_schema(con)
     chosen = kpis if kpis is not None else list(registry.kpis.values())
     if prelude:
@@ -413,7 +415,7 @@ def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
         refresh_on_demand(con, on_demand_tables(chosen))
     plan = [(k, periods_for(k, requested, as_of)) for k in chosen]
     at = computed_at or local_now()
-    mode = (day_store.Mode(refresh=False, computed_at=at, run_id=changes.top_run(con))
+    mode = (day_store.Mode(refresh=True, computed_at=at, run_id=changes.top_run(con))
             if use_day_store else None)
     return evaluate_plan(con, plan, as_of, at, mode)
 
