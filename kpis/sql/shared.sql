@@ -19,6 +19,15 @@ JOIN (SELECT DISTINCT we FROM _periods) p
   ON is_active(0, c.bd, NULL, c.cancel_date, c.status_code, p.we)
 GROUP BY p.we, c.org_no, c.grid_no;
 
+-- shared: k_tg_groups
+-- Customers counted per settlement 台区, status and their ACTIVE dates clamped to the span of the
+-- periods' we days (tg_cust_groups, kpis/sql/prelude.sql): NTG(g) at we is the sum of the groups
+-- of g active at we. 19 reliability KPIs read it; each re-grouping the kept groups on its own was
+-- ~0.03 s of each of them in a city evaluation.
+SELECT g.tg_no, g.status_code, g.bd, g.cancel_date, g.n
+FROM tg_cust_groups((SELECT MIN(CAST(we - INTERVAL 1 MICROSECOND AS DATE)) FROM _periods),
+                    (SELECT MAX(CAST(we - INTERVAL 1 MICROSECOND AS DATE)) FROM _periods)) g;
+
 -- shared: k_bill_out
 -- OUT(b, T) = rcvbl - allocations before T, for the billable bills (amt_type 01/02, not deleted)
 -- of k_bill, as intervals (t_from, t_to] of constant OUT that are range-joined to the periods (no
