@@ -174,20 +174,29 @@ GROUP BY g.org_no, g.grid_no, g.status_code, clamp_build(g.bd, x.lo, x.hi),
 -- shared: k_settle_groups
 -- The reduced facts of the three stocks over settlement points (k_settle_mp): the points grouped
 -- by org, grid and what ACTIVE reads of their customer, the dates clamped as in k_cust_groups,
--- with each stock's counts. 3.5 M points at city become a few thousand groups.
-SELECT s.org_no, s.grid_no, s.status_code,
-       clamp_build(s.bd, x.lo, x.hi) AS bd, clamp_cancel(s.cancel_date, x.lo, x.hi) AS cancel_date,
-       COUNT(*) AS n,
-       COUNT(*) FILTER (WHERE s.smart) AS n_smart,
-       COUNT(*) FILTER (WHERE s.run_meter) AS n_run_meter,
-       COUNT(*) FILTER (WHERE s.run_meter AND s.covered) AS n_run_meter_covered,
-       COUNT(*) FILTER (WHERE s.rel_n > 0 AND s.cons_sort_code IN ('02', '03')) AS n_lv_related,
-       COALESCE(SUM(s.rel_n) FILTER (WHERE s.rel_n > 0 AND s.cons_sort_code IN ('02', '03')), 0) AS lv_rel_n,
-       COALESCE(SUM(s.rel_same) FILTER (WHERE s.rel_n > 0 AND s.cons_sort_code IN ('02', '03')), 0) AS lv_rel_same
-FROM (SELECT org_no, grid_no, status_code, cancel_date, smart, run_meter, covered, rel_n,
-             rel_same, cons_sort_code, COALESCE(build_date, CAST(created_at AS DATE)) AS bd
-      FROM k_settle_mp) s
-CROSS JOIN (SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
-                   MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS hi
-            FROM _periods) x
-GROUP BY ALL;
+-- with each stock's counts (settle_counts, kpis/sql/prelude.sql). 3.5 M points at city become a
+-- few thousand groups; from the groups kept between passes (k_settle_grp, dates clamped at the
+-- floor day) when the first te day is not below the floor, else from the points (~0.2 s of each
+-- city sweep).
+WITH x AS (SELECT MIN(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS lo,
+                  MAX(CAST(te - INTERVAL 1 MICROSECOND AS DATE)) AS hi
+           FROM _periods),
+g AS (
+    SELECT k.org_no, k.grid_no, k.status_code, k.bd, k.cancel_date, k.n, k.n_smart,
+           k.n_run_meter, k.n_run_meter_covered, k.n_lv_related, k.lv_rel_n, k.lv_rel_same
+    FROM k_settle_grp k
+    WHERE k.floor_day <= (SELECT lo FROM x)
+    UNION ALL
+    SELECT * FROM settle_counts((SELECT lo FROM x), NOT EXISTS (
+        SELECT 1 FROM k_settle_grp k WHERE k.floor_day <= (SELECT lo FROM x)))
+)
+SELECT g.org_no, g.grid_no, g.status_code,
+       clamp_build(g.bd, x.lo, x.hi) AS bd, clamp_cancel(g.cancel_date, x.lo, x.hi) AS cancel_date,
+       CAST(SUM(g.n) AS BIGINT) AS n, CAST(SUM(g.n_smart) AS BIGINT) AS n_smart,
+       CAST(SUM(g.n_run_meter) AS BIGINT) AS n_run_meter,
+       CAST(SUM(g.n_run_meter_covered) AS BIGINT) AS n_run_meter_covered,
+       CAST(SUM(g.n_lv_related) AS BIGINT) AS n_lv_related,
+       SUM(g.lv_rel_n) AS lv_rel_n, SUM(g.lv_rel_same) AS lv_rel_same
+FROM g CROSS JOIN x
+GROUP BY g.org_no, g.grid_no, g.status_code, clamp_build(g.bd, x.lo, x.hi),
+         clamp_cancel(g.cancel_date, x.lo, x.hi);

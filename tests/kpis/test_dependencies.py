@@ -82,7 +82,8 @@ def test_k_settle_mp_readers_are_not_woken_by_heartbeats(registry):
         cols = columns_read(registry.get(kpi), "meter_terminal")
         assert cols is not None and "last_online_time" not in cols, kpi
     assert prelude_objects(registry.get("customer.smart_meter_coverage")) == {
-        "k_settle_mp", "is_active", "clamp_build", "clamp_cancel"}
+        "k_settle_mp", "is_active", "clamp_build", "clamp_cancel", "k_settle_grp", "settle_counts",
+        "cust_floor_day"}
 
 
 @pytest.mark.parametrize("sql, whole", [

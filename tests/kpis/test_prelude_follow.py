@@ -283,7 +283,8 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
                           "k_bill": "unchanged", "k_payment": "unchanged", "k_rc_event": "unchanged",
                           "k_settle_mp": "unchanged", "k_cust_grp": "unchanged",
                           "k_cust_stock_grp": "unchanged", "k_cust_check": "unchanged",
-                          "k_cust_area_grp": "unchanged", "k_tg_cust_grp": "unchanged"}
+                          "k_cust_area_grp": "unchanged", "k_tg_cust_grp": "unchanged",
+                          "k_settle_grp": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
@@ -318,15 +319,16 @@ def test_k_settle_mp_is_rebuilt_only_when_a_column_it_reads_changed(sim) -> None
             _set(meter, "meter_terminal", "terminal_id", t, END + timedelta(minutes=1),
                  last_online_time=_stamp(END + timedelta(minutes=1)))
     how = _pass(sim)
-    assert how["k_settle_mp"] == "unchanged", how
+    assert how["k_settle_mp"] == how["k_settle_grp"] == "unchanged", how
     assert _fresh_differs(sim.con, "k_settle_mp") == 0
     covered = sim.con.execute("SELECT COUNT(*) FILTER (WHERE covered) FROM k_settle_mp").fetchone()[0]
     with _source(sim, "meter") as meter:
         for t in terms:
             _set(meter, "meter_terminal", "terminal_id", t, END + timedelta(minutes=2), run_status="02")
     how = _pass(sim)
-    assert how["k_settle_mp"] == "full", how
+    assert how["k_settle_mp"] == how["k_settle_grp"] == "full", how
     assert _fresh_differs(sim.con, "k_settle_mp") == 0
+    assert _fresh_differs(sim.con, "k_settle_grp") == 0
     # the change reached the table: points collected through those terminals are no longer covered
     assert sim.con.execute("SELECT COUNT(*) FILTER (WHERE covered) FROM k_settle_mp").fetchone()[0] < covered
 
@@ -499,3 +501,24 @@ def test_customers_per_tg_from_the_kept_groups_equal_the_customers_counted_by_ha
     assert _pass(sim)["k_tg_cust_grp"] == "full"
     assert _fresh_differs(con, "k_tg_cust_grp") == 0
     assert con.execute(at_tg, {"t": other}).fetchone()[0] == before + 1
+
+
+def test_point_stock_groups_from_the_kept_groups_equal_the_points_grouped(sim) -> None:
+    """k_settle_groups (the point stocks' reduced facts) from the kept groups (k_settle_grp) at
+    or above their floor day and from the points below it: some of its counts equal the points
+    of k_settle_mp grouped by hand with their customer's dates clamped to the te days' span."""
+    from kpis import shared
+    con = sim.con
+    floor = con.execute("SELECT MIN(floor_day) FROM k_settle_grp").fetchone()[0]
+    by_hand = f"""
+        SELECT org_no, grid_no, status_code, {CLAMPED}, COUNT(*),
+               COUNT(*) FILTER (WHERE run_meter AND covered),
+               COALESCE(SUM(rel_same) FILTER (WHERE rel_n > 0 AND cons_sort_code IN ('02', '03')), 0)
+        FROM (SELECT *, COALESCE(build_date, CAST(created_at AS DATE)) AS bd FROM k_settle_mp)
+        GROUP BY ALL ORDER BY ALL"""
+    got = f"""WITH _periods AS (SELECT CAST($lo AS TIMESTAMP) + INTERVAL 1 DAY AS te
+                                UNION ALL SELECT CAST($hi AS TIMESTAMP) + INTERVAL 1 DAY)
+              SELECT org_no, grid_no, status_code, bd, cancel_date, n, n_run_meter_covered,
+                     lv_rel_same
+              FROM ({shared.definitions()['k_settle_groups']}) ORDER BY ALL"""
+    _same_over_spans(con, got, by_hand, floor)
