@@ -57,6 +57,9 @@ def main() -> int:
                  "--dir", str(d), "--minutes", "3"])
         if "kpis" not in skip:
             run([py, "bench/bench_kpis.py", "--data-dir", str(copy("kpis"))])
+            # the full evaluation again with the worker's kept tables and stored days
+            run([py, "bench/bench_kpis.py", "--data-dir", str(copy("kpis-again")), "--skip-pandas",
+                 "--skip-incremental", "--again", "2", "--day-store"])
             run([py, "bench/bench_kpi_minute.py", "--data-dir", str(copy("kpi-minute"))])
             run([py, "bench/bench_kpi_minute.py", "--data-dir", str(copy("kpi-sweep")),
                  "--minutes", "2", "--sweep"])
