@@ -535,7 +535,7 @@ class KpiService:
 
         def gen() -> Iterator[Any]:
             with self.reader.cursor(version) as (_v, cur):
-                prepare(cur, engine_period, as_of)
+                prepare(cur, engine_period, as_of, kdef)
                 cols = {r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM ({kdef.facts}) AS f").fetchall()}
                 sql = detail_sql(kdef, cols)
                 params: dict[str, Any] = {"units": [org]}
