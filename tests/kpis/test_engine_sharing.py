@@ -72,6 +72,43 @@ def test_today_and_the_running_month_get_the_same_stock(registry):
                                   "monthly 2024-06-01 00:00:00": 50.0})
 
 
+@pytest.mark.parametrize("flush_rows", [None, 1])
+def test_a_plan_stored_in_parts_stores_what_one_part_stores(registry, monkeypatch, flush_rows):
+    """The same customers as above, with customer.active_total beside the residential share
+    (hand-worked: 2 customers at the end of June, 3 in July and today). One part is stored from
+    _result itself; a backfill larger than FLUSH_ROWS (1 here: a part per KPI) is copied into
+    _batch part by part and stored at the end: both give these values."""
+    from kpis import evaluate
+    if flush_rows is not None:
+        monkeypatch.setattr(evaluate, "FLUSH_ROWS", flush_rows)
+    con = duckdb.connect()
+    load_inputs(con, {"inputs": {
+        "mis_code": [{"code_type": "ELEC_TYPE", "code_value": "201", "code_name": "res",
+                      "parent_value": "2", "is_deleted": 0},
+                     {"code_type": "ELEC_TYPE", "code_value": "401", "code_name": "biz",
+                      "parent_value": "4", "is_deleted": 0}],
+        "mis_customer": [_customer("C1", "S1", "2024-06-01", "201"),
+                         _customer("C2", "S1", "2024-06-20", "401"),
+                         _customer("C3", "S1", "2024-07-05", "201")]}})
+    as_of = datetime(2024, 7, 10, 23, 0)
+    kpis = [registry.get(kid).model_copy(update={"min_sample": None})
+            for kid in ("customer.residential_share", "customer.active_total")]
+    s = evaluate_and_store(con, registry, [day(as_of.date()), month(2024, 7), month(2024, 6)],
+                           as_of, kpis=kpis, computed_at=as_of)
+    assert not s.errors and s.kpis == 2
+    rows = {(k, g + " " + str(p)): v for k, g, p, v in con.execute(
+        "SELECT kpi_id, grain, CAST(period_start AS VARCHAR), value FROM kpi_value "
+        "WHERE org_no = 'S1'").fetchall()}
+    assert rows == pytest.approx({
+        ("customer.residential_share", "daily 2024-07-10 00:00:00"): 200 / 3,
+        ("customer.residential_share", "monthly 2024-07-01 00:00:00"): 200 / 3,
+        ("customer.residential_share", "monthly 2024-06-01 00:00:00"): 50.0,
+        ("customer.active_total", "daily 2024-07-10 00:00:00"): 3,
+        ("customer.active_total", "monthly 2024-07-01 00:00:00"): 3,
+        ("customer.active_total", "monthly 2024-06-01 00:00:00"): 2})
+    assert s.rows == con.execute("SELECT COUNT(*) FROM kpi_value").fetchone()[0]
+
+
 def test_a_statement_bounds_its_rows_by_its_earliest_period(registry):
     """metering.daily_collect_success_rate filters on periods_from(), which the batched engine
     replaces by the earliest ws of the statement's periods. Worked by hand: E1 succeeds on
