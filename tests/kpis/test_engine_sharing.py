@@ -46,11 +46,9 @@ def _customer(cons_no: str, org: str, built: str, elec_type: str) -> dict:
             "is_deleted": 0}
 
 
-def test_today_and_the_running_month_get_the_same_stock(registry):
-    """Worked by hand: residential share at 2024-07-10 23:00 (today and July so far both end
-    then) and at the end of June. C1 (residential, built 06-01) and C2 (business, built 06-20)
-    are on the books at both ends; C3 (residential, built 07-05) only in July.
-    June: 1 residential of 2 = 50 %; today and July: 2 of 3 = 66.67 %."""
+def _three_customers() -> duckdb.DuckDBPyConnection:
+    """C1 (residential, built 2024-06-01) and C2 (business, built 06-20) of S1, and C3
+    (residential, built 07-05)."""
     con = duckdb.connect()
     load_inputs(con, {"inputs": {
         "mis_code": [{"code_type": "ELEC_TYPE", "code_value": "201", "code_name": "res",
@@ -60,6 +58,15 @@ def test_today_and_the_running_month_get_the_same_stock(registry):
         "mis_customer": [_customer("C1", "S1", "2024-06-01", "201"),
                          _customer("C2", "S1", "2024-06-20", "401"),
                          _customer("C3", "S1", "2024-07-05", "201")]}})
+    return con
+
+
+def test_today_and_the_running_month_get_the_same_stock(registry):
+    """Worked by hand: residential share at 2024-07-10 23:00 (today and July so far both end
+    then) and at the end of June. C1 (residential, built 06-01) and C2 (business, built 06-20)
+    are on the books at both ends; C3 (residential, built 07-05) only in July.
+    June: 1 residential of 2 = 50 %; today and July: 2 of 3 = 66.67 %."""
+    con = _three_customers()
     as_of = datetime(2024, 7, 10, 23, 0)
     k = registry.get("customer.residential_share").model_copy(update={"min_sample": None})
     s = evaluate_and_store(con, registry, [day(as_of.date()), month(2024, 7), month(2024, 6)],
@@ -81,15 +88,7 @@ def test_a_plan_stored_in_parts_stores_what_one_part_stores(registry, monkeypatc
     from kpis import evaluate
     if flush_rows is not None:
         monkeypatch.setattr(evaluate, "FLUSH_ROWS", flush_rows)
-    con = duckdb.connect()
-    load_inputs(con, {"inputs": {
-        "mis_code": [{"code_type": "ELEC_TYPE", "code_value": "201", "code_name": "res",
-                      "parent_value": "2", "is_deleted": 0},
-                     {"code_type": "ELEC_TYPE", "code_value": "401", "code_name": "biz",
-                      "parent_value": "4", "is_deleted": 0}],
-        "mis_customer": [_customer("C1", "S1", "2024-06-01", "201"),
-                         _customer("C2", "S1", "2024-06-20", "401"),
-                         _customer("C3", "S1", "2024-07-05", "201")]}})
+    con = _three_customers()
     as_of = datetime(2024, 7, 10, 23, 0)
     kpis = [registry.get(kid).model_copy(update={"min_sample": None})
             for kid in ("customer.residential_share", "customer.active_total")]
