@@ -394,7 +394,10 @@ CREATE OR REPLACE TABLE k_bill AS
 SELECT b.bill_id, b.cons_no, b.org_no, b.rcvbl_ym, b.amt_type, b.t_pq, b.rcvbl_amt,
        b.release_date, b.due_date, b.elec_type_code, b.read_type, b.invoice_type,
        b.invoice_time, b.is_deleted,
-       c.grid_no AS cust_grid_no, c.elec_type_code AS cust_elec_type_code
+       c.grid_no AS cust_grid_no, c.elec_type_code AS cust_elec_type_code,
+       -- the bill's year as a number (NULL when rcvbl_ym does not start with one): the bill
+       -- stocks' pre-filter tested it on every bill of every pass
+       TRY_CAST(SUBSTR(b.rcvbl_ym, 1, 4) AS INTEGER) AS rcvbl_year
 FROM mis_bill b
 LEFT JOIN mis_customer c ON c.cons_no = b.cons_no AND c.is_deleted = 0;
 

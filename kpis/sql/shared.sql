@@ -46,13 +46,12 @@ b AS (
            CAST(b.due_date AS TIMESTAMP) AS due_ts
     FROM k_bill b
     -- due before the last te: due_date <= that te's day; the year ended before it: the year
-    -- before that day's year (no make_date per bill: this test runs on every bill of k_bill,
-    -- ~0.03 s of each city minute, and as a join to lo it was ~0.1 s)
+    -- before that day's year (k_bill.rcvbl_year, no make_date per bill: this test runs on every
+    -- bill of every pass; as a join to lo it was ~0.1 s of each city minute)
     WHERE b.is_deleted = 0 AND b.amt_type IN ('01', '02')
       AND (b.due_date IS NULL
            OR b.due_date < (SELECT CAST(max_te - INTERVAL 1 MICROSECOND AS DATE) + 1 FROM lo)
-           OR COALESCE(TRY_CAST(SUBSTR(b.rcvbl_ym, 1, 4) AS INTEGER)
-                       < (SELECT year(max_te - INTERVAL 1 MICROSECOND) FROM lo), TRUE))
+           OR COALESCE(b.rcvbl_year < (SELECT year(max_te - INTERVAL 1 MICROSECOND) FROM lo), TRUE))
 ),
 tot AS (
     SELECT r.bill_id, SUM(r.rcved_amt) AS rcv, MAX(r.rcved_time) AS t_last
