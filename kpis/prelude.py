@@ -23,7 +23,8 @@ PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
 # not pay.
 ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_rc_event", "k_wo",
                        "k_task", "k_cust_grp", "k_cust_stock_grp", "k_cust_check",
-                       "k_cust_area_grp", "k_tg_cust_grp", "k_settle_grp"})
+                       "k_cust_area_grp", "k_tg_cust_grp", "k_settle_grp", "k_unit_book_n",
+                       "k_cust_check_grp"})
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,14 @@ GATED = {
     "k_tg_cust_grp": "an aggregate over customers and their settlement 台区",
     # the point stocks' counts of k_settle_mp (itself GATED), grouped at the floor day
     "k_settle_grp": "an aggregate of k_settle_mp",
+    # the customers on the books per province / city unit and day (N(x) of the MED KPIs): a
+    # running sum over all customers' events, which any changed customer moves from its day on
+    "k_unit_book_n": "a running sum: a changed customer moves every later day's count",
     # one row per customer, but a code, an org, a grid or a settlement point reaches it through
     # another key than the customer's; none of them changes often (~1 s of each city sweep)
     "k_cust_check": "inputs reach the customer over other keys (codes, org tree, points)",
+    # archive completeness counted per customer group at the floor day (k_cust_check is GATED)
+    "k_cust_check_grp": "an aggregate of k_cust_check",
 }
 
 

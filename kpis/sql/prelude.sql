@@ -128,6 +128,31 @@ FROM c CROSS JOIN f
 GROUP BY c.org_no, c.grid_no, c.status_code, clamp_build(c.bd, f.floor_day, DATE '9999-12-30'),
          clamp_cancel(c.cancel_date, f.floor_day, DATE '9999-12-30'), f.floor_day;
 
+-- N(x) of the MED KPIs (reliability.saidi_excl_med_min, reliability.med_days_ytd) per province
+-- and city unit: customers are active at the end of day x from their build date until the day
+-- before the cancel date, so N(x) is a running sum of +1 / -1 book events. The events are summed
+-- per (org, day) before attribution, and the root is a joined row, not a scalar subquery in the
+-- join condition: that condition could not be hashed, and at city the 7 M events were
+-- nested-loop joined to the ancestors (~75 s CPU). A table kept between passes (kpis/prelude.py
+-- GATED): both KPIs grouped the 3.5 M customers' events by org and day (0.7 M groups) in every
+-- pass that read them (~0.5 s of a city full evaluation); a few thousand rows remain.
+CREATE OR REPLACE TABLE k_unit_book_n AS
+SELECT unit_no, d, SUM(delta) OVER (PARTITION BY unit_no ORDER BY d) AS n
+FROM (SELECT an.ancestor_no AS unit_no, ev.d, SUM(ev.delta) AS delta
+      FROM (SELECT org_no, d, SUM(delta) AS delta
+            FROM (SELECT org_no, COALESCE(build_date, CAST(created_at AS DATE)) AS d, 1 AS delta
+                  FROM mis_customer
+                  WHERE is_deleted = 0 AND NOT (status_code = '04' AND cancel_date IS NULL)
+                  UNION ALL
+                  SELECT org_no, GREATEST(COALESCE(build_date, CAST(created_at AS DATE)), cancel_date), -1
+                  FROM mis_customer WHERE is_deleted = 0 AND cancel_date IS NOT NULL)
+            GROUP BY org_no, d) ev
+      CROSS JOIN k_root rt
+      LEFT JOIN k_org ko ON ko.unit_no = ev.org_no AND ko.unit_level <> 'grid'
+      JOIN k_org_ancestor an ON an.unit_no = COALESCE(ko.unit_no, rt.unit_no)
+                            AND an.ancestor_level IN ('province', 'city')
+      GROUP BY ALL);
+
 -- Customers (is_deleted = 0) counted per org, grid and what ACTIVE reads, the dates clamped to
 -- [lo - 1, hi + 1] (clamp_build, clamp_cancel: lo and hi the first and last day D tested): 3.5 M
 -- customers become a few thousand groups that answer ACTIVE at any D in [lo, hi] as the
@@ -237,6 +262,42 @@ LEFT JOIN mis_code vt ON vt.code_type = 'VOLT' AND vt.code_value = c.volt_code
 LEFT JOIN mis_org o ON o.org_no = c.org_no AND o.is_deleted = 0
 LEFT JOIN mis_grid g ON g.grid_no = c.grid_no AND g.is_deleted = 0
 WHERE c.is_deleted = 0;
+
+-- k_cust_check's customers counted per org, grid, status and the dates ACTIVE reads, with the
+-- complete ones (num), a date before lo_day clamped as in cust_stock_counts; none read unless
+-- `wanted`. The population and numerator of customer.archive_completeness_rate (check_groups).
+CREATE OR REPLACE MACRO check_counts(lo_day, wanted) AS TABLE
+SELECT c.org_no, c.grid_no, c.status_code,
+       clamp_build(c.bd, lo_day, DATE '9999-12-30') AS bd,
+       clamp_cancel(c.cancel_date, lo_day, DATE '9999-12-30') AS cancel_date,
+       SUM(c.num) AS num, COUNT(*) AS n
+FROM (SELECT org_no, grid_no, status_code, cancel_date, num,
+             COALESCE(build_date, CAST(created_at AS DATE)) AS bd
+      FROM k_cust_check WHERE wanted) c
+GROUP BY c.org_no, c.grid_no, c.status_code, clamp_build(c.bd, lo_day, DATE '9999-12-30'),
+         clamp_cancel(c.cancel_date, lo_day, DATE '9999-12-30');
+
+-- check_counts at the floor day (cust_floor_day), kept between passes (kpis/prelude.py GATED):
+-- grouping the 3.5 M checked customers was ~0.3 s of each city sweep.
+CREATE OR REPLACE TABLE k_cust_check_grp AS
+WITH f AS (SELECT cust_floor_day() AS floor_day)
+SELECT c.org_no, c.grid_no, c.status_code, c.bd, c.cancel_date, c.num, c.n, f.floor_day
+FROM check_counts((SELECT floor_day FROM f), TRUE) c CROSS JOIN f;
+
+-- The customers of check_counts with their dates clamped to [lo - 1, hi + 1] ([lo, hi + 1] for
+-- cancel: lo and hi the first and last day D tested): from the kept groups when lo is not below
+-- their floor day, else from k_cust_check.
+CREATE OR REPLACE MACRO check_groups(lo, hi) AS TABLE
+SELECT g.org_no, g.grid_no, g.status_code,
+       clamp_build(g.bd, lo, hi) AS bd, clamp_cancel(g.cancel_date, lo, hi) AS cancel_date,
+       CAST(SUM(g.num) AS BIGINT) AS num, CAST(SUM(g.n) AS BIGINT) AS n
+FROM (SELECT k.org_no, k.grid_no, k.status_code, k.bd, k.cancel_date, k.num, k.n
+      FROM k_cust_check_grp k WHERE k.floor_day <= lo
+      UNION ALL
+      SELECT * FROM check_counts(lo, NOT EXISTS (SELECT 1 FROM k_cust_check_grp k
+                                                 WHERE k.floor_day <= lo))) g
+GROUP BY g.org_no, g.grid_no, g.status_code, clamp_build(g.bd, lo, hi),
+         clamp_cancel(g.cancel_date, lo, hi);
 
 -- TG(c): the 台区 of the customer's settlement point with the smallest mp_no. A table, built
 -- once per pass that needs it: as part of the view below it was recomputed over every metering

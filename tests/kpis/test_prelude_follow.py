@@ -124,7 +124,9 @@ def change_sources(sim: Sim | Path, rng: random.Random, at: datetime, joined: bo
         for c in rng.sample(with_orders, 3) if joined else ():
             _set(mis, "mis_customer", "cons_no", c, when(), grid_no=rng.choice(grids))
         for c in rng.sample(with_orders, 2) if joined else ():
-            _set(mis, "mis_customer", "cons_no", c, when(), is_deleted=rng.choice((0, 1)))
+            # flipped, so that every step moves a customer on or off the books (k_unit_book_n)
+            flag = mis.execute("SELECT is_deleted FROM mis_customer WHERE cons_no = ?", [c]).fetchone()[0]
+            _set(mis, "mis_customer", "cons_no", c, when(), is_deleted=1 - flag)
         for w in rng.sample(wos, 6):
             change = rng.choice(("cons", "tg", "merge", "cancel", "delete"))
             if change == "cons":
@@ -284,7 +286,8 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
                           "k_settle_mp": "unchanged", "k_cust_grp": "unchanged",
                           "k_cust_stock_grp": "unchanged", "k_cust_check": "unchanged",
                           "k_cust_area_grp": "unchanged", "k_tg_cust_grp": "unchanged",
-                          "k_settle_grp": "unchanged"}
+                          "k_settle_grp": "unchanged", "k_unit_book_n": "unchanged",
+                          "k_cust_check_grp": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
@@ -333,21 +336,27 @@ def test_k_settle_mp_is_rebuilt_only_when_a_column_it_reads_changed(sim) -> None
     assert sim.con.execute("SELECT COUNT(*) FILTER (WHERE covered) FROM k_settle_mp").fetchone()[0] < covered
 
 
-CUSTOMER_KEPT = ("k_cust_grp", "k_cust_stock_grp", "k_cust_check")
+CUSTOMER_KEPT = ("k_cust_grp", "k_cust_stock_grp", "k_cust_check", "k_cust_check_grp", "k_unit_book_n")
 
 
 def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(sim) -> None:
     """GATED: a customer column none of them reads (sensitive_flag) leaves k_cust_grp,
-    k_cust_stock_grp and k_cust_check as they are; a cancellation rebuilds all three, the counts
-    move to the cancelled groups; a deleted code rebuilds the two that read mis_code (the class
-    look-up of k_cust_stock_grp, the voltage check of k_cust_check), not k_cust_grp."""
+    k_cust_stock_grp, k_cust_check, k_cust_check_grp and k_unit_book_n as they are; a
+    cancellation rebuilds all five, the counts move to the cancelled groups and the customer
+    leaves the books; a deleted code rebuilds those that read mis_code (the class look-up of
+    k_cust_stock_grp, the voltage check of k_cust_check and its groups), not k_cust_grp nor
+    k_unit_book_n."""
     con = sim.con
     cons = con.execute("SELECT MIN(cons_no) FROM mis_customer WHERE is_deleted = 0 "
                        "AND cancel_date IS NULL AND status_code <> '04'").fetchone()[0]
     cancelled = """SELECT (SELECT COALESCE(SUM(n), 0) FROM k_cust_grp WHERE cancel_date IS NOT NULL),
                           (SELECT COALESCE(SUM(n), 0) FROM k_cust_stock_grp WHERE cancel_date IS NOT NULL),
-                          (SELECT COUNT(*) FROM k_cust_check WHERE cancel_date IS NOT NULL)"""
+                          (SELECT COUNT(*) FROM k_cust_check WHERE cancel_date IS NOT NULL),
+                          (SELECT COALESCE(SUM(n), 0) FROM k_cust_check_grp WHERE cancel_date IS NOT NULL)"""
     before = con.execute(cancelled).fetchone()
+    on_books = ("SELECT arg_max(n, d) FROM k_unit_book_n "
+                "WHERE unit_no = (SELECT unit_no FROM k_root) AND d <= CAST($end AS DATE)")
+    books_before = con.execute(on_books, {"end": END}).fetchone()[0]
     with _source(sim, "mis") as mis:
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=1), sensitive_flag=1)
     how = _pass(sim)
@@ -360,14 +369,17 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
     for name in CUSTOMER_KEPT:
         assert _fresh_differs(sim.con, name) == 0, name
     assert con.execute(cancelled).fetchone() == tuple(n + 1 for n in before)
+    # cancelled on END's day: off the books at the end of that day
+    assert con.execute(on_books, {"end": END}).fetchone()[0] == books_before - 1
     with _source(sim, "mis") as mis:
         code = mis.execute("SELECT code_type, code_value FROM mis_code WHERE code_type = 'VOLT' "
                            "ORDER BY code_value LIMIT 1").fetchone()
         mis.execute("UPDATE mis_code SET is_deleted = 1, updated_at = ? WHERE code_type = ? "
                     "AND code_value = ?", [_stamp(END + timedelta(minutes=3)), *code])
     how = _pass(sim)
-    assert (how["k_cust_grp"], how["k_cust_stock_grp"], how["k_cust_check"]) == \
-        ("unchanged", "full", "full"), how
+    assert {n: how[n] for n in CUSTOMER_KEPT} == {
+        "k_cust_grp": "unchanged", "k_cust_stock_grp": "full", "k_cust_check": "full",
+        "k_cust_check_grp": "full", "k_unit_book_n": "unchanged"}, how
     for name in CUSTOMER_KEPT:
         assert _fresh_differs(sim.con, name) == 0, name
 
@@ -443,6 +455,22 @@ def _same_over_spans(con: duckdb.DuckDBPyConnection, got: str, by_hand: str, flo
                    (floor - timedelta(days=3), floor + timedelta(days=3))]:
         assert con.execute(got, {"lo": lo, "hi": hi}).fetchall() == \
             con.execute(by_hand, {"lo": lo, "hi": hi}).fetchall(), (lo, hi)
+
+
+def test_archive_check_groups_equal_the_checked_customers_grouped_by_hand(sim) -> None:
+    """check_groups (the reduced facts of customer.archive_completeness_rate): from the kept
+    groups at or above their floor day, from k_cust_check below it, equal to the checked
+    customers grouped by hand with their complete ones counted."""
+    con = sim.con
+    floor = con.execute("SELECT MIN(floor_day) FROM k_cust_check_grp").fetchone()[0]
+    assert con.execute("SELECT COUNT(*) FILTER (WHERE num = 0), COUNT(*) FILTER (WHERE num = 1) "
+                       "FROM k_cust_check").fetchone() > (0, 0)
+    by_hand = f"""
+        SELECT org_no, grid_no, status_code, {CLAMPED}, SUM(num), COUNT(*)
+        FROM (SELECT *, COALESCE(build_date, CAST(created_at AS DATE)) AS bd FROM k_cust_check)
+        GROUP BY ALL ORDER BY ALL"""
+    got = "SELECT * FROM check_groups(CAST($lo AS DATE), CAST($hi AS DATE)) ORDER BY ALL"
+    _same_over_spans(con, got, by_hand, floor)
 
 
 def test_customer_area_groups_equal_the_customers_joined_to_their_tg_by_hand(sim) -> None:
