@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from kpis import changes, day_store, wake
-from kpis.batch import RESULT_COLUMNS, compute_plan, fact_columns, per_kpi
+from kpis import changes, day_store, fact_diff, wake
+from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import prelude_objects, tables_read
 from kpis.periods import Period, day, days_of, hours_of, month, snapshot
@@ -48,6 +48,7 @@ SCHEMA = [
     "ALTER TABLE kpi_eval_state ADD COLUMN IF NOT EXISTS last_past_run_id BIGINT",
     *day_store.DDL,
     wake.DDL,
+    *fact_diff.DDL,
 ]
 
 # Every KPI is re-evaluated at least this often, and at each new hour; in between only KPIs whose
@@ -68,6 +69,8 @@ class EvalSummary:
     changed: list[tuple[str, str, str, datetime]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     skipped: int = 0      # woken by a table whose columns they read did not change (kpis/wake.py)
+    # (KPI id, period) evaluated; with kpis.fact_diff only the rows of changed units are written
+    evaluated: list[tuple[str, Period]] = field(default_factory=list)
 
 
 def local_now() -> datetime:
@@ -138,6 +141,39 @@ _OFFSETS = {
 MAX_OFFSETS = max(len(offs) for grains in _OFFSETS.values() for offs in grains.values())
 
 
+def _baseline_sources(k: KpiDef, p: Period) -> list[datetime]:
+    """period_start of the rows (same KPI and grain) a row's baseline reads; snapshots: none
+    (kpis.fact_diff recomputes them whole: each pass is a new period)."""
+    if k.baseline is None or not is_relative(k):
+        return []
+    if k.baseline == "previous_month_end":
+        if p.grain == "daily":
+            return [p.ws.replace(day=1) - timedelta(days=1)]
+        return [(p.ws.replace(day=1) - timedelta(days=1)).replace(day=1)] if p.grain == "monthly" else []
+    out = []
+    for off in _OFFSETS.get(k.baseline, {}).get(p.grain, ()):
+        n, unit = off.split()
+        unit = unit.rstrip("s")
+        if unit == "month":
+            y, m = divmod(p.ws.year * 12 + p.ws.month - 1 - int(n), 12)
+            out.append(p.ws.replace(year=y, month=m + 1))
+        elif unit == "year":
+            out.append(p.ws.replace(year=p.ws.year - int(n)))
+        else:
+            out.append(p.ws - timedelta(**{unit + "s": int(n)}))
+    return out
+
+
+def _baseline_in_plan(plan: Sequence[tuple[KpiDef, Sequence[Period]]]) -> frozenset[tuple[str, Period]]:
+    """(KPI id, period) whose baseline reads a period the same plan evaluates: its source row
+    may change in this pass, so kpis.fact_diff recomputes it whole."""
+    out = set()
+    for k, ps in plan:
+        starts = {(p.grain, p.ws) for p in ps}
+        out |= {(k.id, p) for p in ps if any((p.grain, s) in starts for s in _baseline_sources(k, p))}
+    return frozenset(out)
+
+
 def _relative_with_baseline(kpis: Iterable[KpiDef]) -> list[KpiDef]:
     return [k for k in kpis if k.baseline is not None and is_relative(k)]
 
@@ -194,7 +230,8 @@ def apply_baselines(con: duckdb.DuckDBPyConnection,
                     SELECT v.kpi_id, v.org_no, v.grain, v.period_start, v.value FROM kpi_value v
                     WHERE v.kpi_id IN ({ids}) AND NOT EXISTS (
                         SELECT 1 FROM _result x WHERE x.kpi_id = v.kpi_id AND x.grain = v.grain
-                                                  AND x.period_start = v.period_start)
+                                                  AND x.period_start = v.period_start
+                                                  AND x.org_no = v.org_no)
                 ) h
                 WHERE h.kpi_id = r.kpi_id AND h.org_no = r.org_no AND h.grain = r.grain
                   AND r.grain IN ('daily', 'monthly')
@@ -243,8 +280,11 @@ def _offset_baselines(con: duckdb.DuckDBPyConnection, kpis: Sequence[KpiDef],
                 SELECT v.kpi_id, v.grain, v.org_no, v.period_start, v.value FROM kpi_value v
                 SEMI JOIN need n ON n.kpi_id = v.kpi_id AND n.grain = v.grain
                                 AND n.period_start = v.period_start
+                -- by row, not by period: a pass that recomputes some units of a period
+                -- (kpis/fact_diff.py) leaves the others' stored values the current ones
                 WHERE NOT EXISTS (SELECT 1 FROM _result x WHERE x.kpi_id = v.kpi_id
-                                  AND x.grain = v.grain AND x.period_start = v.period_start))
+                                  AND x.grain = v.grain AND x.period_start = v.period_start
+                                  AND x.org_no = v.org_no))
             SELECT r.kpi_id, r.grain, r.org_no, r.period_start,
                    CASE WHEN COUNT(h.value) = MAX(o.n) THEN ({ordered}) / MAX(o.n) END AS base
             FROM _result r
@@ -294,11 +334,12 @@ FLUSH_ROWS = 2_000_000   # a backfill at city scale is flushed in parts rather t
 
 
 def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str,
-          summary: EvalSummary, source: str = "_batch") -> None:
+          summary: EvalSummary, source: str = "_batch", diffed: bool = False) -> None:
     """Replace the stored values of every period in `source` (_batch, or _result when the plan
     was computed in one part), in one transaction; record changed final values as revisions.
     One statement set per pass, not per KPI: the per-KPI version cost 12 ms a KPI in statements
-    alone."""
+    alone. diffed: kpis.fact_diff prepared this compute: the rows of its restricted KPI-periods
+    replace their units' rows only, and the reduced facts are kept for the next pass."""
     con.execute("BEGIN TRANSACTION")
     try:
         changed = con.execute(f"""
@@ -314,10 +355,19 @@ def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str
                 FROM {source} n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
                      AND o.grain = n.grain AND o.period_start = n.period_start
                 WHERE o.is_final AND {_DIFFERS}""", {"at": computed_at})
+        restricted = "EXCEPT SELECT kpi_id, grain, period_start FROM _fd_restricted" if diffed else ""
         con.execute(f"""DELETE FROM kpi_value v USING (SELECT DISTINCT kpi_id, grain, period_start
-                                                       FROM {source}) r
+                                                       FROM {source} {restricted}) r
                        WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
                          AND v.period_start = r.period_start""")
+        if diffed:
+            con.execute(f"""DELETE FROM kpi_value v USING (
+                               SELECT n.kpi_id, n.grain, n.period_start, n.org_no FROM {source} n
+                               SEMI JOIN _fd_restricted r ON r.kpi_id = n.kpi_id
+                                    AND r.grain = n.grain AND r.period_start = n.period_start) r
+                           WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
+                             AND v.period_start = r.period_start AND v.org_no = r.org_no""")
+            fact_diff.remember(con)
         con.execute(f"""INSERT INTO kpi_value SELECT kpi_id, theme, org_no, org_level, grain,
                        period_start, period_end, value, numerator, denominator, baseline, status,
                        is_final, $at, $wm, sample FROM {source}""", {"at": computed_at, "wm": watermarks})
@@ -351,13 +401,15 @@ def _plan_parts(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Seq
 
 def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]],
                   as_of: datetime, computed_at: datetime,
-                  store_mode: day_store.Mode | None = None) -> EvalSummary:
+                  store_mode: day_store.Mode | None = None, diff: Diff | None = None) -> EvalSummary:
     """Compute the KPIs of the plan for their periods (kpis.batch: a few statements for all of
     them), then store the batch in one transaction.
 
     Computing writes only temp tables, so a KPI that fails at run time is skipped alone (DuckDB
     has no savepoints) and the stored values of every period change together or not at all.
-    A backfill larger than FLUSH_ROWS rows is computed and stored in parts."""
+    A backfill larger than FLUSH_ROWS rows is computed and stored in parts.
+    diff (kpis/fact_diff.py): for a plan of one part, the reduced facts are kept for the next
+    pass and, with `restrict`, only the units whose facts changed since are recomputed."""
     summary = EvalSummary()
     watermarks = _watermarks(con)
     con.execute(BATCH_DDL)
@@ -365,7 +417,8 @@ def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
     pending = 0
     parts = _plan_parts(con, plan)
     for part in parts:
-        done = compute_plan(con, part, as_of, summary.errors, store_mode)
+        done = compute_plan(con, part, as_of, summary.errors, store_mode,
+                            diff if len(parts) == 1 else None)
         try:
             apply_baselines(con, done)
         except duckdb.Error:
@@ -373,12 +426,15 @@ def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
         if len(parts) == 1:     # stored from _result itself: copying it was ~0.1 s at city
             summary.kpis += len(done)
             summary.periods += sum(len(ps) for _, ps in done)
-            store(con, computed_at, watermarks, summary, source="_result")
+            summary.evaluated.extend((k.id, p) for k, ps in done for p in ps)
+            store(con, computed_at, watermarks, summary, source="_result",
+                  diffed=diff is not None and fact_diff.prepared(con))
             return summary
         con.execute(f"INSERT INTO _batch SELECT {cols} FROM _result")
         pending += con.execute("SELECT COUNT(*) FROM _result").fetchone()[0]
         summary.kpis += len(done)
         summary.periods += sum(len(ps) for _, ps in done)
+        summary.evaluated.extend((k.id, p) for k, ps in done for p in ps)
         if pending >= FLUSH_ROWS:
             store(con, computed_at, watermarks, summary)
             pending = 0
@@ -412,6 +468,9 @@ def evaluate_and_store(con: duckdb.DuckDBPyConnection, registry: Registry,
     day read again unless the ETL's record shows nothing it reads changed since (as a sweep
     does: a full evaluation must not trust a day stored before an ETL run it did not see)."""
     ensure_schema(con)
+    # the rows written here were not computed from the kept facts: the next ordinary pass
+    # recomputes every row once (kpis/fact_diff.py)
+    fact_diff.forget(con)
     chosen = kpis if kpis is not None else list(registry.kpis.values())
     if prelude:
         # the kept tables as an ordinary pass keeps them (kpis/prelude.py): rebuilt where no build
@@ -556,8 +615,14 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     at = local_now()
     if sweep:   # older months are evaluated only when restated; they read absent days again
         day_store.prune(con, (month(as_of.year, as_of.month).ws - timedelta(days=1)).replace(day=1).date())
+        fact_diff.prune(con, today.ws, month(as_of.year, as_of.month).ws)
+    # An ordinary pass recomputes only the units whose facts changed since they were stored
+    # (kpis/fact_diff.py); a sweep recomputes every row and keeps the facts for the next pass.
+    tree = fact_diff.tree_signature(con)
+    diff = Diff({k.id: fact_diff.key_hash(k, tree) for k, _ in plan}, _baseline_in_plan(plan),
+                restrict=not sweep)
     summary = evaluate_plan(con, plan, as_of, at, day_store.Mode(refresh=sweep, computed_at=at,
-                                                                  run_id=changes.top_run(con)))
+                                                                  run_id=changes.top_run(con)), diff)
     wake.record(con, [k for k, _ in plan], summary.errors, fingerprints)
     summary.skipped = len(same)
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "

@@ -1,0 +1,104 @@
+"""An ordinary pass recomputes only the units whose facts changed (kpis/fact_diff.py): which rows
+it writes, and that a row whose baseline reads a period of the same pass is recomputed anyway.
+
+tests/kpis/test_incremental.py checks on simulated passes that every stored row of a pass's
+KPIs and periods, the ones it left as they were too, equals the direct evaluation.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import pytest
+
+from kpis import fact_diff
+from kpis.batch import Diff
+from kpis.evaluate import _baseline_in_plan, ensure_schema, evaluate_plan
+from kpis.periods import day, hours_of, month
+from kpis.prelude import apply_prelude
+from kpis.registry import load_registry
+from tests.kpis.harness import load_inputs
+
+KPI = "customer.active_total"    # daily count, baseline previous_period, warning rel:0.99..1.01
+AS_OF = datetime(2024, 7, 7, 12, 0)
+YESTERDAY, TODAY = day(datetime(2024, 7, 6).date()), day(datetime(2024, 7, 7).date())
+
+
+def _customer(cons_no: str, org: str, built: str, cancelled: str | None = None) -> dict:
+    return {"cons_no": cons_no, "cons_name": cons_no, "org_no": org, "elec_type_code": "201",
+            "build_date": built, "cancel_date": cancelled, "status_code": "04" if cancelled else "01",
+            "cons_sort_code": "03", "volt_code": "AC02202", "is_deleted": 0}
+
+
+@pytest.fixture()
+def con():
+    c = duckdb.connect()
+    load_inputs(c, {"inputs": {"mis_customer": [_customer("C1", "S1", "2024-06-01"),
+                                                _customer("C2", "S1", "2024-06-20"),
+                                                _customer("C3", "S3", "2024-07-05")]}})
+    ensure_schema(c)
+    yield c
+    c.close()
+
+
+def _pass(con, at: datetime, restrict: bool):
+    registry = load_registry()
+    k = registry.get(KPI)
+    plan = [(k, [YESTERDAY, TODAY])]
+    apply_prelude(con)
+    diff = Diff({k.id: fact_diff.key_hash(k, fact_diff.tree_signature(con))},
+                _baseline_in_plan(plan), restrict)
+    summary = evaluate_plan(con, plan, AS_OF, at, None, diff)
+    assert not summary.errors
+
+
+def _rows(con, period) -> dict[str, tuple]:
+    return {r[0]: r[1:] for r in con.execute(
+        "SELECT org_no, value, baseline, status, computed_at FROM kpi_value "
+        "WHERE kpi_id = $k AND period_start = $p", {"k": KPI, "p": period.ws}).fetchall()}
+
+
+def test_only_the_changed_units_are_written_and_a_baseline_read_in_the_pass_is_recomputed(con):
+    """Pass 1: S1 has C1 and C2 on the books both days, S3 has C3 (built 07-05), so every unit
+    of 07-07 equals its 07-06 value: status ok. Then C5 is booked at S1 on 07-06 and cancelled
+    on 07-07 (on the books at the end of 07-06 only). Pass 2 (ordinary): the facts of 07-06
+    changed at S1 only, so of 07-06 it writes S1 and its ancestors K1, C1 and P and leaves K2,
+    S2, S3 and the grids as they were; the facts of 07-07 did not change, but its baseline is
+    07-06's value, evaluated in the same pass, so 07-07 is recomputed whole (worked below)."""
+    first, second = datetime(2024, 7, 7, 12, 0), datetime(2024, 7, 7, 12, 1)
+    _pass(con, first, restrict=True)     # no kept facts yet: every row
+    y, t = _rows(con, YESTERDAY), _rows(con, TODAY)
+    # 07-06: no stored 07-05 to compare with -> no_data (CONVENTIONS §7)
+    assert y["S1"][:3] == (2.0, None, "no_data") and y["P"][0] == 3.0
+    # 07-07: S1 2 against 2 (ratio 1.0 in 0.99..1.01), P 3 against 3
+    assert t["S1"][:3] == (2.0, 2.0, "ok") and t["P"][:3] == (3.0, 3.0, "ok")
+    assert {r[3] for r in (*y.values(), *t.values())} == {first}
+    con.execute("INSERT INTO mis_customer SELECT * REPLACE ('C5' AS cons_no, 'C5' AS cons_name, "
+                "DATE '2024-07-06' AS build_date, DATE '2024-07-07' AS cancel_date, "
+                "'04' AS status_code) FROM mis_customer WHERE cons_no = 'C1'")
+    _pass(con, second, restrict=True)
+    y, t = _rows(con, YESTERDAY), _rows(con, TODAY)
+    # 07-06: S1 3 (C1, C2, C5), P 4; written: S1 and its ancestors only
+    assert y["S1"][0] == 3.0 and y["P"][0] == 4.0 and y["S3"][0] == 1.0
+    assert {org for org, r in y.items() if r[3] == second} == {"S1", "K1", "C1", "P"}
+    # 07-07: S1 still 2 (C5 cancelled on 07-07), against the new baseline 3: 2 / 3 = 0.667,
+    # outside 0.97..1.03 -> critical; P 3 against 4 = 0.75 -> critical; S3 1 against 1: ok
+    assert t["S1"][:3] == (2.0, 3.0, "critical") and t["P"][:3] == (3.0, 4.0, "critical")
+    assert t["S3"][:3] == (1.0, 1.0, "ok")
+    assert {r[3] for r in t.values()} == {second}
+
+
+def test_baseline_in_plan_names_the_periods_whose_baseline_source_is_in_the_same_plan():
+    registry = load_registry()
+    k = registry.get(KPI)
+    assert _baseline_in_plan([(k, [YESTERDAY, TODAY])]) == {(KPI, TODAY)}
+    assert _baseline_in_plan([(k, [TODAY])]) == frozenset()
+    # the mean of the 3 months before: July reads May and June
+    m = registry.get("order.complaint_share_service")
+    may, june, july = month(2024, 5), month(2024, 6), month(2024, 7)
+    assert _baseline_in_plan([(m, [june, july])]) == {("order.complaint_share_service", july)}
+    assert _baseline_in_plan([(m, [may, july])]) == {("order.complaint_share_service", july)}
+    assert _baseline_in_plan([(m, [july])]) == frozenset()
+    # same hour 4 weeks back: never in a pass's plan of today's hours
+    h = registry.get("call.inbound_calls")
+    assert _baseline_in_plan([(h, hours_of(TODAY))]) == frozenset()
