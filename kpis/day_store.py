@@ -35,7 +35,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 
 import duckdb
@@ -56,7 +56,16 @@ DDL = (
     # the as_of the day was computed at: a KPI that settles (settles_after) reuses a day only
     # when it was computed after it settled
     "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS as_of TIMESTAMP",
+    # A month's stored days before `upto` summed once (month bases, store_and_build): the header
+    # says the base exists (it may have no rows); writing any of its days deletes it.
+    """CREATE TABLE IF NOT EXISTS kpi_month_base_head (kpi_id VARCHAR, month DATE, upto DATE)""",
+    """CREATE TABLE IF NOT EXISTS kpi_month_base (
+        kpi_id VARCHAR, month DATE, upto DATE, org_no VARCHAR, grid_no VARCHAR,
+        num DECIMAL(38, 9), den DECIMAL(38, 9), sample DECIMAL(38, 9), missing BOOLEAN)""",
 )
+# A month base is rebuilt when the days it lacks before the first day a pass writes exceed this:
+# a late row for yesterday writes yesterday, and the base up to it (or before) still serves.
+BASE_LAG_DAYS = 3
 # Part of every hash: a change of what a stored row means invalidates every stored day.
 FORMAT = "day-store 1"
 
@@ -195,8 +204,7 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
     days as they were."""
     written = [(j.kix, pid_of[d], j.k.id, d.ws.date(), d.te(as_of), j.hash)
                for j in jobs for d in j.store_days]
-    month_days = [(j.kix, pid_of[m], j.k.id, d.ws.date())
-                  for j in jobs for m, ds in j.months.items() for d in ds]
+    month_ws = {m: m.ws.date() for j in jobs for m in j.months}
     con.execute("BEGIN TRANSACTION")
     try:
         if written:
@@ -218,16 +226,33 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                            FROM _dmap m LEFT JOIN (SELECT DISTINCT kix, pid FROM _present) pr
                                 ON pr.kix = m.kix AND pr.pid = m.pid""",
                         {"at": computed_at, "run": run_id, "as_of": as_of})
+            # a base that sums a day written now is no longer that day's sum
+            con.execute("""CREATE OR REPLACE TEMP TABLE _mgone AS
+                           SELECT DISTINCT h.kpi_id, h.month FROM kpi_month_base_head h
+                           JOIN _dmap m ON m.kpi_id = h.kpi_id AND m.day >= h.month AND m.day < h.upto""")
+            _drop_bases(con, "_mgone")
+        month_days = _month_days(con, jobs, pid_of, month_ws)
         if month_days:
             cols = list(zip(*month_days))
             con.execute("CREATE OR REPLACE TEMP TABLE _mmap AS SELECT unnest($kix) AS kix, "
                         "unnest($pid) AS pid, unnest($kpi) AS kpi_id, unnest($day) AS day",
                         {"kix": cols[0], "pid": cols[1], "kpi": cols[2], "day": cols[3]})
+            # each month: its base (the stored days before upto, summed once) and the days since
             con.execute("""INSERT INTO _fr
-                           SELECT m.kix, m.pid, f.org_no, f.grid_no, SUM(f.num), SUM(f.den),
-                                  SUM(f.sample), FALSE, BOOL_OR(f.missing)
-                           FROM kpi_day_fact f JOIN _mmap m ON m.kpi_id = f.kpi_id AND m.day = f.day
-                           GROUP BY m.kix, m.pid, f.org_no, f.grid_no""")
+                           SELECT kix, pid, org_no, grid_no, SUM(num), SUM(den), SUM(sample), FALSE,
+                                  BOOL_OR(missing)
+                           FROM (SELECT u.kix, u.pid, b.org_no, b.grid_no, b.num, b.den, b.sample,
+                                        b.missing
+                                 FROM kpi_month_base b JOIN _muse u ON u.kpi_id = b.kpi_id
+                                      AND u.month = b.month AND u.upto = b.upto
+                                 UNION ALL
+                                 SELECT m.kix, m.pid, f.org_no, f.grid_no, f.num, f.den, f.sample,
+                                        f.missing
+                                 FROM kpi_day_fact f JOIN _mmap m ON m.kpi_id = f.kpi_id
+                                      AND m.day = f.day
+                                 WHERE NOT EXISTS (SELECT 1 FROM _muse u WHERE u.kix = m.kix
+                                                   AND u.pid = m.pid AND m.day < u.upto))
+                           GROUP BY kix, pid, org_no, grid_no""")
             con.execute("""INSERT INTO _present
                            SELECT DISTINCT m.kix, m.pid
                            FROM kpi_day d JOIN _mmap m ON m.kpi_id = d.kpi_id AND m.day = d.day
@@ -238,11 +263,73 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
         raise
 
 
+def _drop_bases(con: duckdb.DuckDBPyConnection, keys: str) -> None:
+    """Delete the month bases of the (kpi_id, month) pairs in the temp table `keys`."""
+    for table in ("kpi_month_base_head", "kpi_month_base"):
+        con.execute(f"DELETE FROM {table} t USING {keys} g "
+                    "WHERE t.kpi_id = g.kpi_id AND t.month = g.month")
+
+
+def _month_days(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of: dict[Period, int],
+                month_ws: dict[Period, date]) -> list[tuple[int, int, str, date]]:
+    """The (kix, month pid, KPI id, day) each month sums, and the month bases it sums them
+    with (_muse: kix, pid, kpi_id, month, upto; days before upto come from the base).
+
+    A month to date re-summed every stored day each minute: ~35 k rows a day at city, ~1 M at
+    the end of a month. Its days before the first one this pass writes (today, or a restated
+    day) change only when written, which deletes their base (above), so a base summed once
+    serves every pass of the day. A base older than BASE_LAG_DAYS before that day is rebuilt."""
+    out, use, build = [], [], []
+    heads: dict[tuple[str, date], date] = {}
+    ids = sorted({j.k.id for j in jobs if j.months})
+    if ids:
+        heads = {(kid, m): upto for kid, m, upto in con.execute(
+            "SELECT kpi_id, month, upto FROM kpi_month_base_head WHERE kpi_id IN (SELECT unnest($ids))",
+            {"ids": ids}).fetchall()}
+    for j in jobs:
+        written = {d.ws.date() for d in j.store_days}
+        for m, ds in j.months.items():
+            days = [d.ws.date() for d in ds]
+            out.extend((j.kix, pid_of[m], j.k.id, d) for d in days)
+            if not days:
+                continue
+            upto = min([d for d in days if d in written] or [max(days) + timedelta(days=1)])
+            have = heads.get((j.k.id, month_ws[m]))
+            if have is not None and have <= upto and (upto - have).days <= BASE_LAG_DAYS:
+                use.append((j.kix, pid_of[m], j.k.id, month_ws[m], have))
+            elif (upto - month_ws[m]).days > 1:
+                build.append((j.k.id, month_ws[m], upto))
+                heads[(j.k.id, month_ws[m])] = upto
+                use.append((j.kix, pid_of[m], j.k.id, month_ws[m], upto))
+    con.execute("CREATE OR REPLACE TEMP TABLE _mbuild (kpi_id VARCHAR, month DATE, upto DATE)")
+    if build:
+        cols = list(zip(*sorted(set(build))))
+        con.execute("INSERT INTO _mbuild SELECT unnest($k), unnest($m), unnest($u)",
+                    {"k": cols[0], "m": cols[1], "u": cols[2]})
+        _drop_bases(con, "_mbuild")
+        con.execute("INSERT INTO kpi_month_base_head SELECT * FROM _mbuild")
+        con.execute("""INSERT INTO kpi_month_base
+                       SELECT b.kpi_id, b.month, b.upto, f.org_no, f.grid_no, SUM(f.num), SUM(f.den),
+                              SUM(f.sample), BOOL_OR(f.missing)
+                       FROM kpi_day_fact f JOIN _mbuild b ON b.kpi_id = f.kpi_id
+                            AND f.day >= b.month AND f.day < b.upto
+                       GROUP BY b.kpi_id, b.month, b.upto, f.org_no, f.grid_no""")
+    con.execute("CREATE OR REPLACE TEMP TABLE _muse (kix INTEGER, pid INTEGER, kpi_id VARCHAR, "
+                "month DATE, upto DATE)")
+    if use:
+        cols = list(zip(*use))
+        con.execute("INSERT INTO _muse SELECT unnest($x), unnest($p), unnest($k), unnest($m), unnest($u)",
+                    {"x": cols[0], "p": cols[1], "k": cols[2], "m": cols[3], "u": cols[4]})
+    return out
+
+
 def prune(con: duckdb.DuckDBPyConnection, before: date) -> None:
     """Drop stored days before `before`: months that old are rebuilt only when restated, and
     then read their absent days again."""
     for table in ("kpi_day", "kpi_day_fact"):
         con.execute(f"DELETE FROM {table} WHERE day < $d", {"d": before})
+    for table in ("kpi_month_base_head", "kpi_month_base"):
+        con.execute(f"DELETE FROM {table} WHERE month < $d", {"d": before})
 
 
 def forget(con: duckdb.DuckDBPyConnection, kpi_ids: Iterable[str]) -> None:
@@ -250,5 +337,5 @@ def forget(con: duckdb.DuckDBPyConnection, kpi_ids: Iterable[str]) -> None:
     will not be marked again, so the next month build must read them)."""
     ids = sorted(set(kpi_ids))
     if ids:
-        for table in ("kpi_day", "kpi_day_fact"):
+        for table in ("kpi_day", "kpi_day_fact", "kpi_month_base_head", "kpi_month_base"):
             con.execute(f"DELETE FROM {table} WHERE kpi_id IN (SELECT unnest($ids))", {"ids": ids})

@@ -357,3 +357,41 @@ def test_the_sweep_prunes_days_before_the_last_closed_month(small) -> None:
     assert not evaluate_incremental(con, one, t0 + timedelta(hours=1)).errors   # a sweep
     assert con.execute("SELECT MIN(day) FROM kpi_day").fetchone()[0] == date(2024, 7, 1)
     assert con.execute("SELECT COUNT(*) FROM kpi_day_fact WHERE day < DATE '2024-07-01'").fetchone()[0] == 0
+
+
+def test_a_month_base_is_dropped_when_one_of_its_days_is_written(sim) -> None:
+    """The days of a month before the first day a pass writes are summed once (a month base,
+    kpis/day_store.py _month_days) and reused. A day written by another pass (here a pass that
+    asks for that day alone, after its calls changed) deletes the bases that summed it, so the
+    month built next equals the month read directly: without the deletion the old base of May
+    (days 1-28) would still hold the calls of May 10 as they were."""
+    con = sim.con
+    kpis = [k for k in sim.registry.kpis.values() if day_additive(k)]
+    as_of = AS_OFS[0]
+    may, may10 = month(2026, 5), day(date(2026, 5, 10))
+    for table in ("kpi_day", "kpi_day_fact", "kpi_month_base_head", "kpi_month_base"):
+        con.execute(f"DELETE FROM {table}")
+    mode = day_store.Mode(refresh=False, computed_at=datetime(2026, 6, 4, 12, 0))
+    _rows(con, kpis, as_of, mode)            # every day read and stored: no base yet
+    _rows(con, kpis, as_of, mode)            # May's days before 05-29 (written now) summed once
+    assert con.execute("SELECT DISTINCT upto FROM kpi_month_base_head WHERE month = $m",
+                       {"m": may.ws.date()}).fetchall() == [(date(2026, 5, 29),)]
+    calls = ("UPDATE cs_call SET is_deleted = $d WHERE answer_time >= TIMESTAMP '2026-05-10' "
+             "AND answer_time < TIMESTAMP '2026-05-11' AND call_id LIKE '%1'")
+    before = _rows(con, kpis, as_of, None)
+    con.execute(calls, {"d": 1})
+    try:
+        direct = _rows(con, kpis, as_of, None)
+        assert _diff(before, direct), "the changed calls move no value of May"
+        _rows(con, kpis, as_of, mode, [may10])     # writes May 10 only
+        assert con.execute("SELECT COUNT(*) FROM kpi_month_base_head WHERE month = $m",
+                           {"m": may.ws.date()}).fetchone()[0] == 0
+        assert _diff(direct, _rows(con, kpis, as_of, mode)) == []
+        # a late row for a day before the base's end (05-28 here) leaves a base up to 05-28...
+        _rows(con, kpis, as_of, mode, [day(date(2026, 5, 28)), may])
+        # ...that the next pass, writing 05-29 again, still uses (one day short of it)
+        assert _diff(direct, _rows(con, kpis, as_of, mode)) == []
+        assert con.execute("SELECT DISTINCT upto FROM kpi_month_base_head WHERE month = $m",
+                           {"m": may.ws.date()}).fetchall() == [(date(2026, 5, 28),)]
+    finally:
+        con.execute(calls, {"d": 0})
