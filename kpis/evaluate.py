@@ -550,9 +550,10 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     last_eval, last_sweep, past_run = con.execute(
         "SELECT last_eval_at, last_sweep_at, COALESCE(last_past_run_id, last_dirty_run_id) "
         "FROM kpi_eval_state WHERE id = 1").fetchone()
-    sweep = (last_sweep is None or last_eval is None or as_of - last_sweep >= SWEEP_EVERY
-             or as_of.replace(minute=0, second=0, microsecond=0)
-             != last_eval.replace(minute=0, second=0, microsecond=0))
+    new_hour = (last_sweep is None or last_eval is None
+                or as_of.replace(minute=0, second=0, microsecond=0)
+                != last_eval.replace(minute=0, second=0, microsecond=0))
+    sweep = new_hour or as_of - last_sweep >= SWEEP_EVERY
     dirty, top = _dirty_dates(con, state[0])
     dirty_tables = {table for table, _ in dirty}
     if sweep:   # every restatement since the last sweep, not only since the last pass
@@ -616,11 +617,12 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     if sweep:   # older months are evaluated only when restated; they read absent days again
         day_store.prune(con, (month(as_of.year, as_of.month).ws - timedelta(days=1)).replace(day=1).date())
         fact_diff.prune(con, today.ws, month(as_of.year, as_of.month).ws)
-    # An ordinary pass recomputes only the units whose facts changed since they were stored
-    # (kpis/fact_diff.py); a sweep recomputes every row and keeps the facts for the next pass.
+    # A pass recomputes only the units whose facts changed since they were stored
+    # (kpis/fact_diff.py), the sweeps within an hour too; the sweep at each new hour recomputes
+    # every row (a change the bookkeeping could miss is at most an hour late).
     tree = fact_diff.tree_signature(con)
     diff = Diff({k.id: fact_diff.key_hash(k, tree) for k, _ in plan}, _baseline_in_plan(plan),
-                restrict=not sweep)
+                restrict=not new_hour)
     summary = evaluate_plan(con, plan, as_of, at, day_store.Mode(refresh=sweep, computed_at=at,
                                                                   run_id=changes.top_run(con)), diff)
     wake.record(con, [k for k, _ in plan], summary.errors, fingerprints)

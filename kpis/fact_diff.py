@@ -20,8 +20,9 @@ it (grid), on presence, on its baseline and on the definition, so a pass
   nothing they are computed from changed (the issue's "only the periods touched by new or
   corrected rows are re-evaluated", down to the org unit).
 
-Sweeps (every 10 minutes and at each hour) recompute every row and rewrite the kept facts:
-a change this bookkeeping could miss is at most that late. The kept facts are written in the
+The sweep at each new hour recomputes every row and rewrites the kept facts: a change this
+bookkeeping could miss is at most an hour late. The sweeps within the hour (every 10 minutes:
+restated closed periods, kpis.evaluate.SWEEP_EVERY) are restricted like ordinary passes. The kept facts are written in the
 transaction that stores the rows (kpis.evaluate.store): a crash leaves both as they were.
 """
 from __future__ import annotations
