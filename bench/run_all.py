@@ -63,6 +63,8 @@ def main() -> int:
             run([py, "bench/bench_kpi_minute.py", "--data-dir", str(copy("kpi-minute"))])
             run([py, "bench/bench_kpi_minute.py", "--data-dir", str(copy("kpi-sweep")),
                  "--minutes", "2", "--sweep"])
+            # the month bases at the end of a month (the worker's cycle above filled the day store)
+            run([py, "bench/bench_month_base.py", "--data-dir", str(base)])
         if "web" not in skip:
             run([py, "bench/bench_web.py", "--data-dir", str(copy("web")), "--users", "50",
                  "--seconds", "150", "--with-worker"])
