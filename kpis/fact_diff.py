@@ -15,15 +15,16 @@ it (grid), on presence, on its baseline and on the definition, so a pass
   (every ancestor of its org, and its grid) are recomputed;
 - recomputes every unit of a KPI and period with no marker, another hash or presence, a
   snapshot (a new period each pass), or a baseline that reads a period of the same pass (its
-  source may change now: the running hour's `previous_period` is the hour before);
+  source may change now: today's `previous_period` when yesterday is restated with it);
 - leaves the other rows as stored, computed_at included: they were not re-evaluated because
   nothing they are computed from changed (the issue's "only the periods touched by new or
   corrected rows are re-evaluated", down to the org unit).
 
 The sweep at each new hour recomputes every row and rewrites the kept facts: a change this
 bookkeeping could miss is at most an hour late. The sweeps within the hour (every 10 minutes:
-restated closed periods, kpis.evaluate.SWEEP_EVERY) are restricted like ordinary passes. The kept facts are written in the
-transaction that stores the rows (kpis.evaluate.store): a crash leaves both as they were.
+restated closed periods, kpis.evaluate.SWEEP_EVERY) are restricted like ordinary passes. The
+kept facts are written in the transaction that stores the rows (kpis.evaluate.store): a crash
+leaves both as they were.
 """
 from __future__ import annotations
 
@@ -42,8 +43,6 @@ DDL = [
         kpi_id VARCHAR, grain VARCHAR, period_start TIMESTAMP, key_hash VARCHAR, present BOOLEAN)""",
 ]
 
-
-
 _VALUES = ("num", "den", "sample", "pending", "missing")
 
 
@@ -58,9 +57,11 @@ def key_hash(k: KpiDef, tree: str) -> str:
 
 def tree_signature(con: duckdb.DuckDBPyConnection) -> str:
     """The org tree as the roll-up reads it (k_org, which k_org_ancestor is built from)."""
-    return con.execute("""SELECT md5(COALESCE(string_agg(concat_ws('|', unit_no, parent_no, unit_level),
-                                                        ',' ORDER BY unit_no, parent_no), ''))
-                          FROM k_org""").fetchone()[0]
+    return con.execute("""
+        SELECT md5(COALESCE(string_agg(concat_ws('|', unit_no, COALESCE(parent_no, ''),
+                                                 COALESCE(unit_level, '')),
+                                       ',' ORDER BY unit_no, parent_no), ''))
+        FROM k_org""").fetchone()[0]
 
 
 def prepare(con: duckdb.DuckDBPyConnection, hashes: dict[int, str], whole: set[tuple[int, int]],
