@@ -580,7 +580,8 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         by_table.setdefault(table, set()).update({day(dd), month(dd.year, dd.month)})
     apply_prelude(con, needed=())
     always = {k.id for k in registry.kpis.values()
-              if sweep or k.grain == "near-real-time" or k.resolved_or_due or _pending(con, k)}
+              if sweep or k.grain == "near-real-time"
+              or (k.time_steps == "minute" and (k.resolved_or_due or _pending(con, k)))}
     woken = [(k, tables_read(k) & dirty_tables) for k in registry.kpis.values() if k.id not in always]
     # of the KPIs woken by a table only, those whose columns of it did not change (kpis/wake.py):
     # by the ETL's record of the columns it changed, then by fingerprints of small tables

@@ -238,6 +238,20 @@ def settles_only_where_as_of_is_read(parsed: list[Located]) -> list[Issue]:
             if loc.kpi.settles_after and "as_of" not in _period_words(loc.kpi)]
 
 
+def day_steps_only_where_time_moves_it(parsed: list[Located]) -> list[Issue]:
+    """time_steps: day lifts the every-minute evaluation of a KPI that reads as_of or stays
+    pending; on any other KPI it says nothing, and a snapshot is a new period every pass."""
+    return [Issue(loc.file, loc.line, loc.kpi.id,
+                  "time_steps: day, but the KPI "
+                  + ("is a snapshot (near-real-time)" if loc.kpi.grain == "near-real-time"
+                     else "neither reads as_of nor has pending facts")
+                  + "; expected time_steps: minute (the default)")
+            for loc in parsed
+            if loc.kpi.time_steps == "day"
+            and (loc.kpi.grain == "near-real-time"
+                 or not {"as_of", "pending"} & set(_period_words(loc.kpi)))]
+
+
 def reduced_only_where_summed(parsed: list[Located]) -> list[Issue]:
     """Reduced facts stand for the facts only where the engine sums them (kpis.batch.batchable)."""
     from kpis.batch import batchable  # noqa: PLC0415  (batch imports the compiler)
@@ -251,7 +265,8 @@ def reduced_only_where_summed(parsed: list[Located]) -> list[Issue]:
 
 DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known,
                                    day_additive_valid, reduced_only_where_summed,
-                                   settles_only_where_as_of_is_read)
+                                   settles_only_where_as_of_is_read,
+                                   day_steps_only_where_time_moves_it)
 
 
 def sql_binds(parsed: list[Located]) -> list[Issue]:

@@ -67,6 +67,12 @@ class KpiDef(BaseModel):
     # "names as_of" blocker; a stored day is then reused only when it was computed at an as_of
     # at least this long after the day's end (kpis/day_store.py).
     settles_after: str | None = Field(default=None, pattern=r"^[1-9][0-9]* (hours|days)$")
+    # How often the values can move with as_of alone, the tables it reads unchanged: "minute"
+    # (an item falls due at any time: resolved-or-due deadlines, pending windows) or "day"
+    # (every comparison with as_of is of dates: a bill's release date + 31 days). An ordinary
+    # pass evaluates a "day" KPI only when its tables changed; the sweep of each new hour
+    # (midnight's too) evaluates it with the rest (kpis.evaluate.evaluate_incremental).
+    time_steps: Literal["minute", "day"] = "minute"
     presence: str | None = None        # SQL returning rows when the source delivered data for p
     facts: str                         # SQL returning pid, org_no, grid_no, num, den [, ...]
     # The facts already summed: the same columns less item_key (and the count_distinct keys),

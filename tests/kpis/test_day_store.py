@@ -395,3 +395,26 @@ def test_a_month_base_is_dropped_when_one_of_its_days_is_written(sim) -> None:
                            {"m": may.ws.date()}).fetchall() == [(date(2026, 5, 28),)]
     finally:
         con.execute(calls, {"d": 0})
+
+
+def test_a_kpi_that_steps_by_day_gives_the_same_rows_all_day(sim) -> None:
+    """time_steps: day (kpis/spec.py) says a KPI's values move with as_of only at midnight: an
+    ordinary pass does not evaluate it for time alone. Checked on the simulated data on the day
+    the last energy bills' 31 days run out (their month turns final that day): at 00:05 and at
+    23:55 the day, its month to date and the bills' month are the same rows, corrections
+    counted."""
+    con = sim.con
+    stepped = [k for k in sim.registry.kpis.values() if k.time_steps == "day"]
+    assert [k.id for k in stepped] == ["billing.bill_correction_rate"]
+    released = con.execute("""SELECT MAX(release_date) FROM mis_bill
+                              WHERE amt_type = '01' AND is_deleted = 0
+                                AND release_date + 31 < CAST($end AS DATE)""",
+                           {"end": END}).fetchone()[0]
+    on = released + timedelta(days=31)
+    asked = [day(on), month(on.year, on.month), month(released.year, released.month)]
+    early = datetime.combine(on, datetime.min.time()) + timedelta(minutes=5)
+    late = datetime.combine(on, datetime.min.time()) + timedelta(hours=23, minutes=55)
+    for k in stepped:
+        a, b = _rows(con, [k], early, None, asked), _rows(con, [k], late, None, asked)
+        assert a == b, k.id
+        assert any(r[2] == "monthly" and r[5] and r[5] > 0 for r in a), "no correction counted"

@@ -6,14 +6,14 @@ KPIs and periods, the ones it left as they were too, equals the direct evaluatio
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 import pytest
 
 from kpis import fact_diff
 from kpis.batch import Diff
-from kpis.evaluate import _baseline_in_plan, ensure_schema, evaluate_plan
+from kpis.evaluate import _baseline_in_plan, ensure_schema, evaluate_incremental, evaluate_plan
 from kpis.periods import day, hours_of, month
 from kpis.prelude import apply_prelude
 from kpis.registry import load_registry
@@ -102,3 +102,25 @@ def test_baseline_in_plan_names_the_periods_whose_baseline_source_is_in_the_same
     # same hour 4 weeks back: never in a pass's plan of today's hours
     h = registry.get("call.inbound_calls")
     assert _baseline_in_plan([(h, hours_of(TODAY))]) == frozenset()
+
+
+def test_an_ordinary_pass_evaluates_a_kpi_that_steps_by_day_only_when_its_tables_change(con):
+    """time_steps: day (kpis/spec.py): billing.bill_correction_rate has pending facts, but they
+    and its corrections compare dates only, so an ordinary pass with no changed table leaves it
+    to the sweeps; order.urge_rate (pending for 7 days after the day ends, to the minute) is
+    evaluated every pass; a sweep evaluates both."""
+    registry = load_registry()
+    assert registry.get("billing.bill_correction_rate").time_steps == "day"
+    assert registry.get("order.urge_rate").time_steps == "minute"
+    at = AS_OF + timedelta(minutes=15)      # 12:15: the hour's sweep is behind
+    for sweep_at in (at - timedelta(minutes=1), at - timedelta(minutes=10)):
+        con.execute("DELETE FROM kpi_eval_state")
+        con.execute("INSERT INTO kpi_eval_state (id, last_dirty_run_id, last_full_at, last_eval_at, "
+                    "last_sweep_at, last_past_run_id) VALUES (1, NULL, $a, $a, $s, NULL)",
+                    {"a": at - timedelta(minutes=1), "s": sweep_at})
+        summary = evaluate_incremental(con, registry, at)
+        assert not summary.errors
+        evaluated = {kid for kid, _ in summary.evaluated}
+        assert "order.urge_rate" in evaluated
+        sweep = sweep_at == at - timedelta(minutes=10)
+        assert ("billing.bill_correction_rate" in evaluated) is sweep, sweep

@@ -110,6 +110,35 @@ def test_reduced_facts_must_carry_the_summed_columns_of_a_summed_kpi(tmp_path: P
     assert "[customer.distinct]: `reduced` on a KPI whose facts are not summed" in message
 
 
+def test_time_steps_day_only_where_time_moves_the_kpi(tmp_path: Path) -> None:
+    """time_steps: day lifts the every-minute evaluation of a KPI whose facts read as_of or stay
+    pending: on one that reads neither, or on a snapshot, it is reported by id; another word
+    than minute / day is refused."""
+    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
+            "    formula: x\n    unit: count\n    direction: band\n    grain: {grain}\n"
+            "    warning: '1..2'\n    critical: '0..3'\n    org_levels: [city]\n    tier: core\n"
+            "    sources: [mis]\n    kind: ratio\n    shape: {shape}\n    time_steps: {steps}\n"
+            "    presence: SELECT pid FROM _periods\n"
+            "    facts: SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den{pending} FROM mis_app a "
+            "JOIN _periods p ON a.accept_time >= p.ws AND a.accept_time < p.te\n")
+    pending = ", CAST(a.accept_time AS DATE) + 31 > CAST(p.as_of AS DATE) AS pending"
+    text = ("theme: newconn\nkpis:\n"
+            + item.format(id="newconn.good", grain="daily", shape="flow", steps="day", pending=pending)
+            + item.format(id="newconn.no_time", grain="daily", shape="flow", steps="day", pending="")
+            + item.format(id="newconn.snap", grain="near-real-time", shape="snapshot", steps="day",
+                          pending=pending)
+            + item.format(id="newconn.bad_word", grain="daily", shape="flow", steps="hour",
+                          pending=pending))
+    (tmp_path / "newconn.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(RegistryError) as info:
+        load_registry(tmp_path, check_sql=True)
+    message = str(info.value)
+    assert "newconn.good" not in message
+    assert "[newconn.no_time]: time_steps: day, but the KPI neither reads as_of nor has pending" in message
+    assert "[newconn.snap]: time_steps: day, but the KPI is a snapshot" in message
+    assert "[newconn.bad_word]" in message and "time_steps" in message
+
+
 def test_settles_after_only_where_the_sql_reads_as_of(tmp_path: Path) -> None:
     """settles_after says when a day stops depending on as_of: on a KPI that does not read it,
     or in another form than 'N hours' / 'N days', it is reported by id."""
