@@ -1,6 +1,7 @@
 """Evaluation: run compiled KPI SQL for periods and write kpi_value, baselines and revisions."""
 from __future__ import annotations
 
+import calendar
 import fnmatch
 import json
 import logging
@@ -154,14 +155,18 @@ def _baseline_sources(k: KpiDef, p: Period) -> list[datetime]:
     for off in _OFFSETS.get(k.baseline, {}).get(p.grain, ()):
         n, unit = off.split()
         unit = unit.rstrip("s")
-        if unit == "month":
-            y, m = divmod(p.ws.year * 12 + p.ws.month - 1 - int(n), 12)
-            out.append(p.ws.replace(year=y, month=m + 1))
-        elif unit == "year":
-            out.append(p.ws.replace(year=p.ws.year - int(n)))
+        if unit in ("month", "year"):
+            out.append(_months_before(p.ws, int(n) * (12 if unit == "year" else 1)))
         else:
             out.append(p.ws - timedelta(**{unit + "s": int(n)}))
     return out
+
+
+def _months_before(t: datetime, n: int) -> datetime:
+    """t - INTERVAL n MONTH as DuckDB computes it: the day clamped to the month's last
+    (03-31 - 1 month = 02-28, 2028-02-29 - 1 year = 2027-02-28)."""
+    y, m = divmod(t.year * 12 + t.month - 1 - n, 12)
+    return t.replace(year=y, month=m + 1, day=min(t.day, calendar.monthrange(y, m + 1)[1]))
 
 
 def _baseline_in_plan(plan: Sequence[tuple[KpiDef, Sequence[Period]]]) -> frozenset[tuple[str, Period]]:

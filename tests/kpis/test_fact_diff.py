@@ -124,3 +124,16 @@ def test_an_ordinary_pass_evaluates_a_kpi_that_steps_by_day_only_when_its_tables
         assert "order.urge_rate" in evaluated
         sweep = sweep_at == at - timedelta(minutes=10)
         assert ("billing.bill_correction_rate" in evaluated) is sweep, sweep
+
+
+def test_a_baseline_a_month_back_from_a_month_end_is_the_month_end_before():
+    """billing.collected_amount (daily, same_day_prev_month): 03-31 reads 02-28, as the baseline
+    statement's `period_start - INTERVAL 1 MONTH` does in DuckDB; it raised on a 31st before
+    (a date with day 31 in February). A plan of 02-28 and 03-31 recomputes 03-31 whole."""
+    k = load_registry().get("billing.collected_amount")
+    feb28, mar31 = day(datetime(2026, 2, 28).date()), day(datetime(2026, 3, 31).date())
+    assert _baseline_in_plan([(k, [feb28, mar31])]) == {("billing.collected_amount", mar31)}
+    assert _baseline_in_plan([(k, [day(datetime(2026, 3, 30).date()), mar31])]) == frozenset()
+    leap = day(datetime(2028, 2, 29).date())
+    assert _baseline_in_plan([(k, [day(datetime(2028, 1, 29).date()), leap])]) == \
+        {("billing.collected_amount", leap)}
