@@ -62,17 +62,12 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS kpi_month_base (
         kpi_id VARCHAR, month DATE, upto DATE, org_no VARCHAR, grid_no VARCHAR,
         num DECIMAL(38, 9), den DECIMAL(38, 9), sample DECIMAL(38, 9), missing BOOLEAN)""",
-    # A resolved-or-due item still pending (CONVENTIONS.md §2): per row, as a month's rows and
-    # its is_final need it, and per day, which is reused only when it had none (plan).
-    "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS pending BOOLEAN",
-    "ALTER TABLE kpi_day_fact ADD COLUMN IF NOT EXISTS pending BOOLEAN",
-    "ALTER TABLE kpi_month_base ADD COLUMN IF NOT EXISTS pending BOOLEAN",
 )
 # A month base is rebuilt when the days it lacks before the first day a pass writes exceed this:
 # a late row for yesterday writes yesterday, and the base up to it (or before) still serves.
 BASE_LAG_DAYS = 3
 # Part of every hash: a change of what a stored row means invalidates every stored day.
-FORMAT = "day-store 2"
+FORMAT = "day-store 1"
 
 
 _DEFINES = re.compile(r"^CREATE OR REPLACE (?:TEMP )?(?:TABLE|VIEW|MACRO) (\w+)")
@@ -149,13 +144,11 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
     hi = max(p.we for _, _, ms, ds in wanted for p in ms + ds).date()
     ids = sorted({k.id for _, k, _, _ in wanted})
     rows = con.execute(
-        "SELECT kpi_id, day, te, facts_hash, run_id, as_of, pending FROM kpi_day "
-        "WHERE kpi_id IN (SELECT unnest($ids)) AND day >= $lo AND day < $hi",
-        {"ids": ids, "lo": lo, "hi": hi}).fetchall()
-    stored = {(kid, d): (te, h) for kid, d, te, h, _, _, _ in rows}
-    run_of = {(kid, d): run for kid, d, _, _, run, _, _ in rows}
-    computed_as_of = {(kid, d): at for kid, d, _, _, _, at, _ in rows}
-    pending = {(kid, d): p for kid, d, _, _, _, _, p in rows}
+        "SELECT kpi_id, day, te, facts_hash, run_id, as_of FROM kpi_day WHERE kpi_id IN (SELECT unnest($ids)) "
+        "AND day >= $lo AND day < $hi", {"ids": ids, "lo": lo, "hi": hi}).fetchall()
+    stored = {(kid, d): (te, h) for kid, d, te, h, _, _ in rows}
+    run_of = {(kid, d): run for kid, d, _, _, run, _ in rows}
+    computed_as_of = {(kid, d): at for kid, d, _, _, _, at in rows}
     touched: dict[str, int | None] = {}
     if refresh:
         runs = [r for r in run_of.values() if r is not None]
@@ -173,10 +166,7 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
         return last is None or last <= run
 
     def settled(k: KpiDef, d: Period) -> bool:
-        """A KPI that reads as_of: the day was computed after it stopped depending on it (by
-        settles_after, or for a resolved-or-due KPI with no item of the day pending)."""
-        if k.resolved_or_due:
-            return pending.get((k.id, d.ws.date())) is False
+        """A KPI that reads as_of: the day was computed after it stopped depending on it."""
         at = computed_as_of.get((k.id, d.ws.date()))
         return k.settles is None or (at is not None and at >= d.we + k.settles)
 
@@ -225,15 +215,11 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                         {"kix": cols[0], "pid": cols[1], "kpi": cols[2], "day": cols[3],
                          "te": cols[4], "h": cols[5]})
             _write_days(con)
-            con.execute("""INSERT INTO kpi_day (kpi_id, day, te, present, facts_hash, computed_at,
-                                                run_id, as_of, pending)
+            con.execute("""INSERT INTO kpi_day
                            SELECT m.kpi_id, m.day, m.te, pr.pid IS NOT NULL, m.facts_hash, $at, $run,
-                                  $as_of, COALESCE(n.pending, FALSE)
+                                  $as_of
                            FROM _dmap m LEFT JOIN (SELECT DISTINCT kix, pid FROM _present) pr
-                                ON pr.kix = m.kix AND pr.pid = m.pid
-                           LEFT JOIN (SELECT kpi_id, day, BOOL_OR(pending) AS pending FROM _dnew
-                                      GROUP BY kpi_id, day) n
-                                ON n.kpi_id = m.kpi_id AND n.day = m.day""",
+                                ON pr.kix = m.kix AND pr.pid = m.pid""",
                         {"at": computed_at, "run": run_id, "as_of": as_of})
             # a base that sums a day written now is no longer that day's sum
             con.execute("""CREATE OR REPLACE TEMP TABLE _mgone AS
@@ -248,15 +234,15 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                         {"kix": cols[0], "pid": cols[1], "kpi": cols[2], "day": cols[3]})
             # each month: its base (the stored days before upto, summed once) and the days since
             con.execute("""INSERT INTO _fr
-                           SELECT kix, pid, org_no, grid_no, SUM(num), SUM(den), SUM(sample),
-                                  BOOL_OR(pending), BOOL_OR(missing)
+                           SELECT kix, pid, org_no, grid_no, SUM(num), SUM(den), SUM(sample), FALSE,
+                                  BOOL_OR(missing)
                            FROM (SELECT u.kix, u.pid, b.org_no, b.grid_no, b.num, b.den, b.sample,
-                                        b.pending, b.missing
+                                        b.missing
                                  FROM kpi_month_base b JOIN _muse u ON u.kpi_id = b.kpi_id
                                       AND u.month = b.month AND u.upto = b.upto
                                  UNION ALL
                                  SELECT m.kix, m.pid, f.org_no, f.grid_no, f.num, f.den, f.sample,
-                                        f.pending, f.missing
+                                        f.missing
                                  FROM kpi_day_fact f JOIN _mmap m ON m.kpi_id = f.kpi_id
                                       AND m.day = f.day
                                  WHERE NOT EXISTS (SELECT 1 FROM _muse u WHERE u.kix = m.kix
@@ -281,7 +267,7 @@ def _write_days(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DELETE FROM kpi_day t USING _dmap m WHERE t.kpi_id = m.kpi_id AND t.day = m.day")
     def sums(a: str) -> str:
         return (f"SUM({a}.num) AS num, SUM({a}.den) AS den, SUM({a}.sample) AS sample, "
-                f"BOOL_OR({a}.missing) AS missing, BOOL_OR({a}.pending) AS pending")
+                f"BOOL_OR({a}.missing) AS missing")
 
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _dnew AS
                     SELECT m.kpi_id, m.day, r.org_no, r.grid_no, {sums('r')}
@@ -298,8 +284,7 @@ def _write_days(con: duckdb.DuckDBPyConnection) -> None:
     same = ("t.kpi_id = c.kpi_id AND t.day = c.day AND t.org_no IS NOT DISTINCT FROM c.org_no "
             "AND t.grid_no IS NOT DISTINCT FROM c.grid_no")
     con.execute(f"DELETE FROM kpi_day_fact t USING _dchg c WHERE {same}")
-    con.execute("INSERT INTO kpi_day_fact (kpi_id, day, org_no, grid_no, num, den, sample, missing, "
-                f"pending) SELECT t.* FROM _dnew t SEMI JOIN _dchg c ON {same}")
+    con.execute(f"INSERT INTO kpi_day_fact SELECT t.* FROM _dnew t SEMI JOIN _dchg c ON {same}")
 
 
 def _drop_bases(con: duckdb.DuckDBPyConnection, keys: str) -> None:
@@ -347,10 +332,9 @@ def _month_days(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of: dic
                     {"k": cols[0], "m": cols[1], "u": cols[2]})
         _drop_bases(con, "_mbuild")
         con.execute("INSERT INTO kpi_month_base_head SELECT * FROM _mbuild")
-        con.execute("""INSERT INTO kpi_month_base (kpi_id, month, upto, org_no, grid_no, num, den,
-                                                   sample, missing, pending)
+        con.execute("""INSERT INTO kpi_month_base
                        SELECT b.kpi_id, b.month, b.upto, f.org_no, f.grid_no, SUM(f.num), SUM(f.den),
-                              SUM(f.sample), BOOL_OR(f.missing), BOOL_OR(f.pending)
+                              SUM(f.sample), BOOL_OR(f.missing)
                        FROM kpi_day_fact f JOIN _mbuild b ON b.kpi_id = f.kpi_id
                             AND f.day >= b.month AND f.day < b.upto
                        GROUP BY b.kpi_id, b.month, b.upto, f.org_no, f.grid_no""")

@@ -183,10 +183,7 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     (a value at te, not a sum over the period), distinct counts, MAX and quantiles, items that
     stay pending, facts that read as_of (a day keeps moving after it ends, unless the author
     states when it stops: settles_after, kpis/day_store.py) or the period's
-    end, length or grain. A resolved-or-due KPI reads as_of and flags its pending items: by
-    CONVENTIONS.md §2 an item no longer pending is fixed, so a day stored with no pending item
-    is reused and one with a pending item is read again (kpis/day_store.py); without a
-    `pending` column it is excluded. The first entries are hard (an override cannot lift them); the last,
+    end, length or grain. The first entries are hard (an override cannot lift them); the last,
     `te without its ws`, is a heuristic for a population taken at te beside a flow (e.g. a
     count of customers at the end): the author may override it after checking."""
     from kpis.batch import batchable  # noqa: PLC0415  (batch imports the compiler)
@@ -196,12 +193,11 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
         out.append(f"shape {k.shape}")
     if not batchable(k):
         out.append("not a sum (distinct count, max or quantile)")
+    if k.resolved_or_due:
+        out.append("resolved_or_due")
     words = _period_words(k)
-    if k.resolved_or_due and "pending" not in words:
-        out.append("resolved_or_due without a pending flag")
     named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"}
-                   - ({"as_of"} if k.settles_after else set())
-                   - ({"as_of", "pending"} if k.resolved_or_due else set()))
+                   - ({"as_of"} if k.settles_after else set()))
     if named:
         out.append("names " + ", ".join(named))
     if "ws" not in words or "te" not in words:

@@ -83,18 +83,6 @@ def _diff(a: list[tuple], b: list[tuple]) -> list[str]:
     return out
 
 
-def _extra_days(jobs: dict[int, day_store.Job]) -> set[tuple[str, date]]:
-    return {(j.k.id, p.ws.date()) for j in jobs.values() for p in j.extra}
-
-
-def _pending_days(con: duckdb.DuckDBPyConnection, as_of: datetime) -> set[tuple[str, date]]:
-    """Stored days with a pending item that a month of _requested sums and the pass does not
-    read as its own days."""
-    own = {p.ws.date() for p in _requested(as_of) if p.grain == "daily"}
-    return {(kid, d) for kid, d in con.execute("SELECT kpi_id, day FROM kpi_day WHERE pending").fetchall()
-            if d not in own and d <= as_of.date()}
-
-
 @pytest.mark.parametrize("as_of", AS_OFS, ids=["end_of_day", "inside_the_day"])
 def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of) -> None:
     con = sim.con
@@ -110,12 +98,10 @@ def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of)
     assert _diff(direct, first) == []
     stored = con.execute("SELECT COUNT(DISTINCT day), COUNT(*) FROM kpi_day").fetchone()
     assert stored[0] == 31 + as_of.day    # May and June to date
-    # filled store: only the pass's own days are read, months come from stored days, but for
-    # the days a resolved-or-due KPI stored with an item pending (read until none is)
+    # filled store: only the pass's own days are read, months come from stored days
     jobs = day_store.plan(con, [(i, k, periods_for(k, _requested(as_of), as_of))
                                 for i, k in enumerate(kpis)], as_of, refresh=False)
-    assert _extra_days(jobs) == _pending_days(con, as_of)
-    assert {kid for kid, _ in _extra_days(jobs)} <= {k.id for k in kpis if k.resolved_or_due}
+    assert all(not j.extra for j in jobs.values())
     second = _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at))
     assert _diff(direct, second) == []
     # the sweep: the running month's days read again and rewritten
@@ -128,7 +114,7 @@ def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of)
     assert _diff(direct, stored_at_top) == []
     jobs = day_store.plan(con, [(i, k, periods_for(k, _requested(as_of), as_of))
                                 for i, k in enumerate(kpis)], as_of, refresh=True)
-    assert _extra_days(jobs) == _pending_days(con, as_of)
+    assert all(not j.extra for j in jobs.values())
     kept = _rows(con, kpis, as_of, day_store.Mode(refresh=True, computed_at=at, run_id=top))
     assert _diff(direct, kept) == []
 
@@ -169,43 +155,6 @@ def test_a_day_that_reads_as_of_is_reused_only_once_it_has_settled(sim) -> None:
         direct = _rows(con, kpis, as_of, None, asked)
         via = _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at), asked)
         assert _diff(direct, via) == [], as_of
-
-
-def test_a_resolved_or_due_day_is_read_again_while_an_item_is_pending(sim) -> None:
-    """A resolved-or-due item is fixed once completed or due (CONVENTIONS.md §2), so a day of such
-    a KPI is reused when stored with no item pending and read again while one is. Days stored at
-    01:00 of the last day: a meter alarm dispatched the day before is open and not due yet; by 14:37
-    it is closed or due, and the day is read again once and then reused. Each time the month
-    equals the month read directly, to the last bit (values, samples and is_final)."""
-    con = sim.con
-    kpis = [k for k in sim.registry.kpis.values() if k.resolved_or_due and day_additive(k)]
-    assert len(kpis) >= 10
-    last = AS_OFS[0].date()
-    early = datetime.combine(last, datetime.min.time()) + timedelta(hours=1)
-    for table in ("kpi_day", "kpi_day_fact"):
-        con.execute(f"DELETE FROM {table}")
-    at = datetime(2026, 6, 4, 12, 0)
-    asked = [day(last), month(last.year, last.month)]
-
-    def pending_days() -> set[tuple[str, date]]:
-        return set(con.execute("SELECT kpi_id, day FROM kpi_day WHERE pending AND day < $d",
-                               {"d": last}).fetchall())
-
-    via = _rows(con, kpis, early, day_store.Mode(refresh=False, computed_at=at), asked)
-    assert _diff(_rows(con, kpis, early, None, asked), via) == []
-    before = pending_days()
-    yesterday = last - timedelta(days=1)
-    assert ("metering.abnormal_closure_ontime_rate", yesterday) in before
-    for as_of in (AS_OFS[1], AS_OFS[0]):
-        jobs = day_store.plan(con, [(i, k, periods_for(k, asked, as_of)) for i, k in enumerate(kpis)],
-                              as_of, refresh=False)
-        assert _extra_days(jobs) == pending_days(), as_of
-        direct = _rows(con, kpis, as_of, None, asked)
-        via = _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at), asked)
-        assert _diff(direct, via) == [], as_of
-    # the alarm was closed or fell due: the day was read again, and is now reused
-    assert ("metering.abnormal_closure_ontime_rate", yesterday) not in pending_days()
-    assert pending_days() < before
 
 
 def test_a_population_at_te_is_not_day_additive(sim) -> None:
