@@ -29,7 +29,7 @@ from datetime import datetime
 import duckdb
 
 from kpis import day_store as day_store_mod
-from kpis import fact_diff, shared
+from kpis import distinct_month, fact_diff, shared
 from kpis.compile import (_EXACT, PERIODS_DDL, THRESHOLD_COLUMNS, _additive, compile_kpi,
                           status_by_columns, threshold_values, value_sql)
 from kpis.periods import Period
@@ -468,12 +468,18 @@ def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Se
                 # e.g. out of memory on a huge backfill: each KPI's own statement still may pass
                 log.error("batched roll-up failed, computing KPI by KPI: %s", exc)
                 single = [by_kix[i] for i in ok] + single
+    tree = None
     for k, ps in single:
         try:
             cols = fact_columns(con, k)
-            load_periods(con, "_periods", range(len(ps)), ps, as_of)
-            con.execute(f"INSERT INTO _result SELECT {', '.join(RESULT_COLUMNS)} FROM ("
-                        + cache.use(compile_kpi(k, cols)) + ")")
+            rest = list(ps)
+            if day_store is not None and distinct_month.eligible(k, cols):
+                tree = tree or fact_diff.tree_signature(con)
+                rest = distinct_month.months_from_base(con, k, cols, ps, as_of, day_store, tree)
+            if rest:
+                load_periods(con, "_periods", range(len(rest)), rest, as_of)
+                con.execute(f"INSERT INTO _result SELECT {', '.join(RESULT_COLUMNS)} FROM ("
+                            + cache.use(compile_kpi(k, cols)) + ")")
             done.append((k, ps))
         except duckdb.Error as exc:
             log.error("KPI %s failed: %s", k.id, exc)

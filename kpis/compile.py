@@ -168,8 +168,10 @@ fa AS (
 )"""
 
 
-def compile_kpi(k: KpiDef, fact_columns: set[str]) -> str:
-    """The statement producing kpi_value-shaped rows for every unit and period in _periods."""
+def compile_kpi(k: KpiDef, fact_columns: set[str], agg: str | None = None) -> str:
+    """The statement producing kpi_value-shaped rows for every unit and period in _periods.
+    agg: rows (pid, unit_no, num, den, sample, pending, missing) computed otherwise
+    (kpis/distinct_month.py) instead of the roll-up of the facts."""
     levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels)
     org_levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels if lvl != "grid") or "NULL"
     has = fact_columns.__contains__
@@ -184,7 +186,8 @@ def compile_kpi(k: KpiDef, fact_columns: set[str]) -> str:
     num_out = "COALESCE(a.num, 0)" if counting or k.kind in ("ratio", "mean", "value") else "a.num"
     den_out = "NULL" if counting else ("COALESCE(a.den, 0)" if k.kind in ("ratio", "mean", "value")
                                        else "a.den")
-    agg_cte = _agg_cte(k, aggs, org_levels, "grid" in k.org_levels, has)
+    agg_cte = (_agg_cte(k, aggs, org_levels, "grid" in k.org_levels, has) if agg is None
+               else f"agg AS ({agg}),")
     return f"""
 {attributed_facts(k)},
 {agg_cte}

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from kpis import changes, day_store, fact_diff, wake
+from kpis import changes, day_store, distinct_month, fact_diff, wake
 from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import prelude_objects, tables_read
@@ -48,6 +48,7 @@ SCHEMA = [
     # etl_dirty run id up to which closed periods have been re-evaluated (restatements)
     "ALTER TABLE kpi_eval_state ADD COLUMN IF NOT EXISTS last_past_run_id BIGINT",
     *day_store.DDL,
+    *distinct_month.DDL,
     wake.DDL,
     *fact_diff.DDL,
 ]

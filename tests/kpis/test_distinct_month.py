@@ -1,0 +1,144 @@
+"""Months of distinct-count flows from a base of the month's earlier keys (kpis/distinct_month.py):
+the month to date equals the month read whole, worked by hand here, and the base is rebuilt
+when what it holds may have changed."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import pytest
+
+from kpis import day_store, distinct_month
+from kpis.batch import compute_plan, fact_columns
+from kpis.evaluate import ensure_schema, periods_for
+from kpis.periods import day, month
+from kpis.prelude import apply_prelude
+from kpis.registry import load_registry
+from tests.kpis.harness import load_inputs
+
+KPI = "call.repeat_caller_rate_24h"
+AS_OF = datetime(2024, 7, 3, 12, 0)
+
+
+def _call(cid: str, key: str, answered: str, org: str = "C1") -> dict:
+    t = datetime.fromisoformat(answered)
+    return {"call_id": cid, "call_direction": "01", "org_no": org, "cons_no": key,
+            "busi_type_code": "01", "arrive_time": str(t - timedelta(seconds=30)),
+            "answer_time": answered, "call_result": "01"}
+
+
+# Answered calls of one request type; the base holds July's days before 07-03 (today).
+CALLS = [
+    _call("c1", "K100", "2024-07-01 10:00:00"),
+    _call("c2", "K100", "2024-07-02 09:00:00"),        # 23 h after c1: a repeat (base)
+    _call("c3", "K200", "2024-07-02 11:00:00", "K1"),  # county K1 -> city C1
+    _call("c4", "K200", "2024-07-03 10:00:00"),        # 23 h after c3: a repeat (today)
+    _call("c5", "K300", "2024-07-03 09:00:00"),        # a caller new today
+    _call("c6", "K100", "2024-07-03 11:00:00"),        # 26 h after c2: no repeat; K100 in the base
+    _call("c7", "K400", "2024-07-03 13:00:00"),        # after as_of: not yet
+    _call("c8", "K500", "2024-07-02 08:00:00", "ZZ"),  # unknown org -> the province only
+    _call("c9", "K500", "2024-07-03 07:00:00", "ZZ"),  # 23 h after c8: a repeat (today)
+]
+# Month to date (07-01 00:00 to 07-03 12:00), by hand:
+#   C1: callers K100, K200, K300 = 3; repeaters K100 (c2), K200 (c4) = 2 -> 100 * 2 / 3.
+#       The base (07-01, 07-02) holds callers {K100, K200}, repeater {K100}; today adds caller
+#       K300 and repeater K200; K100 and K200 called today too and count once.
+#   P:  C1's and K500 (callers 4, repeaters 3: K500 by c9) -> 100 * 3 / 4.
+EXPECTED = {"C1": (2, 3), "P": (3, 4)}
+
+
+@pytest.fixture()
+def con():
+    c = duckdb.connect()
+    load_inputs(c, {"calendar": "2024-06-01..2024-08-31", "inputs": {"cs_call": CALLS}})
+    ensure_schema(c)
+    apply_prelude(c, needed=())
+    c.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+              "business_date DATE)")
+    yield c
+    c.close()
+
+
+def _month(con, k, as_of: datetime, mode: day_store.Mode | None) -> dict[str, tuple]:
+    errors: dict[str, str] = {}
+    ps = periods_for(k, [day(as_of.date()), month(as_of.year, as_of.month)], as_of)
+    compute_plan(con, [(k, ps)], as_of, errors, mode)
+    assert errors == {}
+    return {org: (num, den, value, status, is_final) for org, num, den, value, status, is_final in con.execute(
+        "SELECT org_no, numerator, denominator, value, status, is_final FROM _result "
+        "WHERE grain = 'monthly' ORDER BY org_no").fetchall()}
+
+
+def _head(con) -> tuple | None:
+    return con.execute("SELECT upto, built_at FROM kpi_distinct_head WHERE kpi_id = $k",
+                       {"k": KPI}).fetchone()
+
+
+def test_the_month_from_the_base_is_the_month_worked_by_hand(con) -> None:
+    k = load_registry().get(KPI)
+    assert distinct_month.eligible(k, fact_columns(con, k))
+    direct = _month(con, k, AS_OF, None)
+    at = datetime(2024, 7, 3, 12, 0, 5)
+    via = _month(con, k, AS_OF, day_store.Mode(refresh=False, computed_at=at))
+    assert _head(con) == (datetime(2024, 7, 3).date(), at)        # the base was built
+    for org, (num, den) in EXPECTED.items():
+        assert via[org][:3] == (num, den, pytest.approx(100 * num / den)), org
+        assert via[org][4] is False                               # the month runs on
+    assert via == direct
+    # base keys before today: callers K100, K200 (C1; and K500 at P), repeater K100
+    keys = set(con.execute("SELECT unit_no, is_num, k FROM kpi_distinct_key WHERE k IS NOT NULL").fetchall())
+    assert keys == {("C1", False, "K100"), ("C1", False, "K200"), ("C1", True, "K100"),
+                    ("P", False, "K100"), ("P", False, "K200"), ("P", False, "K500"),
+                    ("P", True, "K100")}
+
+
+def test_the_base_is_kept_within_the_day_and_rebuilt_when_it_may_be_stale(con) -> None:
+    k = load_registry().get(KPI)
+    t0 = datetime(2024, 7, 3, 12, 0, 5)
+    _month(con, k, AS_OF, day_store.Mode(refresh=False, computed_at=t0, run_id=1))
+    built = _head(con)
+    # the next minutes: the base serves (not rebuilt); a new call today moves the month
+    con.execute("INSERT INTO cs_call (call_id, call_direction, org_no, cons_no, busi_type_code, "
+                "arrive_time, answer_time, call_result, is_deleted, created_at, updated_at) VALUES "
+                "('c10', '01', 'C1', 'K600', '01', '2024-07-03 12:00:30', '2024-07-03 12:00:40', '01', 0, "
+                "'2024-07-03 12:00:40', '2024-07-03 12:00:40')")
+    later = AS_OF + timedelta(minutes=1)
+    via = _month(con, k, later, day_store.Mode(refresh=False, computed_at=t0 + timedelta(minutes=1), run_id=2))
+    assert _head(con) == built
+    assert via["C1"][:2] == (2, 4) and via == _month(con, k, later, None)
+    # a restated day of the month before today (etl_dirty): rebuilt
+    con.execute("UPDATE cs_call SET cons_no = 'K900' WHERE call_id = 'c1'")
+    con.execute("INSERT INTO etl_dirty VALUES (3, 'cs', 'cs_call', DATE '2024-07-01')")
+    t3 = t0 + timedelta(minutes=2)
+    via = _month(con, k, later, day_store.Mode(refresh=False, computed_at=t3, run_id=3))
+    assert _head(con)[1] == t3
+    # K900 (c1) and K100 (c2, c6) are now two callers; c2's repeat is gone (no K100 call 24 h
+    # before it); K200 still repeats: C1 callers K900, K100, K200, K300, K600 = 5, repeaters 1
+    assert via["C1"][:2] == (1, 5) and via == _month(con, k, later, None)
+    # a dirty date of today or of another table does not rebuild; the sweep does
+    con.execute("INSERT INTO etl_dirty VALUES (4, 'cs', 'cs_call', DATE '2024-07-03'), "
+                "(4, 'cs', 'cs_visit', DATE '2024-07-01')")
+    _month(con, k, later, day_store.Mode(refresh=False, computed_at=t3 + timedelta(minutes=1), run_id=4))
+    assert _head(con)[1] == t3
+    t5 = t3 + timedelta(minutes=2)
+    _month(con, k, later, day_store.Mode(refresh=True, computed_at=t5, run_id=4))
+    assert _head(con)[1] == t5
+    # the next day: the base moves up to its start
+    next_day = datetime(2024, 7, 4, 0, 5)
+    via = _month(con, k, next_day, day_store.Mode(refresh=False, computed_at=next_day, run_id=4))
+    assert _head(con)[0] == next_day.date() and via == _month(con, k, next_day, None)
+    # a changed definition is another base
+    changed = k.model_copy(update={"facts": k.facts + "\n"})
+    _month(con, changed, next_day, day_store.Mode(refresh=False, computed_at=next_day + timedelta(1), run_id=4))
+    assert _head(con)[1] == next_day + timedelta(1)
+
+
+def test_only_key_counting_flows_that_see_ws_and_te_qualify(con) -> None:
+    k = load_registry().get(KPI)
+    cols = fact_columns(con, k)
+    assert distinct_month.eligible(k, cols)
+    assert not distinct_month.eligible(k, cols | {"sample"})
+    assert not distinct_month.eligible(k, cols | {"pending"})
+    assert not distinct_month.eligible(k.model_copy(update={"facts": k.facts.replace(
+        "r.answer_time < p.te", "r.answer_time < p.te AND p.we > p.ws")}), cols)
+    assert not distinct_month.eligible(k.model_copy(update={"num_agg": "sum"}), cols)
