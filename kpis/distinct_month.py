@@ -72,9 +72,9 @@ u AS (
     WHERE an.ancestor_level IN ({org_levels})
     {grid}
 )
-SELECT DISTINCT unit_no, TRUE AS is_num, CAST(num_key AS VARCHAR) AS k FROM u
-UNION
-SELECT DISTINCT unit_no, FALSE, CAST(den_key AS VARCHAR) FROM u"""
+SELECT DISTINCT u.unit_no, v.is_num,
+       CASE WHEN v.is_num THEN CAST(u.num_key AS VARCHAR) ELSE CAST(u.den_key AS VARCHAR) END AS k
+FROM u CROSS JOIN (VALUES (TRUE), (FALSE)) v(is_num)"""
 
 
 def _load(con: duckdb.DuckDBPyConnection, p: Period, as_of: datetime) -> None:
