@@ -16,15 +16,16 @@ as the month read whole (tests/kpis/test_distinct_month.py compares them bit for
 Only for KPIs whose facts give keys and nothing else per row (no sample, pending or missing
 column) and see their period only through ws and te, placing each row by one time in
 [ws, te) (`eligible`): their rows before today are then those of a period ending at today's
-start. The base is rebuilt by the first pass of a day, at every sweep (a change the dirty dates
-do not show, a row of a joined table, reaches the month there, as for stored days), when the
-facts' SQL or the org tree changed, and when the ETL marked a date of the month before today
-dirty in a table the KPI reads.
+start. The base is rebuilt by the first pass of a day; when the facts' SQL or the org tree
+changed; when the ETL marked dirty a date of the month before today, or of the LOOKBACK before
+it, in a table the KPI reads; and at every sweep if the KPI reads more than one table besides
+the org tree (a change the dirty dates do not show, a row of a joined table, reaches the month
+there, as for stored days; the rows of a single table mark their own dates when they change).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 
@@ -44,6 +45,11 @@ DDL = (
         kpi_id VARCHAR, month DATE, unit_no VARCHAR, num BIGINT, den BIGINT)""",
 )
 _KEY_COLUMNS = {"pid", "org_no", "grid_no", "item_key", "num_key", "den_key", "num", "den"}
+# The org tree's tables: a change of the tree is seen by its signature, kept with the base.
+TREE_TABLES = frozenset({"mis_org", "mis_grid"})
+# Facts may read rows before their window (the repeat callers' previous 24 h): a restated row
+# that far before the month can change a key inside it.
+LOOKBACK = timedelta(days=31)
 
 
 def eligible(k: KpiDef, columns: set[str]) -> bool:
@@ -88,13 +94,14 @@ def _fresh(con: duckdb.DuckDBPyConnection, k: KpiDef, m: Period, upto: datetime,
            tree: str, refresh: bool) -> bool:
     head = con.execute("SELECT upto, facts_hash, tree, run_id FROM kpi_distinct_head "
                        "WHERE kpi_id = $k AND month = $m", {"k": k.id, "m": m.ws.date()}).fetchone()
-    if refresh or head is None or head[:3] != (upto.date(), h, tree) or head[3] is None:
+    if (refresh and len(tables_read(k) - TREE_TABLES) > 1) or head is None \
+            or head[:3] != (upto.date(), h, tree) or head[3] is None:
         return False
     try:
         dirty = con.execute("""SELECT COUNT(*) FROM etl_dirty WHERE run_id > $r
                                AND list_contains($t, table_name)
                                AND business_date >= $lo AND business_date < $hi""",
-                            {"r": head[3], "t": sorted(tables_read(k)), "lo": m.ws.date(),
+                            {"r": head[3], "t": sorted(tables_read(k)), "lo": (m.ws - LOOKBACK).date(),
                              "hi": upto.date()}).fetchone()[0]
     except duckdb.CatalogException:
         return False

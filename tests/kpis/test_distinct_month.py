@@ -115,14 +115,27 @@ def test_the_base_is_kept_within_the_day_and_rebuilt_when_it_may_be_stale(con) -
     # K900 (c1) and K100 (c2, c6) are now two callers; c2's repeat is gone (no K100 call 24 h
     # before it); K200 still repeats: C1 callers K900, K100, K200, K300, K600 = 5, repeaters 1
     assert via["C1"][:2] == (1, 5) and via == _month(con, k, later, None)
-    # a dirty date of today or of another table does not rebuild; the sweep does
+    # a dirty date of today or of another table does not rebuild, nor a sweep: the KPI reads
+    # one table besides the org tree, whose changed rows mark their own dates
     con.execute("INSERT INTO etl_dirty VALUES (4, 'cs', 'cs_call', DATE '2024-07-03'), "
                 "(4, 'cs', 'cs_visit', DATE '2024-07-01')")
     _month(con, k, later, day_store.Mode(refresh=False, computed_at=t3 + timedelta(minutes=1), run_id=4))
+    _month(con, k, later, day_store.Mode(refresh=True, computed_at=t3 + timedelta(minutes=2), run_id=4))
     assert _head(con)[1] == t3
-    t5 = t3 + timedelta(minutes=2)
-    _month(con, k, later, day_store.Mode(refresh=True, computed_at=t5, run_id=4))
+    # a row before the month that a key inside it depends on (c1's 24 h window reaches June 30)
+    con.execute("INSERT INTO etl_dirty VALUES (5, 'cs', 'cs_call', DATE '2024-06-30')")
+    t5 = t3 + timedelta(minutes=3)
+    _month(con, k, later, day_store.Mode(refresh=False, computed_at=t5, run_id=5))
     assert _head(con)[1] == t5
+    # with a joined table the sweep rebuilds (a joined row's change marks no date of the month)
+    joined = k.model_copy(update={"facts": k.facts.replace(
+        "WHERE x.is_deleted = 0", "WHERE x.is_deleted = 0 AND NOT EXISTS (SELECT 1 FROM cs_visit v "
+        "WHERE v.wo_no = x.wo_no AND v.is_deleted = 1)", 1)})
+    assert joined.facts != k.facts
+    _month(con, joined, later, day_store.Mode(refresh=False, computed_at=t5, run_id=5))
+    t6 = t5 + timedelta(minutes=1)
+    assert _month(con, joined, later, day_store.Mode(refresh=True, computed_at=t6, run_id=5)) == via
+    assert _head(con)[1] == t6
     # the next day: the base moves up to its start
     next_day = datetime(2024, 7, 4, 0, 5)
     via = _month(con, k, next_day, day_store.Mode(refresh=False, computed_at=next_day, run_id=4))
