@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import duckdb
 
@@ -73,23 +74,34 @@ def te_only(k: KpiDef) -> bool:
     return not _PERIOD_SHAPE.search(code)
 
 
-# The prelude's periods_from() (no bound), replaced by the statement's earliest ws (_fr_sql).
+# The prelude's periods_from() and periods_te_from() (no bound), replaced by the statement's
+# earliest ws and earliest te (_fr_sql).
 PERIODS_FROM = "periods_from()"
+PERIODS_TE_FROM = "periods_te_from()"
 
 
-def _bounded(sql: str, lo: datetime | None) -> str:
-    return sql if lo is None else sql.replace(PERIODS_FROM, f"TIMESTAMP '{lo:%Y-%m-%d %H:%M:%S}'")
+class Bounds(NamedTuple):
+    """The earliest ws and the earliest te of a statement's periods."""
+    ws: datetime
+    te: datetime
 
 
-def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: datetime | None = None,
+def _bounded(sql: str, lo: Bounds | None) -> str:
+    if lo is None:
+        return sql
+    return (sql.replace(PERIODS_FROM, f"TIMESTAMP '{lo.ws:%Y-%m-%d %H:%M:%S}'")
+            .replace(PERIODS_TE_FROM, f"TIMESTAMP '{lo.te:%Y-%m-%d %H:%M:%S}'"))
+
+
+def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: Bounds | None = None,
             facts: str | None = None) -> str:
     """The KPI's facts reduced by their own (pid, org_no, grid_no): the rows of compile._agg_cte's
     `fg` before attribution (see _ATTRIBUTE), and the rows the day store keeps for a day.
 
     Reduced first and attributed after: at city scale a stock of 3.5 M customers per period paid
     two k_org look-ups per fact row. DECIMAL sums are exact, so summing the partial sums gives
-    the same values to the last bit. lo: the earliest ws of the loaded periods, written in
-    place of periods_from(). facts: the facts to use in place of the definition's (its shared
+    the same values to the last bit. lo: the earliest ws and te of the loaded periods, written in
+    place of periods_from() and periods_te_from(). facts: the facts to use in place of the definition's (its shared
     subqueries lifted to the statement's top, _facts_sql)."""
     exact = _EXACT.format
     sample = f"SUM({exact('sample')})" if "sample" in cols else f"SUM({exact('den')})"
@@ -105,7 +117,7 @@ SELECT {kix} AS kix, pid, org_no, grid_no, SUM({exact('num')}) AS num, SUM({exac
 FROM f GROUP BY pid, org_no, grid_no)"""
 
 
-def _facts_sql(items: Sequence[tuple[int, KpiDef, set[str]]], lo: datetime | None) -> str:
+def _facts_sql(items: Sequence[tuple[int, KpiDef, set[str]]], lo: Bounds | None) -> str:
     """The reduced facts of several KPIs as one statement. A shared subquery (kpis/shared.py)
     that two or more of them read is stated once at the top and computed once for all."""
     splits = {kix: shared.split(k.values_sql) for kix, k, _ in items}
@@ -286,7 +298,7 @@ def fact_columns(con: duckdb.DuckDBPyConnection, k: KpiDef) -> set[str]:
 
 
 def _run_chunk(con: duckdb.DuckDBPyConnection, chunk: Sequence[tuple[int, KpiDef, set[str]]],
-               errors: dict[str, str], lo: datetime, cache: SharedCache) -> list[int]:
+               errors: dict[str, str], lo: Bounds, cache: SharedCache) -> list[int]:
     """Insert the chunk's reduced facts and presence; a failing statement is retried KPI by KPI
     so that one broken KPI fails alone. Returns the kixs that succeeded."""
     def run(items: Sequence[tuple[int, KpiDef, set[str]]]) -> None:
@@ -356,7 +368,8 @@ def _run_group(con: duckdb.DuckDBPyConnection, periods: Sequence[Period],
         load_periods(con, "_periods", [pid_of[p] for p in chosen], chosen, as_of)
         done: list[int] = []
         for chunk in _chunks(group):
-            done.extend(_run_chunk(con, chunk, errors, min(p.ws for p in chosen), cache))
+            done.extend(_run_chunk(con, chunk, errors, Bounds(min(p.ws for p in chosen),
+                                                              min(p.te(as_of) for p in chosen)), cache))
         if done and copied:
             kixs = ", ".join(str(i) for i in done)
             pairs = ", ".join(f"({a}, {b})" for a, b in copies)

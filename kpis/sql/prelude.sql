@@ -59,6 +59,10 @@ CREATE OR REPLACE MACRO upto(t, as_of) AS CASE WHEN t <= as_of THEN t END;
 -- engine writes the earliest ws of the statement's periods in its place, a constant whose
 -- comparison skips row groups by their min/max (kpis/batch.py). Elsewhere it bounds nothing.
 CREATE OR REPLACE MACRO periods_from() AS TIMESTAMP '0001-01-01 00:00:00';
+-- periods_te_from(): no period of _periods ends (te) before it; written by the batched engine
+-- as the earliest te, like periods_from(). A stock read at te over a day-placed history (the
+-- meters' last days before te) may bound that history with it: without, every day was read.
+CREATE OR REPLACE MACRO periods_te_from() AS TIMESTAMP '0001-01-01 00:00:00';
 
 -- WD(t1, t2): working dates x with DATE(t1) < x <= DATE(t2); NULL when a date is missing.
 CREATE OR REPLACE MACRO wd(t1, t2) AS

@@ -108,38 +108,62 @@ def test_a_plan_stored_in_parts_stores_what_one_part_stores(registry, monkeypatc
     assert s.rows == con.execute("SELECT COUNT(*) FROM kpi_value").fetchone()[0]
 
 
+def _meters(meters: tuple[str, ...], days: list[tuple[str, str, bool]]) -> duckdb.DuckDBPyConnection:
+    """Meters in collection scope at S1 (terminal T1) and their daily rows (meter, date,
+    collected: success at 23:00, else status 02)."""
+    con = duckdb.connect()
+    load_inputs(con, {"inputs": {
+        "meter_terminal": [{"terminal_id": "T1", "terminal_type": "01", "org_no": "S1",
+                            "run_status": "01"}],
+        "meter_coll_obj": [{"meter_asset_no": m, "org_no": "S1", "tg_no": None, "status_code": "01",
+                            "coll_flag": 1, "terminal_id": "T1"} for m in meters],
+        "meter_collection_daily": [
+            {"meter_asset_no": m, "data_date": d, "org_no": "S1", "tg_no": None,
+             "coll_status": "01" if ok else "02", "terminal_id": "T1",
+             "success_time": f"{d} 23:00:00" if ok else None} for m, d, ok in days]}})
+    return con
+
+
+def _s1_values(con: duckdb.DuckDBPyConnection, registry, k) -> dict[str, float]:
+    """k evaluated alone for 07-02, July to date and June at 07-03 10:00: S1's values."""
+    as_of = datetime(2024, 7, 3, 10, 0)
+    s = evaluate_and_store(con, registry, [day(datetime(2024, 7, 2).date()), month(2024, 7),
+                                           month(2024, 6)], as_of, kpis=[k], computed_at=as_of)
+    assert not s.errors
+    return dict(con.execute("SELECT grain || ' ' || CAST(period_start AS VARCHAR), value "
+                            "FROM kpi_value WHERE org_no = 'S1'").fetchall())
+
+
 def test_a_statement_bounds_its_rows_by_its_earliest_period(registry):
     """metering.daily_collect_success_rate filters on periods_from(), which the batched engine
     replaces by the earliest ws of the statement's periods. Worked by hand: E1 succeeds on
     06-30, 07-01 and 07-02, E2 fails on 07-01 (successes before 09:00 of the next day; as_of
     07-03 10:00). Evaluated together, 07-02 (1/1), July (E1 twice, E2's failure: 2/3) and June
     (06-30: 1/1): the bound is June's start, so neither July's 07-01 nor June's row is lost."""
-    con = duckdb.connect()
-    meters = [{"meter_asset_no": m, "org_no": "S1", "tg_no": None, "status_code": "01",
-               "coll_flag": 1, "terminal_id": "T1"} for m in ("E1", "E2")]
-
-    def row(m, d, ok):
-        return {"meter_asset_no": m, "data_date": d, "org_no": "S1", "tg_no": None,
-                "coll_status": "01" if ok else "02", "terminal_id": "T1",
-                "success_time": f"{d} 23:00:00" if ok else None}
-
-    load_inputs(con, {"inputs": {
-        "meter_terminal": [{"terminal_id": "T1", "terminal_type": "01", "org_no": "S1",
-                            "run_status": "01"}],
-        "meter_coll_obj": meters,
-        "meter_collection_daily": [row("E1", "2024-06-30", True), row("E1", "2024-07-01", True),
-                                   row("E2", "2024-07-01", False), row("E1", "2024-07-02", True)]}})
-    as_of = datetime(2024, 7, 3, 10, 0)
+    con = _meters(("E1", "E2"), [("E1", "2024-06-30", True), ("E1", "2024-07-01", True),
+                                 ("E2", "2024-07-01", False), ("E1", "2024-07-02", True)])
     k = registry.get("metering.daily_collect_success_rate").model_copy(update={"min_sample": None})
     assert "periods_from()" in k.facts
-    s = evaluate_and_store(con, registry, [day(datetime(2024, 7, 2).date()), month(2024, 7),
-                                           month(2024, 6)], as_of, kpis=[k], computed_at=as_of)
-    assert not s.errors
-    rows = dict(con.execute("SELECT grain || ' ' || CAST(period_start AS VARCHAR), value "
-                            "FROM kpi_value WHERE org_no = 'S1'").fetchall())
-    assert rows == pytest.approx({"daily 2024-07-02 00:00:00": 100.0,
+    assert _s1_values(con, registry, k) == pytest.approx({"daily 2024-07-02 00:00:00": 100.0,
                                   "monthly 2024-07-01 00:00:00": 200 / 3,
                                   "monthly 2024-06-01 00:00:00": 100.0})
+
+
+def test_a_stock_at_te_bounds_its_history_by_the_earliest_te(registry):
+    """metering.consecutive_fail_meters reads the meters' days D-2..D (D: the day of te) and
+    filters the history on periods_te_from(), which the batched engine replaces by the earliest
+    te of the statement's periods. Worked by hand (as_of 07-03 10:00): E1 fails 06-28..06-30,
+    E2 fails 06-30..07-02, E3 is collected on 07-03. June (te 07-01, D 06-30): E1 -> 1. 07-02:
+    E2 -> 1. July to date (D 07-03): E2 failed on two of 07-01..07-03 -> 0. The bound is June's
+    te less three days (06-28): a bound from a later te would lose E1's first failure."""
+    con = _meters(("E1", "E2", "E3"),
+                  [("E1", d, False) for d in ("2024-06-28", "2024-06-29", "2024-06-30")]
+                  + [("E2", d, False) for d in ("2024-06-30", "2024-07-01", "2024-07-02")]
+                  + [("E3", "2024-07-03", True)])
+    k = registry.get("metering.consecutive_fail_meters")
+    assert "periods_te_from()" in k.facts
+    assert _s1_values(con, registry, k) == {"daily 2024-07-02 00:00:00": 1, "monthly 2024-07-01 00:00:00": 0,
+                    "monthly 2024-06-01 00:00:00": 1}
 
 
 def test_a_prelude_table_not_needed_is_kept_or_created_empty():
