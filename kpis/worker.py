@@ -51,6 +51,10 @@ class Worker:
         self.warehouse = warehouse
         self._registry: Any = None
         self._cycle_lock = threading.Lock()
+        # Set when the worker stops: a job the scheduler handed to a thread just before returns
+        # at once (it would otherwise wait for the cycle lock that the stop holds, and the
+        # interpreter's exit waits for every executor thread: the process never ended).
+        self.stopping = threading.Event()
 
     def _cursor(self) -> Any:
         return self.warehouse.cursor()
@@ -72,6 +76,8 @@ class Worker:
     def cycle(self) -> None:
         """ETL pass, then evaluation and alerting in one transaction, then publish."""
         with self._cycle_lock:
+            if self.stopping.is_set():
+                return
             from etl.pipeline import run_pass
             passed = run_pass(self.settings, self.warehouse)
             log.info("etl pass %s done", getattr(passed, "run_id", "?"))
@@ -105,6 +111,8 @@ class Worker:
         deletes), then fold the WAL into the file. Holds the cycle lock: one writer job at a time."""
         from etl.reconcile import reconcile
         with self._cycle_lock:
+            if self.stopping.is_set():
+                return
             results = reconcile(self.settings, self.warehouse, days=7)
             log.info("nightly reconciliation: %s tables checked", len(results))
             con = self._cursor()
@@ -115,6 +123,8 @@ class Worker:
 
     def dispatch(self) -> None:
         """Deliver due alert notifications from the outbox."""
+        if self.stopping.is_set():
+            return
         con = self._cursor()
         try:
             dispatch_due(con, self.settings, local_now(self.settings))
@@ -185,11 +195,15 @@ def run_worker(settings: Settings, once: bool = False) -> int:
     finally:
         # A cycle still running holds DuckDB; waiting for it could take minutes at county scale.
         # Leaving mid-cycle is safe: committed loads survive, the next start re-reads the window.
+        worker.stopping.set()
         if worker._cycle_lock.acquire(timeout=STOP_GRACE_S):
-            close = getattr(warehouse, "close", None)
-            if close:
-                close()
-            lock.release()
+            try:
+                close = getattr(warehouse, "close", None)
+                if close:
+                    close()
+                lock.release()
+            finally:
+                worker._cycle_lock.release()     # a job waiting for it sees `stopping` and returns
         else:
             log.warning("a cycle is still running after %s s: exiting without waiting for it",
                         STOP_GRACE_S)

@@ -1,0 +1,52 @@
+"""The worker's stop when the scheduler has just handed a job to a thread (the race that left a
+worker running after SIGTERM: the stop held the cycle lock, the job waited for it, and the
+interpreter's exit waited for the job's thread)."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from etl.settings import load_settings
+from etl.warehouse import Warehouse
+from kpis.worker import Worker
+
+
+def _worker(tmp_path: Path) -> tuple[Worker, Warehouse]:
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = load_settings({"DATA_DIR": str(data), "SIMULATE": "0"})
+    wh = Warehouse(settings.warehouse_path, threads=1, memory_limit="1GB")
+    worker = Worker(settings, wh)
+    worker.setup()
+    return worker, wh
+
+
+def test_a_job_handed_over_as_the_worker_stops_returns_without_running(tmp_path: Path) -> None:
+    worker, wh = _worker(tmp_path)
+    try:
+        # the stop: flag set, cycle lock taken (as run_worker's finally does)
+        worker.stopping.set()
+        assert worker._cycle_lock.acquire(timeout=1)
+        jobs = [threading.Thread(target=job) for job in (worker.cycle, worker.nightly, worker.dispatch)]
+        for t in jobs:
+            t.start()
+        worker._cycle_lock.release()
+        for t in jobs:
+            t.join(timeout=10)
+        assert not any(t.is_alive() for t in jobs)
+        con = wh.cursor()
+        assert con.execute("SELECT COUNT(*) FROM etl_run").fetchone()[0] == 0   # no pass ran
+        con.close()
+    finally:
+        wh.close()
+
+
+def test_a_cycle_runs_while_the_worker_is_not_stopping(tmp_path: Path) -> None:
+    worker, wh = _worker(tmp_path)
+    try:
+        worker.cycle()
+        con = wh.cursor()
+        assert con.execute("SELECT COUNT(*) FROM etl_run").fetchone()[0] > 0
+        con.close()
+    finally:
+        wh.close()
