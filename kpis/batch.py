@@ -199,6 +199,24 @@ def _presence_sql(kix: int, k: KpiDef) -> str:
     return f"SELECT {kix} AS kix, pid FROM _periods"
 
 
+def _presence_union(items: Sequence[tuple[int, KpiDef, set[str]]]) -> str:
+    """The presence of a statement's KPIs, each distinct presence query evaluated once for all
+    the KPIs that state it: nine order KPIs check that work orders exist in each period, each
+    check a range join of every order to the periods (0.07 s apiece in a 10-day city sweep)."""
+    groups: dict[str, list[tuple[int, KpiDef]]] = {}
+    for kix, k, _ in items:
+        groups.setdefault(k.presence or "", []).append((kix, k))
+    parts = []
+    for presence, members in groups.items():
+        if len(members) == 1 or not presence:
+            parts.extend(_presence_sql(kix, k) for kix, k in members)
+            continue
+        kixs = ", ".join(f"({kix})" for kix, _ in members)
+        parts.append(f"SELECT k.kix, x.pid FROM (SELECT DISTINCT pid FROM ({presence})) x "
+                     f"CROSS JOIN (VALUES {kixs}) k(kix)")
+    return "\nUNION ALL\n".join(parts)
+
+
 def load_periods(con: duckdb.DuckDBPyConnection, table: str, pids: Sequence[int],
                  periods: Sequence[Period], as_of: datetime) -> None:
     """One statement over parallel lists: DuckDB's executemany costs milliseconds per row."""
@@ -304,8 +322,7 @@ def _run_chunk(con: duckdb.DuckDBPyConnection, chunk: Sequence[tuple[int, KpiDef
     def run(items: Sequence[tuple[int, KpiDef, set[str]]]) -> None:
         try:
             con.execute("INSERT INTO _fr " + cache.use(_facts_sql(items, lo)))
-            con.execute("INSERT INTO _present " + _bounded(
-                "\nUNION ALL\n".join(_presence_sql(i, k) for i, k, _ in items), lo))
+            con.execute("INSERT INTO _present " + _bounded(_presence_union(items), lo))
         except duckdb.Error:
             # the facts may be in while the presence failed: a retry must not count them twice
             kixs = ", ".join(str(i) for i, _, _ in items)
