@@ -55,7 +55,8 @@ def test_every_kpi_reads_a_table_of_its_declared_sources_or_the_org_tree(registr
     # clamp their dates
     ("customer.residential_share", {"is_active", "clamp_build", "clamp_cancel",
                                     "k_cust_stock_grp", "cust_stock_counts", "cust_floor_day"}),
-    ("order.total", {"k_wo", "k_org"}),
+    # its presence bounds the orders it checks by periods_from()
+    ("order.total", {"k_wo", "k_org", "periods_from"}),
 ])
 def test_prelude_objects_by_hand(registry, kpi, objects):
     assert prelude_objects(registry.get(kpi)) == objects
