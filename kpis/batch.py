@@ -101,8 +101,8 @@ def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: Bounds | None = None,
     Reduced first and attributed after: at city scale a stock of 3.5 M customers per period paid
     two k_org look-ups per fact row. DECIMAL sums are exact, so summing the partial sums gives
     the same values to the last bit. lo: the earliest ws and te of the loaded periods, written in
-    place of periods_from() and periods_te_from(). facts: the facts to use in place of the definition's (its shared
-    subqueries lifted to the statement's top, _facts_sql)."""
+    place of periods_from() and periods_te_from(). facts: the facts to use in place of the
+    definition's (its shared subqueries lifted to the statement's top, _facts_sql)."""
     exact = _EXACT.format
     sample = f"SUM({exact('sample')})" if "sample" in cols else f"SUM({exact('den')})"
     pending = "BOOL_OR(pending)" if "pending" in cols else "FALSE"
@@ -514,6 +514,8 @@ def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Se
         except duckdb.Error as exc:
             log.error("KPI %s failed: %s", k.id, exc)
             errors[k.id] = str(exc)
+            # its month may be in from the distinct base while the other periods failed
+            con.execute("DELETE FROM _result WHERE kpi_id = $k", {"k": k.id})
     return done
 
 

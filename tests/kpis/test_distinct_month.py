@@ -11,7 +11,7 @@ import pytest
 from kpis import day_store, distinct_month
 from kpis.batch import compute_plan, fact_columns
 from kpis.evaluate import ensure_schema, periods_for
-from kpis.periods import day, month
+from kpis.periods import Period, day, month
 from kpis.prelude import apply_prelude
 from kpis.registry import load_registry
 from tests.kpis.harness import load_inputs
@@ -155,3 +155,20 @@ def test_only_key_counting_flows_that_see_ws_and_te_qualify(con) -> None:
     assert not distinct_month.eligible(k.model_copy(update={"facts": k.facts.replace(
         "r.answer_time < p.te", "r.answer_time < p.te AND p.we > p.ws")}), cols)
     assert not distinct_month.eligible(k.model_copy(update={"num_agg": "sum"}), cols)
+
+
+def test_a_kpi_whose_other_periods_fail_leaves_no_month_behind(con) -> None:
+    """The month comes from the base in a statement of its own; when the KPI's other periods
+    then fail (here: any hour), the KPI fails whole and none of its rows stay in _result."""
+    k = load_registry().get(KPI)
+    failing = k.model_copy(update={"facts": k.facts.replace(
+        "FROM r JOIN _periods p ON r.answer_time >= p.ws AND r.answer_time < p.te",
+        "FROM r JOIN _periods p ON r.answer_time >= p.ws AND r.answer_time < p.te\n"
+        "WHERE CASE WHEN p.te - p.ws <= INTERVAL 1 HOUR THEN error('an hour fails') ELSE TRUE END")})
+    assert failing.facts != k.facts and distinct_month.eligible(failing, fact_columns(con, failing))
+    errors: dict[str, str] = {}
+    hour = Period("hourly", datetime(2024, 7, 3, 11), datetime(2024, 7, 3, 12))
+    compute_plan(con, [(failing, [day(AS_OF.date()), month(2024, 7), hour])], AS_OF, errors,
+                 day_store.Mode(refresh=False, computed_at=AS_OF))
+    assert "an hour fails" in errors[KPI]
+    assert con.execute("SELECT COUNT(*) FROM _result").fetchone()[0] == 0
