@@ -3,6 +3,7 @@ statement of one ordinary pass (or sweep) after a warm-up, the slowest statement
 slowest operators. The tool behind the "profile" notes of bench/RESULTS.md and docs/decisions.md.
 
 Usage: python bench/bench_kpi_profile.py --data-dir DIR [--sweep] [--top 8] [--operators 10]
+                                          [--per-kpi]
 DIR as for bench_kpi_minute.py (a copy: the run writes into it). The pass is that of
 bench_kpi_minute.py (the county minute template, as_of 90 minutes before the simulator's clock).
 Profiling adds its own cost: compare operators within a run, and time passes with
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_kpi_minute import COUNTY_MINUTE, mark, open_at  # noqa: E402
 from bench_kpis import sim_clock  # noqa: E402
-from kpis import wake  # noqa: E402
+from kpis import batch, wake  # noqa: E402
 from kpis.evaluate import SWEEP_EVERY, evaluate_incremental  # noqa: E402
 from kpis.registry import load_registry  # noqa: E402
 
@@ -73,7 +74,10 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="profile a sweep instead of an ordinary pass")
     ap.add_argument("--top", type=int, default=8, help="statements shown, slowest first")
     ap.add_argument("--operators", type=int, default=10, help="operators shown per statement")
+    ap.add_argument("--per-kpi", action="store_true", help="facts KPI by KPI (kpis.batch.CHUNK = 1)")
     args = ap.parse_args()
+    if args.per_kpi:
+        batch.CHUNK = 1
     wake.FP_MAX_ROWS = -1       # as bench_kpi_minute.py: the data does not change
     registry = load_registry()
     as_of = sim_clock(args.data_dir) - timedelta(minutes=90)
@@ -108,7 +112,7 @@ def main() -> None:
             for t_op, depth, name, rows, extra in sorted(operators(tree), key=lambda x: -x[0])[:args.operators]:
                 print(f"    {t_op:.3f} {'  ' * min(depth, 6)}{name} rows={rows} {extra}")
     print(f"\nreproduce: python bench/bench_kpi_profile.py --data-dir {args.data_dir}"
-          + (" --sweep" if args.sweep else ""))
+          + (" --sweep" if args.sweep else "") + (" --per-kpi" if args.per_kpi else ""))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import re
 import statistics
 import sys
 import time
@@ -43,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from etl.pipeline import run_pass  # noqa: E402
 from etl.settings import SOURCE_NAMES, load_settings  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402
+from kpis import batch  # noqa: E402
 from kpis.batch import compute_plan  # noqa: E402
 from kpis.evaluate import (apply_baselines, ensure_schema, evaluate_and_store,  # noqa: E402
                            evaluate_incremental, periods_for)
@@ -61,6 +63,8 @@ def command(args: argparse.Namespace) -> str:
     flags += f" --advance-hours {args.advance_hours:g}" if args.advance_hours else ""
     flags += f" --again {args.again}" if args.again else ""
     flags += " --day-store" if args.day_store else ""
+    flags += f" --top {args.top}" if args.top else ""
+    flags += " --per-kpi" if args.per_kpi else ""
     if args.data_dir:
         return f"python bench/bench_kpis.py --data-dir {args.data_dir}{flags}"
     extra = f" --workdir {args.workdir}" if args.workdir_given else ""
@@ -109,6 +113,7 @@ class Timed:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._con = con
         self.kinds: dict[str, list[float]] = {}
+        self.statements: list[tuple[float, str]] = []
 
     def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
         t = time.perf_counter()
@@ -135,6 +140,11 @@ class Timed:
             c = self.kinds.setdefault(kind, [0, 0.0])
             c[0] += 1
             c[1] += time.perf_counter() - t
+            if TOP:
+                names = _KPI_NAMED.findall(sql)
+                self.statements.append((time.perf_counter() - t, (
+                    f"facts of {', '.join(names[:3])}" + (f" +{len(names) - 3}" if len(names) > 3 else "")
+                    if names and kind.startswith("facts") else text[:100])))
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._con, name)
@@ -143,6 +153,10 @@ class Timed:
 def load() -> str:
     return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
+
+# --top N: the N slowest statements of each pass (facts named by their KPIs)
+TOP = 0
+_KPI_NAMED = re.compile(r"-- (\S+) \(named")
 
 # --day-store: (a) as the worker evaluates, months of day-additive KPIs summed from stored days
 DAY_STORE = False
@@ -158,6 +172,8 @@ def full_evaluation(con: duckdb.DuckDBPyConnection, registry: Registry, as_of: d
     s = evaluate_and_store(timed, registry, full_periods(as_of), as_of, use_day_store=DAY_STORE)
     for kid, err in s.errors.items():
         print(f"  ERROR {kid}: {err.splitlines()[0][:200]}")
+    for sec, text in sorted(timed.statements, key=lambda x: -x[0])[:TOP]:
+        print(f"      {sec:.3f}  {text}")
     return time.perf_counter() - t, time.process_time() - c, s.rows, timed.kinds
 
 
@@ -594,9 +610,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=3, help="one-minute passes measured in (b)")
     ap.add_argument("--advance-hours", type=float, default=0,
                     help="live hours run (and loaded) before the measured minutes")
+    ap.add_argument("--top", type=int, default=0,
+                    help="list the N slowest statements of each full evaluation")
+    ap.add_argument("--per-kpi", action="store_true",
+                    help="facts KPI by KPI (kpis.batch.CHUNK = 1: more statements, a larger total)")
     args = ap.parse_args()
-    global DAY_STORE
-    DAY_STORE = args.day_store
+    global DAY_STORE, TOP
+    DAY_STORE, TOP = args.day_store, args.top
+    if args.per_kpi:
+        batch.CHUNK = 1
     args.workdir_given = args.workdir is not None
     args.workdir = args.workdir or REPO / "bench" / "out" / args.scale
     urls, settings, side = prepare(args)

@@ -506,13 +506,21 @@ WHERE g.is_deleted = 0;
 
 -- Work orders with ORGWO(w), GRIDWO(w), VWO(w) and VCOMP(w). A table, built once per
 -- evaluation pass: about 25 KPIs read it, and the customer join is the costly part.
+-- The cust_* columns are the order's customer (not deleted; NULL when none, which ACTIVE never
+-- counts: its dates are NULL): what ACTIVE and the
+-- attribution of a customer stock read, so that customer.sensitive_count finds its complainers'
+-- archive rows here rather than by a join over the 3.5 M customers each minute (0.1 s at city).
 CREATE OR REPLACE TABLE k_wo AS
 SELECT w.*,
        COALESCE(o1.unit_no, o2.unit_no, o3.unit_no) AS attr_org,
        COALESCE(gc.unit_no, gt.unit_no) AS attr_grid,
        (w.is_deleted = 0 AND w.merged_into_wo_no IS NULL AND w.status_code <> '09') AS vwo,
        (w.is_deleted = 0 AND w.merged_into_wo_no IS NULL AND w.status_code <> '09'
-        AND w.busi_type_code = '02' AND w.complaint_valid IN ('01', '02')) AS vcomp
+        AND w.busi_type_code = '02' AND w.complaint_valid IN ('01', '02')) AS vcomp,
+       c.org_no AS cust_org_no, c.grid_no AS cust_grid_no,
+       c.build_date AS cust_build_date, c.created_at AS cust_created_at,
+       c.cancel_date AS cust_cancel_date, c.status_code AS cust_status_code,
+       c.sensitive_flag AS cust_sensitive_flag
 FROM cs_work_order w
 LEFT JOIN k_org o1 ON o1.unit_no = w.org_no AND o1.unit_level <> 'grid'
 LEFT JOIN k_org o2 ON o2.unit_no = w.city_org_no AND o2.unit_level <> 'grid'
