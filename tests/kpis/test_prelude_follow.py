@@ -274,6 +274,41 @@ def test_an_org_tree_change_rebuilds_whole(sim) -> None:
     assert _fresh_differs(sim.con, "k_wo") == 0
 
 
+def _org_tree(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.execute("SELECT unit_no, parent_no, unit_level FROM k_org ORDER BY 1").fetchall()
+
+
+def test_the_org_tree_and_calendar_are_rebuilt_only_when_the_etl_changed_them(sim) -> None:
+    """The prelude's always-built tables (k_org, k_org_ancestor, k_calendar, ...) are kept by an
+    apply of the worker (needed=()) while no ETL run changed mis_org, mis_grid or the calendar:
+    a marker row put into k_org by hand survives a pass that changed work orders only, and goes
+    with the rebuild after a grid's change, which the new tree shows; a changed prelude text
+    rebuilds too."""
+    con = sim.con
+    marker = "INSERT INTO k_org VALUES ('MARK', 'marker', NULL, 'grid', '01')"
+    has_marker = "SELECT COUNT(*) FROM k_org WHERE unit_no = 'MARK'"
+    con.execute(marker)
+    with _source(sim, "cs") as cs:
+        w = cs.execute("SELECT MIN(wo_no) FROM cs_work_order").fetchone()[0]
+        _set(cs, "cs_work_order", "wo_no", w, END + timedelta(minutes=1), status_code="09")
+    _pass(sim)
+    assert con.execute(has_marker).fetchone()[0] == 1      # kept: nothing it reads changed
+    with _source(sim, "mis") as mis:
+        g, org = mis.execute("SELECT grid_no, org_no FROM mis_grid ORDER BY grid_no LIMIT 1").fetchone()
+        other = mis.execute("SELECT MIN(org_no) FROM mis_org WHERE org_type = '05' AND org_no <> ?",
+                            [org]).fetchone()[0]
+        _set(mis, "mis_grid", "grid_no", g, END + timedelta(minutes=2), org_no=other)
+    _pass(sim)
+    assert con.execute(has_marker).fetchone()[0] == 0      # rebuilt from the sources
+    assert (g, other, "grid") in _org_tree(con)
+    assert con.execute("SELECT COUNT(*) FROM k_org_ancestor WHERE unit_no = $g AND ancestor_no = $o",
+                       {"g": g, "o": other}).fetchone()[0] == 1
+    con.execute(marker)
+    con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = '(prelude)'")
+    apply_prelude(con, needed=())
+    assert con.execute(has_marker).fetchone()[0] == 0      # another prelude text: applied again
+
+
 def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
     con = sim.con
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_task'")
