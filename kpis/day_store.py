@@ -62,12 +62,16 @@ DDL = (
     """CREATE TABLE IF NOT EXISTS kpi_month_base (
         kpi_id VARCHAR, month DATE, upto DATE, org_no VARCHAR, grid_no VARCHAR,
         num DECIMAL(38, 9), den DECIMAL(38, 9), sample DECIMAL(38, 9), missing BOOLEAN)""",
+    # a day of a KPI with pending items (a window still open when it was read, e.g. urges
+    # within 7 days) keeps that flag per (org, grid): a month is pending while a day of it is
+    "ALTER TABLE kpi_day_fact ADD COLUMN IF NOT EXISTS pending BOOLEAN",
+    "ALTER TABLE kpi_month_base ADD COLUMN IF NOT EXISTS pending BOOLEAN",
 )
 # A month base is rebuilt when the days it lacks before the first day a pass writes exceed this:
 # a late row for yesterday writes yesterday, and the base up to it (or before) still serves.
 BASE_LAG_DAYS = 3
 # Part of every hash: a change of what a stored row means invalidates every stored day.
-FORMAT = "day-store 1"
+FORMAT = "day-store 2"
 
 
 _DEFINES = re.compile(r"^CREATE OR REPLACE (?:TEMP )?(?:TABLE|VIEW|MACRO) (\w+)")
@@ -234,15 +238,15 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                         {"kix": cols[0], "pid": cols[1], "kpi": cols[2], "day": cols[3]})
             # each month: its base (the stored days before upto, summed once) and the days since
             con.execute("""INSERT INTO _fr
-                           SELECT kix, pid, org_no, grid_no, SUM(num), SUM(den), SUM(sample), FALSE,
-                                  BOOL_OR(missing)
+                           SELECT kix, pid, org_no, grid_no, SUM(num), SUM(den), SUM(sample),
+                                  COALESCE(BOOL_OR(pending), FALSE), BOOL_OR(missing)
                            FROM (SELECT u.kix, u.pid, b.org_no, b.grid_no, b.num, b.den, b.sample,
-                                        b.missing
+                                        b.missing, b.pending
                                  FROM kpi_month_base b JOIN _muse u ON u.kpi_id = b.kpi_id
                                       AND u.month = b.month AND u.upto = b.upto
                                  UNION ALL
                                  SELECT m.kix, m.pid, f.org_no, f.grid_no, f.num, f.den, f.sample,
-                                        f.missing
+                                        f.missing, f.pending
                                  FROM kpi_day_fact f JOIN _mmap m ON m.kpi_id = f.kpi_id
                                       AND m.day = f.day
                                  WHERE NOT EXISTS (SELECT 1 FROM _muse u WHERE u.kix = m.kix
@@ -267,7 +271,7 @@ def _write_days(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DELETE FROM kpi_day t USING _dmap m WHERE t.kpi_id = m.kpi_id AND t.day = m.day")
     def sums(a: str) -> str:
         return (f"SUM({a}.num) AS num, SUM({a}.den) AS den, SUM({a}.sample) AS sample, "
-                f"BOOL_OR({a}.missing) AS missing")
+                f"BOOL_OR({a}.missing) AS missing, BOOL_OR({a}.pending) AS pending")
 
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _dnew AS
                     SELECT m.kpi_id, m.day, r.org_no, r.grid_no, {sums('r')}
@@ -334,7 +338,7 @@ def _month_days(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of: dic
         con.execute("INSERT INTO kpi_month_base_head SELECT * FROM _mbuild")
         con.execute("""INSERT INTO kpi_month_base
                        SELECT b.kpi_id, b.month, b.upto, f.org_no, f.grid_no, SUM(f.num), SUM(f.den),
-                              SUM(f.sample), BOOL_OR(f.missing)
+                              SUM(f.sample), BOOL_OR(f.missing), BOOL_OR(f.pending)
                        FROM kpi_day_fact f JOIN _mbuild b ON b.kpi_id = f.kpi_id
                             AND f.day >= b.month AND f.day < b.upto
                        GROUP BY b.kpi_id, b.month, b.upto, f.org_no, f.grid_no""")

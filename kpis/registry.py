@@ -183,9 +183,12 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     (a value at te, not a sum over the period), distinct counts, MAX and quantiles, items that
     stay pending, facts that read as_of (a day keeps moving after it ends, unless the author
     states when it stops: settles_after, kpis/day_store.py) or the period's
-    end, length or grain. The first entries are hard (an override cannot lift them); the last,
-    `te without its ws`, is a heuristic for a population taken at te beside a flow (e.g. a
-    count of customers at the end): the author may override it after checking."""
+    end, length or grain. The first entries are hard (an override cannot lift them); two are
+    soft (SOFT_BLOCKERS), lifted by `day_additive: true` after the author checked:
+    `te without its ws`, a heuristic for a population taken at te beside a flow (e.g. a count
+    of customers at the end), and a pending window that closes when the day settles (pending
+    items and the period's end named beside settles_after: the day store keeps each day's
+    pending flag, so the month is pending while a day of it is)."""
     from kpis.batch import batchable  # noqa: PLC0415  (batch imports the compiler)
 
     out = []
@@ -196,15 +199,22 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     if k.resolved_or_due:
         out.append("resolved_or_due")
     words = _period_words(k)
+    window = {"we", "pending"} if k.settles_after else set()
     named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"}
-                   - ({"as_of"} if k.settles_after else set()))
+                   - ({"as_of"} if k.settles_after else set()) - window)
     if named:
         out.append("names " + ", ".join(named))
+    if set(words) & window:
+        out.append(PENDING_WINDOW)
     if "ws" not in words or "te" not in words:
         out.append("does not place its rows in [ws, te)")
     elif words.count("te") != words.count("ws"):
         out.append("te without its ws")
     return out
+
+
+PENDING_WINDOW = "a pending window beside settles_after"
+SOFT_BLOCKERS = frozenset({"te without its ws", PENDING_WINDOW})
 
 
 def day_additive(k: KpiDef) -> bool:
@@ -216,12 +226,12 @@ def day_additive(k: KpiDef) -> bool:
 
 
 def day_additive_valid(parsed: list[Located]) -> list[Issue]:
-    """`day_additive: true` only where no hard blocker holds (the ws/te heuristic may be lifted)."""
+    """`day_additive: true` only where no hard blocker holds (SOFT_BLOCKERS may be lifted)."""
     issues = []
     for loc in parsed:
         k = loc.kpi
         if k.day_additive:
-            hard = [b for b in day_additive_blockers(k) if b != "te without its ws"]
+            hard = [b for b in day_additive_blockers(k) if b not in SOFT_BLOCKERS]
             if hard:
                 issues.append(Issue(loc.file, loc.line, k.id,
                                     f"day_additive: true, but {'; '.join(hard)}; expected a flow "
