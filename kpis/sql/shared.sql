@@ -199,3 +199,48 @@ SELECT g.org_no, g.grid_no, g.status_code,
 FROM g CROSS JOIN x
 GROUP BY g.org_no, g.grid_no, g.status_code, clamp_build(g.bd, x.lo, x.hi),
          clamp_cancel(g.cancel_date, x.lo, x.hi);
+
+-- shared: k_app_open
+-- Applications open at as_of (status 01, not connected by as_of) of the lead-time types, with
+-- their measure and LIM(a) (kpis/definitions/newconn.yaml newconn.near_due): 101: WD(accept,
+-- as_of) - customer delay, 5; 102/111: SSWD up to as_of, 6; 103/112: SSWD up to as_of, 32 for
+-- two or more sources else 22. Open stages run to as_of; a stage ending before it starts leaves
+-- the application out; `miss`: a date missing from the calendar. newconn.near_due and
+-- newconn.overdue each read every open application's stages for it (~0.025 s apiece a city
+-- minute).
+WITH a AS (
+    SELECT p.pid, p.as_of, a.*
+    FROM mis_app a CROSS JOIN _periods p
+    WHERE a.is_deleted = 0 AND a.status_code = '01' AND upto(a.connect_time, p.as_of) IS NULL
+      AND a.busi_type_code IN ('101', '102', '103', '111', '112') AND a.accept_time <= p.as_of
+),
+st AS (
+    SELECT a.pid, a.app_no, s.start_time,
+           upto(s.end_time, a.as_of) < s.start_time AS bad,
+           COALESCE(upto(s.end_time, a.as_of), a.as_of) AS stop
+    FROM a JOIN mis_app_step s ON s.app_no = a.app_no
+    WHERE a.busi_type_code <> '101'
+      AND s.is_deleted = 0 AND s.resp_party = '01' AND s.start_time <= a.as_of
+),
+ss AS (
+    SELECT st.pid, st.app_no, SUM(k2.wd_index - k1.wd_index) AS sswd,
+           BOOL_OR(COALESCE(st.bad, FALSE)) AS bad,
+           BOOL_OR(k1.wd_index IS NULL OR k2.wd_index IS NULL) AS miss
+    FROM st
+    LEFT JOIN k_calendar k1 ON k1.cal_date = CAST(st.start_time AS DATE)
+    LEFT JOIN k_calendar k2 ON k2.cal_date = CAST(st.stop AS DATE)
+    GROUP BY st.pid, st.app_no
+)
+SELECT a.pid, a.app_no, a.org_no, a.grid_no,
+       CASE WHEN a.busi_type_code = '101' THEN k2.wd_index - k1.wd_index - a.customer_delay_days
+            ELSE COALESCE(ss.sswd, 0) END AS measure,
+       CASE WHEN a.busi_type_code = '101' THEN 5
+            WHEN a.busi_type_code IN ('102', '111') THEN 6
+            WHEN a.supply_source_type = '02' THEN 32 ELSE 22 END AS lim,
+       CASE WHEN a.busi_type_code = '101' THEN k1.wd_index IS NULL OR k2.wd_index IS NULL
+            ELSE COALESCE(ss.miss, FALSE) END AS miss
+FROM a
+LEFT JOIN ss ON ss.pid = a.pid AND ss.app_no = a.app_no
+LEFT JOIN k_calendar k1 ON k1.cal_date = CAST(a.accept_time AS DATE)
+LEFT JOIN k_calendar k2 ON k2.cal_date = CAST(a.as_of AS DATE)
+WHERE NOT COALESCE(ss.bad, FALSE);
