@@ -35,6 +35,11 @@ from kpis.dependencies import tables_read
 from kpis.periods import Period
 from kpis.spec import KpiDef
 
+# The month's days before today from which the base is used. The base path has a fixed cost
+# (today's keys expanded to every unit, the anti join to the base: ~0.085 s a city minute)
+# that the month read whole undercuts in its first days (0.04 s with 2 days, +0.026 s a day).
+MIN_BASE_DAYS = 4
+
 DDL = (
     """CREATE TABLE IF NOT EXISTS kpi_distinct_head (
         kpi_id VARCHAR, month DATE, upto DATE, facts_hash VARCHAR, tree VARCHAR, run_id BIGINT,
@@ -141,7 +146,7 @@ def months_from_base(con: duckdb.DuckDBPyConnection, k: KpiDef, columns: set[str
 
     today = datetime(as_of.year, as_of.month, as_of.day)
     months = [p for p in ps if p.grain == "monthly" and p.ws < today < p.we]
-    if not months:
+    if not months or today - months[0].ws < timedelta(days=MIN_BASE_DAYS):
         return list(ps)
     m = months[0]
     h = day_store.facts_hash(k)

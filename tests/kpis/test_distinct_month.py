@@ -47,6 +47,13 @@ CALLS = [
 EXPECTED = {"C1": (2, 3), "P": (3, 4)}
 
 
+@pytest.fixture(autouse=True)
+def _base_from_two_days(monkeypatch):
+    """The hand-worked month has two days before July 3: the base is used from there (in the
+    worker from MIN_BASE_DAYS days on; test_a_month_of_few_days_is_read_whole)."""
+    monkeypatch.setattr(distinct_month, "MIN_BASE_DAYS", 2)
+
+
 @pytest.fixture()
 def con():
     c = duckdb.connect()
@@ -172,3 +179,18 @@ def test_a_kpi_whose_other_periods_fail_leaves_no_month_behind(con) -> None:
                  day_store.Mode(refresh=False, computed_at=AS_OF))
     assert "an hour fails" in errors[KPI]
     assert con.execute("SELECT COUNT(*) FROM _result").fetchone()[0] == 0
+
+
+def test_a_month_of_few_days_is_read_whole(con, monkeypatch) -> None:
+    """Until MIN_BASE_DAYS days of the month have passed, the base's fixed cost is more than the
+    month read whole: no base is built and the month is that read directly; from then on the
+    base serves it, with the same values."""
+    k = load_registry().get(KPI)
+    direct = _month(con, k, AS_OF, None)
+    mode = day_store.Mode(refresh=False, computed_at=datetime(2024, 7, 3, 12, 0, 5))
+    monkeypatch.setattr(distinct_month, "MIN_BASE_DAYS", 3)     # July 3: two days before it
+    assert _month(con, k, AS_OF, mode) == direct
+    assert _head(con) is None
+    monkeypatch.setattr(distinct_month, "MIN_BASE_DAYS", 2)
+    assert _month(con, k, AS_OF, mode) == direct
+    assert _head(con) is not None
