@@ -507,9 +507,9 @@ WHERE g.is_deleted = 0;
 -- Work orders with ORGWO(w), GRIDWO(w), VWO(w) and VCOMP(w). A table, built once per
 -- evaluation pass: about 25 KPIs read it, and the customer join is the costly part.
 -- The cust_* columns are the order's customer (not deleted; NULL when none, which ACTIVE never
--- counts: its dates are NULL): what ACTIVE and the
--- attribution of a customer stock read, so that customer.sensitive_count finds its complainers'
--- archive rows here rather than by a join over the 3.5 M customers each minute (0.1 s at city).
+-- counts: its dates are NULL): what ACTIVE and the attribution of a customer stock read, so that
+-- customer.sensitive_count finds its complainers' archive rows here rather than by a join over
+-- the 3.5 M customers each minute (0.1 s at city).
 CREATE OR REPLACE TABLE k_wo AS
 SELECT w.*,
        COALESCE(o1.unit_no, o2.unit_no, o3.unit_no) AS attr_org,
