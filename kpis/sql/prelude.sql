@@ -544,7 +544,8 @@ SELECT t.*,
          + to_minutes(CASE CASE WHEN COALESCE(t.urban_rural, g.urban_rural) IN ('01', '02', '03')
                                 THEN COALESCE(t.urban_rural, g.urban_rural) ELSE '01' END
                            WHEN '01' THEN 45 WHEN '02' THEN 90 ELSE 120 END) AS dl,
-       g.grid_no AS tg_grid_no
+       g.grid_no AS tg_grid_no,
+       w.cons_no AS wo_cons_no
 FROM dist_repair_task t
 LEFT JOIN cs_work_order w ON w.wo_no = t.wo_no AND w.is_deleted = 0
 LEFT JOIN dist_tg g ON g.tg_no = t.tg_no AND g.is_deleted = 0;
@@ -556,3 +557,4 @@ SELECT x.* FROM cs_call x
 WHERE x.is_deleted = 0 AND x.call_direction = '01' AND x.queue_start_time IS NOT NULL
   AND NOT (x.call_result IN ('03', '04') AND x.end_time IS NOT NULL
            AND x.end_time - x.queue_start_time <= INTERVAL 5 SECOND);
+
