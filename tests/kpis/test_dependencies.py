@@ -5,7 +5,7 @@ import pytest
 
 from kpis.dependencies import columns_read, prelude_objects, tables_read
 from kpis.evaluate import on_demand_tables
-from kpis.prelude import FOLLOW, GATED, ON_DEMAND
+from kpis.prelude import FOLLOW, GATED, MARKED, ON_DEMAND
 from kpis.registry import load_registry
 
 
@@ -69,10 +69,11 @@ def test_only_the_on_demand_tables_a_plan_reads_are_built(registry):
 
 
 def test_every_on_demand_table_is_followed_or_gated_for_a_stated_reason():
-    """A table the worker neither follows key by key (FOLLOW) nor lists as rebuilt whole when a
-    column it reads changed (GATED, with the reason) is a decision nobody made: refused."""
-    assert set(FOLLOW) | set(GATED) == set(ON_DEMAND)
-    assert not set(FOLLOW) & set(GATED)
+    """A table the worker neither follows key by key (FOLLOW), nor by its marked keys' rows
+    (MARKED), nor lists as rebuilt whole when a column it reads changed (GATED, with the reason)
+    is a decision nobody made: refused."""
+    assert set(FOLLOW) | set(GATED) | set(MARKED) == set(ON_DEMAND)
+    assert len(FOLLOW) + len(GATED) + len(MARKED) == len(ON_DEMAND)
     assert all(GATED.values())
 
 

@@ -1,9 +1,9 @@
 """The on-demand prelude tables kept between passes (kpis.prelude.refresh_on_demand).
 
-Property: after random source changes and ETL passes, the kept k_wo, k_task, k_settle_tg, k_bill
-and k_payment equal a fresh build from the warehouse row for row, and the refresh took the delta
-path (else the property would hold trivially); k_settle_mp (GATED) is rebuilt whole when a column
-it reads changed. The changes reach every input: work orders (another customer or 台区, merges,
+Property: after random source changes and ETL passes, the kept k_wo, k_task, k_settle_tg, k_bill,
+k_payment and k_clock_off (MARKED: the off-tolerance meters' clock checks) equal a fresh build
+from the warehouse row for row, and the refresh took the delta path (else the property would hold
+trivially); k_settle_mp (GATED) is rebuilt whole when a column it reads changed. The changes reach every input: work orders (another customer or 台区, merges,
 status, deletes), customers (another grid, deleted), 台区 (another grid, urban class, deleted),
 repair tasks, metering points (another customer or 台区, retired, a new point with a smaller
 mp_no), bills and payments (another customer, deleted, another amount; their customer to another
@@ -207,6 +207,48 @@ def change_sources(sim: Sim | Path, rng: random.Random, at: datetime, joined: bo
                    created_at=_stamp(at), updated_at=_stamp(when()))
         mis.execute(f"INSERT OR REPLACE INTO mis_metering_point ({', '.join(row)}) "
                     f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    change_clock_checks(sim, rng, at, when)
+
+
+def change_clock_checks(sim: Sim | Path, rng: random.Random, at: datetime, when) -> None:
+    """The inputs of k_clock_off (MARKED): a meter's first check over tolerance (all its rows
+    join), every off check of a meter set right (the meter leaves), an off meter's check deleted,
+    moved to another 台区 or set within tolerance, and a new day's check of an off meter."""
+    with _source(sim, "meter") as meter:
+        off = [r[0] for r in meter.execute(
+            "SELECT DISTINCT meter_asset_no FROM meter_collection_daily WHERE is_deleted = 0 "
+            "AND ABS(clock_dev_s) > 300 ORDER BY 1")]
+        assert len(off) >= 3, "the simulated meters need clocks out of tolerance"
+        row = "meter_asset_no = ? AND data_date = ?"
+
+        def a_check(m: str) -> str:
+            return rng.choice([r[0] for r in meter.execute(
+                "SELECT data_date FROM meter_collection_daily WHERE meter_asset_no = ? "
+                "AND clock_dev_s IS NOT NULL ORDER BY 1", [m])])
+
+        fresh = meter.execute("SELECT meter_asset_no FROM meter_collection_daily WHERE is_deleted = 0 "
+                              "AND ABS(clock_dev_s) <= 300 ORDER BY meter_asset_no LIMIT 1 OFFSET ?",
+                              [rng.randrange(500)]).fetchone()[0]
+        m = fresh
+        meter.execute(f"UPDATE meter_collection_daily SET clock_dev_s = ?, updated_at = ? WHERE {row}",
+                      [rng.choice((-420, 360, 900)), _stamp(when()), m, a_check(m)])
+        fixed, gone, moved, new_day = rng.sample(off, 4)
+        meter.execute("UPDATE meter_collection_daily SET clock_dev_s = 12, updated_at = ? "
+                      "WHERE meter_asset_no = ? AND ABS(clock_dev_s) > 300", [_stamp(when()), fixed])
+        meter.execute(f"UPDATE meter_collection_daily SET is_deleted = 1, updated_at = ? WHERE {row}",
+                      [_stamp(when()), gone, a_check(gone)])
+        tg = meter.execute("SELECT MIN(tg_no) FROM meter_collection_daily WHERE tg_no IS NOT NULL").fetchone()[0]
+        meter.execute(f"UPDATE meter_collection_daily SET tg_no = ?, clock_dev_s = ?, updated_at = ? "
+                      f"WHERE {row}", [tg, rng.choice((3, 700)), _stamp(when()), moved, a_check(moved)])
+        cols = [r[1] for r in meter.execute("PRAGMA table_info(meter_collection_daily)")]
+        last = meter.execute("SELECT * FROM meter_collection_daily WHERE meter_asset_no = ? "
+                             "ORDER BY data_date DESC LIMIT 1", [new_day]).fetchone()
+        new = dict(zip(cols, last))
+        new.update(data_date=str(date.fromisoformat(str(new["data_date"])[:10]) + timedelta(days=1)),
+                   clock_dev_s=rng.choice((5, 640)), is_deleted=0, created_at=_stamp(at),
+                   updated_at=_stamp(when()))
+        meter.execute(f"INSERT OR REPLACE INTO meter_collection_daily ({', '.join(new)}) "
+                      f"VALUES ({', '.join('?' * len(new))})", list(new.values()))
 
 
 def _fresh_differs(con: duckdb.DuckDBPyConnection, name: str) -> int:
@@ -238,6 +280,8 @@ def test_kept_tables_equal_a_fresh_build_after_random_changes(sim, seed, keys) -
         how = _pass(sim, keys_lost=keys == "lost")
         # every step changes settlement points (customer, 台区, status): k_settle_mp reads them
         assert how == {n: "full" if n in GATED else "delta" for n in ON_DEMAND}, (step, how)
+        # the clock checks' changes reached the kept table (else equality would hold trivially)
+        assert sim.con.execute("SELECT COUNT(*) FROM k_clock_off").fetchone()[0] > 0
         for name in sorted(ON_DEMAND):
             assert _fresh_differs(sim.con, name) == 0, (step, name)
     # nothing merged since: nothing to do, and still equal
@@ -322,7 +366,7 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
                           "k_cust_stock_grp": "unchanged", "k_cust_check": "unchanged",
                           "k_cust_area_grp": "unchanged", "k_tg_cust_grp": "unchanged",
                           "k_settle_grp": "unchanged", "k_unit_book_n": "unchanged",
-                          "k_cust_check_grp": "unchanged"}
+                          "k_cust_check_grp": "unchanged", "k_clock_off": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
