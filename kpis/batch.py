@@ -424,12 +424,13 @@ def compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Se
                  diff: Diff | None = None) -> list[tuple[KpiDef, Sequence[Period]]]:
     """Compute every KPI of the plan (see _compute_plan) with range joins to few periods as
     nested loops (NESTED_LOOP_MAX_ROWS); the connection's setting is restored after."""
-    con.execute(f"SET nested_loop_join_threshold = {NESTED_LOOP_MAX_ROWS}")
+    before = con.execute("SELECT current_setting('nested_loop_join_threshold')").fetchone()[0]
+    con.execute(f"SET nested_loop_join_threshold = {max(NESTED_LOOP_MAX_ROWS, int(before))}")
     try:
         return _compute_plan(con, plan, as_of, errors, day_store, diff)
     finally:
         with contextlib.suppress(duckdb.Error):    # an aborted transaction refuses it
-            con.execute("RESET nested_loop_join_threshold")
+            con.execute(f"SET nested_loop_join_threshold = {int(before)}")
 
 
 def _compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, Sequence[Period]]],

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kpis import shared
-from kpis.batch import SharedCache, load_periods, te_only
+from kpis.batch import NESTED_LOOP_MAX_ROWS, SharedCache, load_periods, te_only
 from kpis.evaluate import evaluate_and_store
 from kpis.periods import day, month
 from kpis.prelude import apply_prelude
@@ -314,3 +314,23 @@ def test_the_shared_cache_is_built_again_for_other_te_values():
         load_periods(con, "_periods", range(len(periods)), periods, as_of)
         counts.append(con.execute(cache.use(stmt)).fetchone()[0])
     assert counts == [2, 2, 1]
+
+
+def test_range_joins_to_few_periods_are_planned_as_nested_loops_and_the_setting_restored(registry):
+    """kpis.batch.compute_plan raises DuckDB's nested_loop_join_threshold for its statements (a
+    range join to a few periods: no sort of the large side) and gives the connection its own
+    value back after, for whatever else runs on it. Values as hand-computed in
+    test_a_shared_subquery_read_through_te_is_computed_once_per_evaluation."""
+    case = yaml.safe_load((CASES / "billing.arrears_customers.conventions_10_3.yaml").read_text(encoding="utf-8"))
+    con = duckdb.connect()
+    load_inputs(con, {"inputs": case["inputs"]})
+    con.execute("SET nested_loop_join_threshold = 7")
+    rec = _Recording(con)
+    as_of = datetime.fromisoformat(case["as_of"])
+    s = evaluate_and_store(rec, registry, [day(datetime(2024, 6, 30).date())], as_of,
+                           kpis=[registry.get("billing.arrears_amount")], computed_at=as_of)
+    assert not s.errors
+    assert f"SET nested_loop_join_threshold = {NESTED_LOOP_MAX_ROWS}" in rec.all
+    assert con.execute("SELECT current_setting('nested_loop_join_threshold')").fetchone()[0] == 7
+    rows = dict(con.execute("SELECT org_no, value FROM kpi_value WHERE org_no IN ('S1', 'S2', 'P')").fetchall())
+    assert rows == pytest.approx({"S1": 90.0, "S2": 30.0, "P": 135.5})
