@@ -247,10 +247,14 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                                  UNION ALL
                                  SELECT m.kix, m.pid, f.org_no, f.grid_no, f.num, f.den, f.sample,
                                         f.missing, f.pending
-                                 FROM kpi_day_fact f JOIN _mmap m ON m.kpi_id = f.kpi_id
-                                      AND m.day = f.day
-                                 WHERE NOT EXISTS (SELECT 1 FROM _muse u WHERE u.kix = m.kix
-                                                   AND u.pid = m.pid AND m.day < u.upto))
+                                 FROM kpi_day_fact f
+                                 -- the days after each base chosen before the facts are met: as a
+                                 -- filter on the joined rows the anti join ran over every stored
+                                 -- fact of the months' days (0.07 s of a 10-day city minute)
+                                 JOIN (SELECT * FROM _mmap m
+                                       WHERE NOT EXISTS (SELECT 1 FROM _muse u WHERE u.kix = m.kix
+                                                         AND u.pid = m.pid AND m.day < u.upto)) m
+                                   ON m.kpi_id = f.kpi_id AND m.day = f.day)
                            GROUP BY kix, pid, org_no, grid_no""")
             con.execute("""INSERT INTO _present
                            SELECT DISTINCT m.kix, m.pid
