@@ -115,6 +115,10 @@ class Marked:
     columns: tuple[str, ...]
     keep: str
     mark: str
+    # its readers read a kept row only when `date` is within [D - lookback_days, D] of a period's
+    # last day D: a one-period reader (a detail page) may build it from those days alone
+    date: str
+    lookback_days: int
 
     def __post_init__(self) -> None:
         # the refresh matches kept rows by row_key and keys by key, read from the kept columns
@@ -125,13 +129,23 @@ class Marked:
                 f"FROM {self.base}\nWHERE {self.keep}\n  AND {self.key} IN (SELECT {self.key} "
                 f"FROM {self.base}\n{' ' * 25}WHERE {self.keep} AND {self.mark})")
 
+    def for_days(self, name: str) -> str:
+        """A TEMP table of the same rows with the base narrowed to `date` in [$lo, $hi]: exact for
+        a reader whose periods' last days D all have [D - lookback_days, D] inside it (a key
+        marked only outside cannot end on a marked row inside; a key marked inside brings all
+        its rows inside)."""
+        body = self.statement(name).split(" AS\n", 1)[1]
+        # NOT MATERIALIZED: read twice, the CTE was materialized with every column of the days
+        return (f"CREATE OR REPLACE TEMP TABLE {name} AS WITH {self.base} AS NOT MATERIALIZED ("
+                f"SELECT * FROM main.{self.base} WHERE {self.date} BETWEEN $lo AND $hi) {body}")
+
 
 MARKED = {
     # a meter's clock drifts out of tolerance seldom, and stays out until set; ~4 in 1,000 meters
     "k_clock_off": Marked("meter_collection_daily", "meter_asset_no", ("meter_asset_no", "data_date"),
                           ("meter_asset_no", "data_date", "clock_dev_s", "org_no", "tg_no"),
                           "is_deleted = 0 AND clock_dev_s IS NOT NULL",
-                          "ABS(clock_dev_s) > 300"),
+                          "ABS(clock_dev_s) > 300", "data_date", 6),
 }
 
 
