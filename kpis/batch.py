@@ -20,7 +20,6 @@ quantiles) keep their own compiled statement.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import re
 from collections import Counter

@@ -5,7 +5,7 @@ import pytest
 
 from kpis.dependencies import columns_read, prelude_objects, tables_read
 from kpis.evaluate import on_demand_tables
-from kpis.prelude import FOLLOW, GATED, MARKED, ON_DEMAND
+from kpis.prelude import _CREATE, FOLLOW, GATED, MARKED, ON_DEMAND, statements
 from kpis.registry import load_registry
 
 
@@ -75,6 +75,15 @@ def test_every_on_demand_table_is_followed_or_gated_for_a_stated_reason():
     assert set(FOLLOW) | set(GATED) | set(MARKED) == set(ON_DEMAND)
     assert len(FOLLOW) + len(GATED) + len(MARKED) == len(ON_DEMAND)
     assert all(GATED.values())
+
+
+def test_a_marked_table_is_refreshed_by_the_statement_it_is_built_with():
+    """kpis.prelude._marked re-derives rows from its Marked's columns and conditions, the whole
+    build runs prelude.sql's statement: an edit of one without the other would keep other rows
+    than a rebuild gives."""
+    built = {m.group(3): " ".join(stmt.split()) for stmt in statements() if (m := _CREATE.match(stmt))}
+    for name, marked in MARKED.items():
+        assert built[name] == " ".join(marked.statement(name).split()), name
 
 
 def test_k_settle_mp_readers_are_not_woken_by_heartbeats(registry):
