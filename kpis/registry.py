@@ -196,12 +196,13 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
         out.append(f"shape {k.shape}")
     if not batchable(k):
         out.append("not a sum (distinct count, max or quantile)")
-    if k.resolved_or_due:
+    if k.resolved_or_due and not k.settles_when_none_pending:
         out.append("resolved_or_due")
     words = _period_words(k)
     window = {"we", "pending"} if k.settles_after else set()
-    named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"}
-                   - ({"as_of"} if k.settles_after else set()) - window)
+    lifted = ({"as_of"} if k.settles_after else set()) | (
+        {"as_of", "pending"} if k.settles_when_none_pending else set())
+    named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"} - lifted - window)
     if named:
         out.append("names " + ", ".join(named))
     if set(words) & window:
@@ -273,9 +274,31 @@ def reduced_only_where_summed(parsed: list[Located]) -> list[Issue]:
             for loc in parsed if loc.kpi.reduced and not batchable(loc.kpi)]
 
 
+def settles_when_none_pending_valid(parsed: list[Located]) -> list[Issue]:
+    """settles_when_none_pending: on a resolved-or-due flow whose facts read as_of and flag
+    pending items, not beside settles_after (one rule says when a day settles)."""
+    issues = []
+    for loc in parsed:
+        k = loc.kpi
+        if not k.settles_when_none_pending:
+            continue
+        words = set(_period_words(k))
+        fact_cols = {m.lower() for m in re.findall(r"\bAS\s+(\w+)", k.values_sql, re.IGNORECASE)}
+        wrong = ([] if k.resolved_or_due else ["the KPI is not resolved_or_due"]) + (
+            [] if "as_of" in words else ["its SQL does not read as_of"]) + (
+            [] if "pending" in fact_cols else ["its facts have no pending column"]) + (
+            [f"it also says settles_after: {k.settles_after}"] if k.settles_after else [])
+        if wrong:
+            issues.append(Issue(loc.file, loc.line, k.id,
+                                f"settles_when_none_pending: true, but {'; '.join(wrong)}; expected "
+                                "a resolved-or-due flow whose facts flag its open items not yet due "
+                                "as pending"))
+    return issues
+
+
 DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known,
                                    day_additive_valid, reduced_only_where_summed,
-                                   settles_only_where_as_of_is_read,
+                                   settles_only_where_as_of_is_read, settles_when_none_pending_valid,
                                    day_steps_only_where_time_moves_it)
 
 

@@ -67,6 +67,12 @@ class KpiDef(BaseModel):
     # "names as_of" blocker; a stored day is then reused only when it was computed at an as_of
     # at least this long after the day's end (kpis/day_store.py).
     settles_after: str | None = Field(default=None, pattern=r"^[1-9][0-9]* (hours|days)$")
+    # A resolved-or-due flow whose facts flag every item that a later as_of could still change
+    # (open and not yet due) as pending: a day with no pending item no longer depends on as_of.
+    # Lifts the day store's resolved_or_due blocker; a stored day is then reused only when none
+    # of its rows was pending and it was computed at an as_of not after the pass's
+    # (kpis/day_store.py). tests/kpis/test_day_store.py holds every such claim on simulated data.
+    settles_when_none_pending: bool = False
     # How often the values can move with as_of alone, the tables it reads unchanged: "minute"
     # (an item falls due at any time: resolved-or-due deadlines, pending windows) or "day"
     # (every comparison with as_of is of dates: a bill's release date + 31 days). An ordinary

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import duckdb
@@ -43,6 +43,8 @@ COLUMNS = "kpi_id, org_no, grain, period_start, value, numerator, denominator, s
 class Sim:
     con: duckdb.DuckDBPyConnection
     registry: Registry
+    # KPI id -> the days stored with a pending item by the last _stored_early_read_late
+    pending_early: dict[str, set[date]] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +85,18 @@ def _diff(a: list[tuple], b: list[tuple]) -> list[str]:
     return out
 
 
-def _only_unsettled(jobs: dict[int, day_store.Job], stored_at: datetime) -> bool:
+def _only_unsettled(con: duckdb.DuckDBPyConnection, jobs: dict[int, day_store.Job],
+                    stored_at: datetime) -> bool:
     """No stored day read again, but those of a KPI with settles_after that had not settled
-    when stored (urges: 7 days; repeat calls: 72 hours), and some of those."""
+    when stored (urges: 7 days; repeat calls: 72 hours) and those stored with a pending item of
+    a KPI that settles when none is, and some of each."""
+    pending = set(con.execute("SELECT kpi_id, day FROM kpi_day WHERE pending").fetchall())
     again = [(j.k, d) for j in jobs.values() for d in j.extra]
-    return (all(k.settles and d.we + k.settles > stored_at for k, d in again)
-            and any(k.id == "order.urge_rate" for k, _ in again))
+    return (all((k.settles and d.we + k.settles > stored_at)
+                or (k.settles_when_none_pending and (k.id, d.ws.date()) in pending)
+                for k, d in again)
+            and any(k.id == "order.urge_rate" for k, _ in again)
+            and any(k.settles_when_none_pending for k, _ in again))
 
 
 @pytest.mark.parametrize("as_of", AS_OFS, ids=["end_of_day", "inside_the_day"])
@@ -109,7 +117,7 @@ def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of)
     # filled store: only the pass's own days are read, months come from stored days
     jobs = day_store.plan(con, [(i, k, periods_for(k, _requested(as_of), as_of))
                                 for i, k in enumerate(kpis)], as_of, refresh=False)
-    assert _only_unsettled(jobs, as_of)
+    assert _only_unsettled(con, jobs, as_of)
     second = _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at))
     assert _diff(direct, second) == []
     # the sweep: the running month's days read again and rewritten
@@ -122,7 +130,7 @@ def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of)
     assert _diff(direct, stored_at_top) == []
     jobs = day_store.plan(con, [(i, k, periods_for(k, _requested(as_of), as_of))
                                 for i, k in enumerate(kpis)], as_of, refresh=True)
-    assert _only_unsettled(jobs, as_of)
+    assert _only_unsettled(con, jobs, as_of)
     kept = _rows(con, kpis, as_of, day_store.Mode(refresh=True, computed_at=at, run_id=top))
     assert _diff(direct, kept) == []
 
@@ -180,17 +188,22 @@ def _stored_early_read_late(sim: Sim, kpis: list[KpiDef]) -> tuple[list[str], di
     requested = [(i, k, periods_for(k, asked, later)) for i, k in enumerate(kpis)]
     reread = {j.k.id: {p.ws.date() for p in j.extra}
               for j in day_store.plan(con, requested, later, refresh=False).values()}
+    sim.pending_early = {}
+    for kid, d in con.execute("SELECT kpi_id, day FROM kpi_day WHERE pending").fetchall():
+        sim.pending_early.setdefault(kid, set()).add(d)
     direct = _rows(con, kpis, later, None, asked)
     via = _rows(con, kpis, later, day_store.Mode(refresh=False, computed_at=at), asked)
     return _diff(direct, via), reread
 
 
-def test_days_that_settled_serve_a_later_as_of(sim) -> None:
+def test_days_that_settled_serve_a_later_as_of(sim, monkeypatch) -> None:
     """Every KPI that says when its days stop depending on as_of (settles_after): days stored at
     14:37 of the last day, before answers, notices, urges, repeat calls and retries still to
     come in the sources, are reused at its end where they had settled by 14:37 and read again
     where not (urges: the 7 days before; repeat calls: the 3 days before), and June and May,
-    pending flags included, equal the direct evaluation at the end of the day to the last bit."""
+    pending flags included, equal the direct evaluation at the end of the day to the last bit.
+    (Months are never read whole here, whatever share of their days is unsettled.)"""
+    monkeypatch.setattr(day_store, "READ_WHOLE_SHARE", 1.0)
     kpis = [k for k in sim.registry.kpis.values() if k.settles]
     assert {"call.service_level_20s", "call.ivr_containment_rate", "reliability.important_notice_rate",
             "reliability.planned_notice_ontime_rate", "reliability.temp_notice_ontime_rate",
@@ -236,6 +249,76 @@ def test_a_settle_claim_that_does_not_hold_changes_the_month(sim) -> None:
     assert reread == {claimed.id: set()}
     assert diff != []
     assert honest == []      # read whole each time, the month has the visit
+
+
+RESOLVED_OR_DUE = ("order.nonrepair_ontime_rate", "order.complaint_contact_ontime_rate",
+                   "repair.arrival_ontime_rate", "repair.closeout_ontime_rate",
+                   "grid.meter_test_ontime_rate", "billing.reconnect_within_24h_rate")
+
+
+def test_days_with_nothing_pending_serve_a_later_as_of(sim, monkeypatch) -> None:
+    """Every resolved-or-due KPI that settles when none of a day's items is pending: days stored
+    at 14:37 of the last day are read again at its end exactly where an item was pending at
+    14:37 (open and not yet due: it may be closed in time, or fall due, by 23:59), reused where
+    none was, and June and May equal the direct evaluation at the end of the day to the last
+    bit."""
+    monkeypatch.setattr(day_store, "READ_WHOLE_SHARE", 1.0)
+    kpis = [k for k in sim.registry.kpis.values() if k.settles_when_none_pending]
+    assert set(RESOLVED_OR_DUE) <= {k.id for k in kpis}
+    assert all(day_additive(k) and k.resolved_or_due for k in kpis)
+    diff, reread = _stored_early_read_late(sim, kpis)
+    assert diff == []
+    last = AS_OFS[0].date()
+    assert reread == {k.id: sim.pending_early.get(k.id, set()) - {last} for k in kpis}
+    # the data holds both: days read again (items still open at 14:37), days reused
+    assert sum(len(d) for d in reread.values()) >= 10
+    assert all(len(reread[kid]) < (last - date(2026, 5, 1)).days for kid in RESOLVED_OR_DUE)
+
+
+def test_a_pending_flag_that_misses_open_items_changes_the_month(sim, monkeypatch) -> None:
+    """The check above can fail: order.nonrepair_ontime_rate made to flag nothing as pending
+    (FALSE AS pending) claims every stored day settled; days stored at 14:37 are reused at the
+    day's end although orders open then were closed or fell due by 23:59, and the month through
+    the store differs from the month read directly."""
+    monkeypatch.setattr(day_store, "READ_WHOLE_SHARE", 1.0)
+    k = sim.registry.get("order.nonrepair_ontime_rate")
+    flag = "upto(w.close_time, p.as_of) IS NULL AND w.due_time > p.as_of AS pending"
+    assert flag in k.facts
+    blind = k.model_copy(update={"facts": k.facts.replace(flag, "FALSE AS pending")})
+    assert day_additive(blind)
+    diff, reread = _stored_early_read_late(sim, [blind])
+    honest, honest_reread = _stored_early_read_late(sim, [k])
+    assert reread == {blind.id: set()} and honest_reread[k.id]
+    assert diff != []
+    assert honest == []
+
+
+def test_a_month_mostly_unsettled_is_read_whole_in_an_ordinary_pass(sim) -> None:
+    """With more than half of a month's stored days unsettled (urges: 7 days), an ordinary pass
+    reads the month as one period instead of each of those days (READ_WHOLE_SHARE), the sweep
+    still reads through the store; the values equal the direct evaluation either way."""
+    con = sim.con
+    kpis = [sim.registry.get("order.urge_rate")]
+    for table in ("kpi_day", "kpi_day_fact"):
+        con.execute(f"DELETE FROM {table}")
+    at = datetime(2026, 6, 4, 12, 0)
+    as_of = AS_OFS[0]
+    june, may = month(2026, 6), month(2026, 5)
+    asked = [day(as_of.date()), june, may]
+    top = changes.top_run(con)     # stored up to the last run: fresh at a sweep, but unsettled
+    _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at, run_id=top), asked)
+    requested = [(0, kpis[0], periods_for(kpis[0], asked, as_of))]
+    ordinary = day_store.plan(con, requested, as_of, refresh=False)[0]
+    assert june not in ordinary.months and may in ordinary.months   # 2 of 3 days unsettled; 5 of 31
+    assert {d.ws.date() for d in ordinary.extra} == {date(2026, 5, d) for d in range(27, 32)}
+    sweep = day_store.plan(con, requested, as_of, refresh=True)[0]
+    assert june in sweep.months and may in sweep.months
+    assert {d.ws.date() for d in sweep.extra} == {date(2026, 5, d) for d in range(27, 32)} | {
+        date(2026, 6, 1), date(2026, 6, 2)}
+    direct = _rows(con, kpis, as_of, None, asked)
+    for refresh in (False, True):
+        via = _rows(con, kpis, as_of, day_store.Mode(refresh=refresh, computed_at=at, run_id=top), asked)
+        assert _diff(direct, via) == [], refresh
 
 
 def test_a_population_at_te_is_not_day_additive(sim) -> None:

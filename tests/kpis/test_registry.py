@@ -161,3 +161,32 @@ def test_settles_after_only_where_the_sql_reads_as_of(tmp_path: Path) -> None:
     assert "newconn.good" not in message
     assert "[newconn.no_as_of]: settles_after: 9 hours, but the KPI's SQL does not read as_of" in message
     assert "[newconn.bad_form]" in message and "settles_after" in message
+
+
+def test_settles_when_none_pending_only_on_resolved_or_due_flows_with_pending(tmp_path: Path) -> None:
+    """settles_when_none_pending: on a KPI that is not resolved-or-due, whose facts flag no
+    pending item, or that also says settles_after, it is reported by id with what is wrong."""
+    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
+            "    formula: x\n    unit: '%'\n    direction: higher_better\n    grain: daily\n"
+            "    warning: '98'\n    critical: '95'\n    org_levels: [city]\n    tier: core\n"
+            "    sources: [mis]\n    kind: ratio\n    scale: 100\n    shape: flow\n"
+            "    settles_when_none_pending: true\n{extra}"
+            "    facts: SELECT p.pid, a.org_no, a.grid_no, "
+            "CASE WHEN upto(a.archive_time, p.as_of) IS NOT NULL THEN 1 ELSE 0 END AS num, 1 AS den{pending} "
+            "FROM mis_app a JOIN _periods p ON a.accept_time >= p.ws AND a.accept_time < p.te\n")
+    pending = ", upto(a.archive_time, p.as_of) IS NULL AS pending"
+    rod = "    resolved_or_due: true\n"
+    text = ("theme: newconn\nkpis:\n"
+            + item.format(id="newconn.good", extra=rod, pending=pending)
+            + item.format(id="newconn.not_due", extra="", pending=pending)
+            + item.format(id="newconn.no_pending", extra=rod, pending="")
+            + item.format(id="newconn.both", extra=rod + "    settles_after: 9 hours\n", pending=pending))
+    (tmp_path / "newconn.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(RegistryError) as info:
+        load_registry(tmp_path, check_sql=True)
+    message = str(info.value)
+    assert "newconn.good" not in message
+    assert ("[newconn.not_due]: settles_when_none_pending: true, but the KPI is not resolved_or_due"
+            in message)
+    assert "[newconn.no_pending]: settles_when_none_pending: true, but its facts have no pending column" in message
+    assert "[newconn.both]: settles_when_none_pending: true, but it also says settles_after: 9 hours" in message
