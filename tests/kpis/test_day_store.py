@@ -113,7 +113,7 @@ def test_months_from_stored_days_equal_direct_evaluation_bit_for_bit(sim, as_of)
     first = _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at))
     assert _diff(direct, first) == []
     stored = con.execute("SELECT COUNT(DISTINCT day), COUNT(*) FROM kpi_day").fetchone()
-    assert stored[0] == 31 + as_of.day    # May and June to date
+    assert stored[0] == 31 + as_of.day - 1    # May and June to date, less today (not over)
     # filled store: only the pass's own days are read, months come from stored days
     jobs = day_store.plan(con, [(i, k, periods_for(k, _requested(as_of), as_of))
                                 for i, k in enumerate(kpis)], as_of, refresh=False)
@@ -319,6 +319,34 @@ def test_a_month_mostly_unsettled_is_read_whole_in_an_ordinary_pass(sim) -> None
     for refresh in (False, True):
         via = _rows(con, kpis, as_of, day_store.Mode(refresh=refresh, computed_at=at, run_id=top), asked)
         assert _diff(direct, via) == [], refresh
+
+
+def test_only_days_a_later_pass_can_reuse_are_stored(sim) -> None:
+    """Today (not over) is not stored: every pass reads it again. A complete day that has not
+    settled is stored as its header only, marked pending, without rows: urges within 7 days of
+    as_of, non-repair orders' days with an order still open and not yet due. Settled days keep
+    their rows."""
+    con = sim.con
+    ids = ("order.total", "order.urge_rate", "order.nonrepair_ontime_rate")
+    kpis = [sim.registry.get(kid) for kid in ids]
+    for table in ("kpi_day", "kpi_day_fact"):
+        con.execute(f"DELETE FROM {table}")
+    as_of = AS_OFS[1]
+    _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=datetime(2026, 6, 4, 12, 0)),
+          [day(as_of.date()), month(2026, 6), month(2026, 5)])
+    stored = {(kid, d): (pending, rows) for kid, d, pending, rows in con.execute("""
+        SELECT h.kpi_id, h.day, h.pending, COUNT(f.kpi_id) FROM kpi_day h
+        LEFT JOIN kpi_day_fact f ON f.kpi_id = h.kpi_id AND f.day = h.day GROUP BY ALL""").fetchall()}
+    days = [date(2026, 5, 1) + timedelta(days=i) for i in range((as_of.date() - date(2026, 5, 1)).days)]
+    assert set(stored) == {(kid, d) for kid in ids for d in days}      # no 06-03
+    assert all(not stored[("order.total", d)][0] and stored[("order.total", d)][1] > 0 for d in days)
+    urge_open = {d for d in days if datetime.combine(d, datetime.min.time()) + timedelta(days=8) > as_of}
+    assert urge_open == {date(2026, 5, 27) + timedelta(days=i) for i in range(7)}
+    assert {d for d in days if stored[("order.urge_rate", d)][0]} == urge_open
+    assert all(stored[("order.urge_rate", d)][1] == 0 for d in urge_open)
+    open_days = {d for d in days if stored[("order.nonrepair_ontime_rate", d)][0]}
+    assert open_days and len(open_days) < len(days)
+    assert all((stored[("order.nonrepair_ontime_rate", d)][1] == 0) == (d in open_days) for d in days)
 
 
 def test_a_population_at_te_is_not_day_additive(sim) -> None:
