@@ -141,6 +141,40 @@ def _reads(k: KpiDef) -> dict[str, frozenset[str] | None]:
     return {t: columns_named(k, t) for t in tables_read(k)}
 
 
+_PARAM = re.compile(r"\$(run|after|as_of)\b")
+_QUOTED = re.compile(r"'(\w+)'")
+
+
+def restated_params(k: KpiDef, run: int, after: datetime, as_of: datetime) -> dict[str, object]:
+    """The parameters restated_by names (DuckDB refuses values for names a statement lacks)."""
+    given = {"run": run, "after": after, "as_of": as_of}
+    return {n: given[n] for n in set(_PARAM.findall(k.restated_by or ""))}
+
+
+def _restated(con: duckdb.DuckDBPyConnection, k: KpiDef, runs: Sequence[int | None],
+              ats: Sequence[datetime | None], as_of: datetime) -> set[date] | None:
+    """The stored days of a KPI with restated_by that may differ now (None: all of them): its
+    SQL run from the earliest ETL run and as_of the days were stored at. All when one is
+    unknown, or when a run after it merged rows into a table the SQL names without recording
+    their keys (etl_keys: a huge load, a reconciliation)."""
+    if not runs or any(r is None for r in runs) or any(a is None for a in ats):
+        return None
+    run = min(runs)
+    from kpis.dependencies import tables_read  # noqa: PLC0415
+    named = sorted(set(_QUOTED.findall(k.restated_by or "")) & tables_read(k))
+    if named and con.execute("""
+            SELECT COUNT(*) FROM etl_run r
+            WHERE r.run_id > $run AND r.rows_merged > 0 AND list_contains($tables, r.table_name)
+              AND (NOT EXISTS (SELECT 1 FROM etl_keys x WHERE x.run_id = r.run_id
+                               AND x.table_name = r.table_name)
+                   OR EXISTS (SELECT 1 FROM etl_keys x WHERE x.run_id = r.run_id
+                              AND x.table_name = r.table_name AND x.key IS NULL))""",
+            {"run": run, "tables": named}).fetchone()[0]:
+        return None
+    params = restated_params(k, run, min(ats), as_of)
+    return {d for (d,) in con.execute(f"SELECT DISTINCT day FROM ({k.restated_by})", params).fetchall()}
+
+
 def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Sequence[Period]]],
          as_of: datetime, refresh: bool) -> dict[int, Job]:
     """A Job per entry that has a daily or monthly period. Months take their days from the store
@@ -185,11 +219,20 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
 
     def settled(k: KpiDef, d: Period) -> bool:
         """A KPI that reads as_of: the day was computed after it stopped depending on it (with
-        settles_when_none_pending: no item of it was pending, at an as_of not after this one)."""
+        settles_when_none_pending: no item of it was pending, at an as_of not after this one;
+        with restated_by: at an as_of not after this one, the days it names aside)."""
         at = computed_as_of.get((k.id, d.ws.date()))
         if k.settles_when_none_pending:
             return at is not None and at <= as_of and pending_of.get((k.id, d.ws.date())) is False
+        if k.restated_by:
+            return at is not None and at <= as_of
         return k.settles is None or (at is not None and at >= d.we + k.settles)
+
+    restated: dict[str, set[date] | None] = {}
+    for _, k, _, _ in wanted:
+        if k.restated_by and k.id not in restated:
+            mine = [(run_of[key], computed_as_of[key]) for key in run_of if key[0] == k.id]
+            restated[k.id] = _restated(con, k, [r for r, _ in mine], [a for _, a in mine], as_of)
 
     for kix, k, months, days in wanted:
         h = facts_hash(k)
@@ -206,7 +249,9 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
                 if d in own:
                     continue
                 stale = (stored.get((k.id, d.ws.date())) != (d.te(as_of), h)
-                         or (refresh and not fresh(k.id, d.ws.date())))
+                         or (refresh and not fresh(k.id, d.ws.date()))
+                         or (k.restated_by is not None
+                             and (restated[k.id] is None or d.ws.date() in restated[k.id])))
                 if stale or not settled(k, d):
                     again.append(d)
                     unsettled += not stale

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -200,7 +201,7 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
         out.append("resolved_or_due")
     words = _period_words(k)
     window = {"we", "pending"} if k.settles_after else set()
-    lifted = ({"as_of"} if k.settles_after else set()) | (
+    lifted = ({"as_of"} if k.settles_after or k.restated_by else set()) | (
         {"as_of", "pending"} if k.settles_when_none_pending else set())
     named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"} - lifted - window)
     if named:
@@ -296,9 +297,28 @@ def settles_when_none_pending_valid(parsed: list[Located]) -> list[Issue]:
     return issues
 
 
+def restated_by_valid(parsed: list[Located]) -> list[Issue]:
+    """restated_by: on a flow whose SQL reads as_of (what it stands in for), as the one rule of
+    when its days settle."""
+    issues = []
+    for loc in parsed:
+        k = loc.kpi
+        if not k.restated_by:
+            continue
+        wrong = ([] if "as_of" in _period_words(k) else ["the KPI's SQL does not read as_of"]) + (
+            [f"it also says settles_after: {k.settles_after}"] if k.settles_after else []) + (
+            ["it also says settles_when_none_pending"] if k.settles_when_none_pending else [])
+        if wrong:
+            issues.append(Issue(loc.file, loc.line, k.id,
+                                f"restated_by, but {'; '.join(wrong)}; expected a flow that reads "
+                                "as_of and no other settle rule"))
+    return issues
+
+
 DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known,
                                    day_additive_valid, reduced_only_where_summed,
                                    settles_only_where_as_of_is_read, settles_when_none_pending_valid,
+                                   restated_by_valid,
                                    day_steps_only_where_time_moves_it)
 
 
@@ -310,8 +330,10 @@ def sql_binds(parsed: list[Located]) -> list[Issue]:
     from kpis.compile import PERIODS_DDL, compile_kpi  # noqa: PLC0415
     from kpis.prelude import apply_prelude  # noqa: PLC0415
 
+    from etl.warehouse import BOOKKEEPING  # noqa: PLC0415
+
     con = duckdb.connect()
-    for stmt in ods_statements():
+    for stmt in (*ods_statements(), *BOOKKEEPING):
         con.execute(stmt)
     apply_prelude(con)
     con.execute(PERIODS_DDL)
@@ -334,6 +356,15 @@ def sql_binds(parsed: list[Located]) -> list[Issue]:
                 issues.extend(_reduced_binds(con, loc, cols))
             if k.presence:
                 con.execute(f"EXPLAIN SELECT DISTINCT pid FROM ({k.presence})")
+            if k.restated_by:
+                from kpis.day_store import restated_params  # noqa: PLC0415
+                kinds = con.execute(f"DESCRIBE SELECT * FROM ({k.restated_by})",
+                                    restated_params(k, 0, datetime(2000, 1, 1), datetime(2000, 1, 1))
+                                    ).fetchall()
+                if [(r[0], r[1]) for r in kinds] != [("day", "DATE")]:
+                    issues.append(Issue(loc.file, loc.line, k.id,
+                                        f"restated_by returns {[(r[0], r[1]) for r in kinds]}; "
+                                        "expected one column day DATE"))
         except duckdb.Error as exc:
             msg = str(exc).splitlines()[0][:300]
             issues.append(Issue(loc.file, loc.line, k.id, f"SQL does not bind: {msg}"))

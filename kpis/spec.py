@@ -73,6 +73,14 @@ class KpiDef(BaseModel):
     # of its rows was pending and it was computed at an as_of not after the pass's
     # (kpis/day_store.py). tests/kpis/test_day_store.py holds every such claim on simulated data.
     settles_when_none_pending: bool = False
+    # A flow whose facts read as_of only to leave out what has not happened by then (a visit
+    # after as_of), and whose day otherwise changes through rows that the ETL's dirty dates do
+    # not place on it (an order's visits, dated later): SQL returning `day` (DATE), the days
+    # whose stored facts may differ now, given $run (the ETL run they are up to: rows merged
+    # after it, from etl_keys of the tables it names as quoted literals) and $after / $as_of
+    # (the earliest as_of they were computed at, and the pass's). Lifts the day store's
+    # "names as_of" blocker (kpis/day_store.py); tests/kpis/test_day_store.py holds each claim.
+    restated_by: str | None = None
     # How often the values can move with as_of alone, the tables it reads unchanged: "minute"
     # (an item falls due at any time: resolved-or-due deadlines, pending windows) or "day"
     # (every comparison with as_of is of dates: a bill's release date + 31 days). An ordinary

@@ -91,9 +91,13 @@ def _only_unsettled(con: duckdb.DuckDBPyConnection, jobs: dict[int, day_store.Jo
     when stored (urges: 7 days; repeat calls: 72 hours) and those stored with a pending item of
     a KPI that settles when none is, and some of each."""
     pending = set(con.execute("SELECT kpi_id, day FROM kpi_day WHERE pending").fetchall())
+    # days stored without the ETL run they were up to: a KPI with restated_by cannot tell which
+    # of its days the runs since restated, and reads them all again
+    unknown = set(con.execute("SELECT kpi_id, day FROM kpi_day WHERE run_id IS NULL").fetchall())
     again = [(j.k, d) for j in jobs.values() for d in j.extra]
     return (all((k.settles and d.we + k.settles > stored_at)
                 or (k.settles_when_none_pending and (k.id, d.ws.date()) in pending)
+                or (k.restated_by and (k.id, d.ws.date()) in unknown)
                 for k, d in again)
             and any(k.id == "order.urge_rate" for k, _ in again)
             and any(k.settles_when_none_pending for k, _ in again))
@@ -184,7 +188,8 @@ def _stored_early_read_late(sim: Sim, kpis: list[KpiDef]) -> tuple[list[str], di
     early, later = AS_OFS[1], AS_OFS[0]     # 14:37:12 and 23:59:59 of the last day
     last = later.date()
     asked = [day(last), month(last.year, last.month), month(2026, 5)]
-    _rows(sim.con, kpis, early, day_store.Mode(refresh=False, computed_at=at), asked)
+    top = changes.top_run(con)
+    _rows(sim.con, kpis, early, day_store.Mode(refresh=False, computed_at=at, run_id=top), asked)
     requested = [(i, k, periods_for(k, asked, later)) for i, k in enumerate(kpis)]
     reread = {j.k.id: {p.ws.date() for p in j.extra}
               for j in day_store.plan(con, requested, later, refresh=False).values()}
@@ -192,7 +197,7 @@ def _stored_early_read_late(sim: Sim, kpis: list[KpiDef]) -> tuple[list[str], di
     for kid, d in con.execute("SELECT kpi_id, day FROM kpi_day WHERE pending").fetchall():
         sim.pending_early.setdefault(kid, set()).add(d)
     direct = _rows(con, kpis, later, None, asked)
-    via = _rows(con, kpis, later, day_store.Mode(refresh=False, computed_at=at), asked)
+    via = _rows(con, kpis, later, day_store.Mode(refresh=False, computed_at=at, run_id=top), asked)
     return _diff(direct, via), reread
 
 
@@ -220,6 +225,18 @@ def test_days_that_settled_serve_a_later_as_of(sim, monkeypatch) -> None:
     assert reread["call.fcr_rate"] == set(days[-3:])
 
 
+def _only_visit(con: duckdb.DuckDBPyConnection, archived: date, column: str) -> tuple[str, object]:
+    """The successful follow-up visit (its id and `column`) of an order archived on that day that
+    has no other: moving it moves the order in order.callback_completion_rate."""
+    return con.execute(f"""
+        SELECT MIN(v.visit_id), MIN(v.{column}) FROM cs_visit v JOIN cs_work_order w ON w.wo_no = v.wo_no
+        WHERE w.is_deleted = 0 AND w.merged_into_wo_no IS NULL AND w.status_code = '06'
+          AND w.busi_type_code IN ('01', '02', '03', '04', '07') AND CAST(w.close_time AS DATE) = $d
+          AND v.visit_result = '01' AND v.is_deleted = 0
+          AND (SELECT COUNT(*) FROM cs_visit o WHERE o.wo_no = w.wo_no AND o.visit_result = '01'
+               AND o.is_deleted = 0) = 1""", {"d": archived}).fetchone()
+
+
 def test_a_settle_claim_that_does_not_hold_changes_the_month(sim) -> None:
     """The check above can fail: a follow-up visit can come days after an order is archived
     (the formula sets no limit), so order.callback_completion_rate never settles. Made to claim
@@ -227,23 +244,18 @@ def test_a_settle_claim_that_does_not_hold_changes_the_month(sim) -> None:
     moved to 18:00 of the last day, its month through days stored at 14:37 misses that visit."""
     con = sim.con
     k = sim.registry.get("order.callback_completion_rate")
-    assert not day_additive(k) and day_additive_blockers(k) == ["names as_of"]
-    claimed = k.model_copy(update={"settles_after": "1 hours"})
+    bare = k.model_copy(update={"restated_by": None})
+    assert not day_additive(bare) and day_additive_blockers(bare) == ["names as_of"]
+    claimed = bare.model_copy(update={"settles_after": "1 hours"})
     assert day_additive(claimed)
     archived = AS_OFS[0].date() - timedelta(days=3)
-    visit_id, was = con.execute("""
-        SELECT MIN(v.visit_id), MIN(v.visit_time) FROM cs_visit v JOIN cs_work_order w ON w.wo_no = v.wo_no
-        WHERE w.is_deleted = 0 AND w.merged_into_wo_no IS NULL AND w.status_code = '06'
-          AND w.busi_type_code IN ('01', '02', '03', '04', '07') AND CAST(w.close_time AS DATE) = $d
-          AND v.visit_result = '01' AND v.is_deleted = 0
-          AND (SELECT COUNT(*) FROM cs_visit o WHERE o.wo_no = w.wo_no AND o.visit_result = '01'
-               AND o.is_deleted = 0) = 1""", {"d": archived}).fetchone()
+    visit_id, was = _only_visit(con, archived, "visit_time")
     assert visit_id is not None
     late = datetime.combine(AS_OFS[0].date(), datetime.min.time()) + timedelta(hours=18)
     con.execute("UPDATE cs_visit SET visit_time = $t WHERE visit_id = $v", {"t": late, "v": visit_id})
     try:
         diff, reread = _stored_early_read_late(sim, [claimed])
-        honest, _ = _stored_early_read_late(sim, [k])
+        honest, _ = _stored_early_read_late(sim, [k])      # its visits restate the day
     finally:
         con.execute("UPDATE cs_visit SET visit_time = $t WHERE visit_id = $v", {"t": was, "v": visit_id})
     assert reread == {claimed.id: set()}
@@ -319,6 +331,111 @@ def test_a_month_mostly_unsettled_is_read_whole_in_an_ordinary_pass(sim) -> None
     for refresh in (False, True):
         via = _rows(con, kpis, as_of, day_store.Mode(refresh=refresh, computed_at=at, run_id=top), asked)
         assert _diff(direct, via) == [], refresh
+
+
+# Per KPI with restated_by: the days (of stored May and June) whose rows as_of passing from 14:37
+# to 23:59:59 of the last day moves, from the source tables as loaded (not the KPI's SQL).
+MOVED_BY_AS_OF = {
+    "order.callback_completion_rate": """
+        SELECT CAST(w.close_time AS DATE) FROM cs_visit v JOIN cs_work_order w ON w.wo_no = v.wo_no
+        WHERE v.visit_time > $early AND v.visit_time <= $later""",
+    "call.asa_seconds": """
+        SELECT CAST(queue_start_time AS DATE) FROM cs_call
+        WHERE answer_time > $early AND answer_time <= $later""",
+    **{f"repair.arrival_minutes_avg_{area}": """
+        SELECT CAST(COALESCE(w.accept_time, t.receive_time) AS DATE) FROM dist_repair_task t
+        LEFT JOIN cs_work_order w ON w.wo_no = t.wo_no AND w.is_deleted = 0
+        WHERE t.arrive_time > $early AND t.arrive_time <= $later""" for area in ("urban", "rural", "remote")},
+}
+
+
+def test_restated_days_are_read_again_and_the_rest_reused(sim) -> None:
+    """A flow that reads as_of only to leave out what has not happened yet, with restated_by:
+    days stored at 14:37 of the last day are read again at its end exactly where an answer or
+    an arrival between 14:37 and 23:59:59 belongs to one of their calls or tasks (found here
+    from the source tables), reused elsewhere, and June and May equal the direct evaluation at
+    the end of the day to the last bit. The simulator answers and reaches within the hour, so
+    one answer and one urban arrival of two days before are moved to 18:00 of the last day (the
+    follow-up visits: test_a_settle_claim_that_does_not_hold_changes_the_month)."""
+    con = sim.con
+    kpis = [k for k in sim.registry.kpis.values() if k.restated_by]
+    assert {k.id for k in kpis} == set(MOVED_BY_AS_OF)
+    assert all(day_additive(k) for k in kpis)
+    early, later = AS_OFS[1], AS_OFS[0]
+    before = datetime.combine(later.date() - timedelta(days=2), datetime.min.time())
+    six_pm = datetime.combine(later.date(), datetime.min.time()) + timedelta(hours=18)
+    call, answered = con.execute("""SELECT call_id, answer_time FROM k_queued
+        WHERE queue_start_time >= $d AND queue_start_time < $d + INTERVAL 1 DAY
+          AND answer_time IS NOT NULL ORDER BY call_id LIMIT 1""", {"d": before}).fetchone()
+    task, arrived = con.execute("""SELECT task_id, arrive_time FROM k_task
+        WHERE start_time >= $d AND start_time < $d + INTERVAL 1 DAY AND main_task
+          AND appoint_time IS NULL AND area = '01' AND arrive_time IS NOT NULL
+        ORDER BY task_id LIMIT 1""", {"d": before}).fetchone()
+    moves = [("cs_call", "answer_time", "call_id", call, answered),
+             ("dist_repair_task", "arrive_time", "task_id", task, arrived),
+             ("k_task", "arrive_time", "task_id", task, arrived)]     # the kept table, refreshed
+    try:
+        for table, col, key, value, _ in moves:
+            con.execute(f"UPDATE {table} SET {col} = $t WHERE {key} = $k", {"t": six_pm, "k": value})
+        diff, reread = _stored_early_read_late(sim, kpis)
+        expected = {}
+        stored = {date(2026, 5, 1) + timedelta(days=i) for i in range((later.date() - date(2026, 5, 1)).days)}
+        for kid, sql in MOVED_BY_AS_OF.items():
+            moved = {d for (d,) in con.execute(sql, {"early": early, "later": later}).fetchall()}
+            expected[kid] = moved & stored
+    finally:
+        for table, col, key, value, was in moves:
+            con.execute(f"UPDATE {table} SET {col} = $t WHERE {key} = $k", {"t": was, "k": value})
+    assert diff == []
+    assert reread == expected
+    assert before.date() in reread["call.asa_seconds"]
+    assert before.date() in reread["repair.arrival_minutes_avg_urban"]
+    assert all(len(reread[kid]) < len(stored) for kid in MOVED_BY_AS_OF)
+
+
+def _merged(con: duckdb.DuckDBPyConnection, run: int, table: str, keys: list[str | None]) -> None:
+    """Record an ETL run that merged rows into `table` with these keys (None: not recorded)."""
+    con.execute("INSERT INTO etl_run (run_id, source, table_name, rows_merged) VALUES (?, 'cs', ?, ?)",
+                [run, table, max(len(keys), 1)])
+    for key in keys:
+        con.execute("INSERT INTO etl_keys VALUES (?, 'cs', ?, ?)", [run, table, key])
+
+
+def test_a_visit_merged_later_restates_its_orders_close_day(sim) -> None:
+    """A follow-up visit of an order archived days before, changed by an ETL run after the days
+    were stored (its etl_keys): the order's close day is read again and the month has the
+    change; a run that merged visits without recording their keys makes every day read again."""
+    con = sim.con
+    k = sim.registry.get("order.callback_completion_rate")
+    for table in ("kpi_day", "kpi_day_fact"):
+        con.execute(f"DELETE FROM {table}")
+    as_of = AS_OFS[0]
+    archived = as_of.date() - timedelta(days=3)
+    visit_id, was = _only_visit(con, archived, "visit_result")
+    assert visit_id is not None
+    at = datetime(2026, 6, 4, 12, 0)
+    asked = [day(as_of.date()), month(2026, 6), month(2026, 5)]
+    top = changes.top_run(con)
+    mode = day_store.Mode(refresh=False, computed_at=at, run_id=top)
+    _rows(con, [k], as_of, mode, asked)
+
+    def reread() -> set[date]:
+        jobs = day_store.plan(con, [(0, k, periods_for(k, asked, as_of))], as_of, refresh=False)
+        return {p.ws.date() for p in jobs[0].extra}
+
+    assert reread() == set()
+    con.execute("UPDATE cs_visit SET visit_result = '02' WHERE visit_id = $v", {"v": visit_id})
+    try:
+        _merged(con, top + 1, "cs_visit", [visit_id])
+        assert reread() == {archived}
+        assert _diff(_rows(con, [k], as_of, None, asked), _rows(con, [k], as_of, mode, asked)) == []
+        _merged(con, top + 2, "cs_visit", [None])
+        assert reread() == {date(2026, 5, 1) + timedelta(days=i)
+                            for i in range((as_of.date() - date(2026, 5, 1)).days)}
+    finally:
+        con.execute("UPDATE cs_visit SET visit_result = $r WHERE visit_id = $v", {"r": was, "v": visit_id})
+        for table in ("etl_run", "etl_keys"):
+            con.execute(f"DELETE FROM {table} WHERE run_id > $top", {"top": top})
 
 
 def test_only_days_a_later_pass_can_reuse_are_stored(sim) -> None:

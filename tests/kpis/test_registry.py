@@ -181,12 +181,44 @@ def test_settles_when_none_pending_only_on_resolved_or_due_flows_with_pending(tm
             + item.format(id="newconn.not_due", extra="", pending=pending)
             + item.format(id="newconn.no_pending", extra=rod, pending="")
             + item.format(id="newconn.both", extra=rod + "    settles_after: 9 hours\n", pending=pending))
-    (tmp_path / "newconn.yaml").write_text(text, encoding="utf-8")
-    with pytest.raises(RegistryError) as info:
-        load_registry(tmp_path, check_sql=True)
-    message = str(info.value)
+    message = _load_errors(tmp_path, text)
     assert "newconn.good" not in message
     assert ("[newconn.not_due]: settles_when_none_pending: true, but the KPI is not resolved_or_due"
             in message)
     assert "[newconn.no_pending]: settles_when_none_pending: true, but its facts have no pending column" in message
     assert "[newconn.both]: settles_when_none_pending: true, but it also says settles_after: 9 hours" in message
+
+
+def test_restated_by_only_on_flows_that_read_as_of_returning_days(tmp_path: Path) -> None:
+    """restated_by: on a KPI whose SQL does not read as_of, beside another settle rule, or not
+    returning one DATE column `day`, it is reported by id with what is wrong."""
+    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
+            "    formula: x\n    unit: count\n    direction: band\n    grain: daily\n"
+            "    warning: '1..2'\n    critical: '0..3'\n    org_levels: [city]\n    tier: core\n"
+            "    sources: [mis]\n    kind: ratio\n    shape: flow\n{extra}"
+            "    restated_by: {restated}\n"
+            "    presence: SELECT pid FROM _periods\n"
+            "    facts: SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den FROM mis_app a "
+            "JOIN _periods p ON a.accept_time >= p.ws AND a.accept_time < p.te{cond}\n")
+    reads = " AND upto(a.archive_time, p.as_of) IS NOT NULL"
+    days = ("SELECT CAST(accept_time AS DATE) AS day FROM mis_app "
+            "WHERE archive_time > $after AND archive_time <= $as_of")
+    text = ("theme: newconn\nkpis:\n"
+            + item.format(id="newconn.good", extra="", restated=days, cond=reads)
+            + item.format(id="newconn.no_as_of", extra="", restated=days, cond="")
+            + item.format(id="newconn.both", extra="    settles_after: 9 hours\n", restated=days, cond=reads)
+            + item.format(id="newconn.shape", extra="", cond=reads,
+                          restated="SELECT accept_time AS day FROM mis_app WHERE archive_time > $after"))
+    message = _load_errors(tmp_path, text)
+    assert "newconn.good" not in message
+    assert "[newconn.no_as_of]: restated_by, but the KPI's SQL does not read as_of" in message
+    assert "[newconn.both]: restated_by, but it also says settles_after: 9 hours" in message
+    assert "[newconn.shape]: restated_by returns [('day', 'TIMESTAMP')]; expected one column day DATE" in message
+
+
+def _load_errors(tmp_path: Path, text: str) -> str:
+    """What loading a definitions file of this text reports (it must fail)."""
+    (tmp_path / "newconn.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(RegistryError) as info:
+        load_registry(tmp_path, check_sql=True)
+    return str(info.value)
