@@ -71,6 +71,10 @@ DDL = (
     # whether any (org, grid) row of the day was pending: a KPI that settles when none is
     # (settles_when_none_pending) reuses only days stored with FALSE (NULL: unknown)
     "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS pending BOOLEAN",
+    # a KPI with restated_by: the ETL run up to which the day's restatements were looked for
+    # (its as_of likewise moves on): a pass that found a stored day not restated moves both on
+    # (store_and_build), so the next pass looks only at what came since (NULL: run_id)
+    "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS checked_run BIGINT",
 )
 # A month base is rebuilt when the days it lacks before the first day a pass writes exceed this:
 # a late row for yesterday writes yesterday, and the base up to it (or before) still serves.
@@ -127,6 +131,8 @@ class Job:
     store_days: list[Period]                # daily periods read: written to the store
     months: dict[Period, list[Period]] = field(default_factory=dict)   # month -> its days to te
     extra: set[Period] = field(default_factory=set)    # read for the store only (not output)
+    # restated_by: stored days found not restated, taken from the store as they are
+    checked: list[date] = field(default_factory=list)
 
 
 def needed_days(m: Period, as_of: datetime) -> list[Period]:
@@ -194,13 +200,14 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
     hi = max(p.we for _, _, ms, ds in wanted for p in ms + ds).date()
     ids = sorted({k.id for _, k, _, _ in wanted})
     rows = con.execute(
-        "SELECT kpi_id, day, te, facts_hash, run_id, as_of, pending FROM kpi_day "
-        "WHERE kpi_id IN (SELECT unnest($ids)) AND day >= $lo AND day < $hi",
+        "SELECT kpi_id, day, te, facts_hash, run_id, as_of, pending, COALESCE(checked_run, run_id) "
+        "FROM kpi_day WHERE kpi_id IN (SELECT unnest($ids)) AND day >= $lo AND day < $hi",
         {"ids": ids, "lo": lo, "hi": hi}).fetchall()
     stored = {(kid, d): (te, h) for kid, d, te, h, *_ in rows}
     run_of = {(kid, d): run for kid, d, _, _, run, *_ in rows}
-    computed_as_of = {(kid, d): at for kid, d, _, _, _, at, _ in rows}
-    pending_of = {(kid, d): pending for kid, d, *_, pending in rows}
+    computed_as_of = {(kid, d): at for kid, d, _, _, _, at, *_ in rows}
+    pending_of = {(kid, d): pending for kid, d, *_, pending, _ in rows}
+    checked_of = {(kid, d): checked for kid, d, *_, checked in rows}
     touched: dict[str, int | None] = {}
     if refresh:
         runs = [r for r in run_of.values() if r is not None]
@@ -231,12 +238,13 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
     restated: dict[str, set[date] | None] = {}
     for _, k, _, _ in wanted:
         if k.restated_by and k.id not in restated:
-            mine = [(run_of[key], computed_as_of[key]) for key in run_of if key[0] == k.id]
+            mine = [(checked_of[key], computed_as_of[key]) for key in run_of if key[0] == k.id]
             restated[k.id] = _restated(con, k, [r for r, _ in mine], [a for _, a in mine], as_of)
 
     for kix, k, months, days in wanted:
         h = facts_hash(k)
         own = set(days)
+        checked: list[date] = []
         extra: set[Period] = set()
         by_month: dict[Period, list[Period]] = {}
         for m in months:
@@ -259,7 +267,9 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
                 continue    # read whole, as one period: the store serves it once more days settle
             by_month[m] = need
             extra.update(again)
-        jobs[kix] = Job(kix, k, h, sorted(own | extra), by_month, extra)
+            if k.restated_by and restated[k.id] is not None:
+                checked.extend(d.ws.date() for d in need if d not in own and d not in again)
+        jobs[kix] = Job(kix, k, h, sorted(own | extra), by_month, extra, checked)
     return jobs
 
 
@@ -311,8 +321,8 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                          "te": cols[4], "h": cols[5], "settled": cols[6], "by_pending": cols[7]})
             _write_days(con)
             con.execute("""INSERT INTO kpi_day (kpi_id, day, te, present, facts_hash, computed_at,
-                                               run_id, as_of, pending)
-                           SELECT kpi_id, day, te, present, facts_hash, $at, $run, $as_of, NOT keep
+                                               run_id, as_of, pending, checked_run)
+                           SELECT kpi_id, day, te, present, facts_hash, $at, $run, $as_of, NOT keep, $run
                            FROM _dmap""",
                         {"at": computed_at, "run": run_id, "as_of": as_of})
             # a base that sums a day written now is no longer that day's sum
@@ -320,6 +330,15 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                            SELECT DISTINCT h.kpi_id, h.month FROM kpi_month_base_head h
                            JOIN _dmap m ON m.kpi_id = h.kpi_id AND m.day >= h.month AND m.day < h.upto""")
             _drop_bases(con, "_mgone")
+        checked = [(j.k.id, d) for j in jobs for d in j.checked]
+        if checked and run_id is not None:
+            # stored days found not restated up to this run and as_of: the next pass looks only
+            # at what comes after (run_id stays: the sweep's check of other inputs starts there)
+            cols = list(zip(*checked))
+            con.execute("""UPDATE kpi_day SET checked_run = $run, as_of = $as_of
+                           FROM (SELECT unnest($kpi) AS kpi_id, unnest($day) AS day) c
+                           WHERE kpi_day.kpi_id = c.kpi_id AND kpi_day.day = c.day""",
+                        {"run": run_id, "as_of": as_of, "kpi": cols[0], "day": cols[1]})
         stored, read = _month_days(con, jobs, pid_of, month_ws)
         if stored or read:
             cols = list(zip(*stored)) or [[], [], [], []]

@@ -393,6 +393,43 @@ def test_restated_days_are_read_again_and_the_rest_reused(sim) -> None:
     assert all(len(reread[kid]) < len(stored) for kid in MOVED_BY_AS_OF)
 
 
+def test_a_pass_moves_the_restatement_check_of_the_days_it_reused_on(sim) -> None:
+    """Days stored at 14:37, a pass at 16:00, another at 23:59:59 (call.asa_seconds). One answer
+    of two days before moved to 15:00 and one of three days before to 18:00: the 16:00 pass
+    reads the first day again and finds the others unchanged up to 16:00, so the 23:59 pass
+    reads only the second (the first's answer is not looked at again). Each pass equals the
+    direct evaluation to the last bit."""
+    con = sim.con
+    k = sim.registry.get("call.asa_seconds")
+    last = AS_OFS[0].date()
+    at_day = datetime.combine(last, datetime.min.time())
+    two, three = last - timedelta(days=2), last - timedelta(days=3)
+    moved = []
+    for d, hour in ((two, 15), (three, 18)):
+        call, was = con.execute("""SELECT call_id, answer_time FROM k_queued
+            WHERE CAST(queue_start_time AS DATE) = $d AND answer_time IS NOT NULL
+            ORDER BY call_id LIMIT 1""", {"d": d}).fetchone()
+        moved.append((call, was, at_day + timedelta(hours=hour)))
+    for table in ("kpi_day", "kpi_day_fact"):
+        con.execute(f"DELETE FROM {table}")
+    at = datetime(2026, 6, 4, 12, 0)
+    asked = [day(last), month(last.year, last.month), month(2026, 5)]
+    mode = day_store.Mode(refresh=False, computed_at=at, run_id=changes.top_run(con))
+    try:
+        for call, _, t in moved:
+            con.execute("UPDATE cs_call SET answer_time = $t WHERE call_id = $c", {"t": t, "c": call})
+        _rows(con, [k], AS_OFS[1], mode, asked)
+        rereads = []
+        for as_of in (at_day + timedelta(hours=16), AS_OFS[0]):
+            jobs = day_store.plan(con, [(0, k, periods_for(k, asked, as_of))], as_of, refresh=False)
+            rereads.append({p.ws.date() for p in jobs[0].extra})
+            assert _diff(_rows(con, [k], as_of, None, asked), _rows(con, [k], as_of, mode, asked)) == []
+    finally:
+        for call, was, _ in moved:
+            con.execute("UPDATE cs_call SET answer_time = $t WHERE call_id = $c", {"t": was, "c": call})
+    assert rereads == [{two}, {three}]
+
+
 def _merged(con: duckdb.DuckDBPyConnection, run: int, table: str, keys: list[str | None]) -> None:
     """Record an ETL run that merged rows into `table` with these keys (None: not recorded)."""
     con.execute("INSERT INTO etl_run (run_id, source, table_name, rows_merged) VALUES (?, 'cs', ?, ?)",
