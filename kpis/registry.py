@@ -200,7 +200,7 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     if k.resolved_or_due and not k.settles_when_none_pending:
         out.append("resolved_or_due")
     words = _period_words(k)
-    window = {"we", "pending"} if k.settles_after else set()
+    window = {"we", "pending"} if k.settles_after or k.restated_by else set()
     lifted = ({"as_of"} if k.settles_after or k.restated_by else set()) | (
         {"as_of", "pending"} if k.settles_when_none_pending else set())
     named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"} - lifted - window)
@@ -215,7 +215,7 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     return out
 
 
-PENDING_WINDOW = "a pending window beside settles_after"
+PENDING_WINDOW = "a pending window beside settles_after or restated_by"
 SOFT_BLOCKERS = frozenset({"te without its ws", PENDING_WINDOW})
 
 

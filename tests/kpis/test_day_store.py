@@ -88,7 +88,7 @@ def _diff(a: list[tuple], b: list[tuple]) -> list[str]:
 def _only_unsettled(con: duckdb.DuckDBPyConnection, jobs: dict[int, day_store.Job],
                     stored_at: datetime) -> bool:
     """No stored day read again, but those of a KPI with settles_after that had not settled
-    when stored (urges: 7 days; repeat calls: 72 hours) and those stored with a pending item of
+    when stored (repeat calls: 72 hours) and those stored with a pending item of
     a KPI that settles when none is, and some of each."""
     pending = set(con.execute("SELECT kpi_id, day FROM kpi_day WHERE pending").fetchall())
     # days stored without the ETL run they were up to: a KPI with restated_by cannot tell which
@@ -99,7 +99,7 @@ def _only_unsettled(con: duckdb.DuckDBPyConnection, jobs: dict[int, day_store.Jo
                 or (k.settles_when_none_pending and (k.id, d.ws.date()) in pending)
                 or (k.restated_by and (k.id, d.ws.date()) in unknown)
                 for k, d in again)
-            and any(k.id == "order.urge_rate" for k, _ in again)
+            and any(k.id == "call.fcr_rate" for k, _ in again)
             and any(k.settles_when_none_pending for k, _ in again))
 
 
@@ -203,16 +203,16 @@ def _stored_early_read_late(sim: Sim, kpis: list[KpiDef]) -> tuple[list[str], di
 
 def test_days_that_settled_serve_a_later_as_of(sim, monkeypatch) -> None:
     """Every KPI that says when its days stop depending on as_of (settles_after): days stored at
-    14:37 of the last day, before answers, notices, urges, repeat calls and retries still to
+    14:37 of the last day, before answers, notices, repeat calls and retries still to
     come in the sources, are reused at its end where they had settled by 14:37 and read again
-    where not (urges: the 7 days before; repeat calls: the 3 days before), and June and May,
+    where not (repeat calls: the 3 days before), and June and May,
     pending flags included, equal the direct evaluation at the end of the day to the last bit.
     (Months are never read whole here, whatever share of their days is unsettled.)"""
     monkeypatch.setattr(day_store, "READ_WHOLE_SHARE", 1.0)
     kpis = [k for k in sim.registry.kpis.values() if k.settles]
     assert {"call.service_level_20s", "call.ivr_containment_rate", "reliability.important_notice_rate",
             "reliability.planned_notice_ontime_rate", "reliability.temp_notice_ontime_rate",
-            "order.urge_rate", "call.fcr_rate", *SETTLING} <= {k.id for k in kpis}
+            "call.fcr_rate", *SETTLING} <= {k.id for k in kpis}
     assert all(day_additive(k) for k in kpis)
     diff, reread = _stored_early_read_late(sim, kpis)
     assert diff == []
@@ -221,7 +221,6 @@ def test_days_that_settled_serve_a_later_as_of(sim, monkeypatch) -> None:
     assert reread == {k.id: {d for d in days
                              if datetime.combine(d + timedelta(days=1), datetime.min.time()) + k.settles > early}
                       for k in kpis}
-    assert reread["order.urge_rate"] == set(days[-7:])
     assert reread["call.fcr_rate"] == set(days[-3:])
 
 
@@ -306,11 +305,11 @@ def test_a_pending_flag_that_misses_open_items_changes_the_month(sim, monkeypatc
 
 
 def test_a_month_mostly_unsettled_is_read_whole_in_an_ordinary_pass(sim) -> None:
-    """With more than half of a month's stored days unsettled (urges: 7 days), an ordinary pass
+    """With more than half of a month's stored days unsettled (repeat calls: 72 h), an ordinary pass
     reads the month as one period instead of each of those days (READ_WHOLE_SHARE), the sweep
     still reads through the store; the values equal the direct evaluation either way."""
     con = sim.con
-    kpis = [sim.registry.get("order.urge_rate")]
+    kpis = [sim.registry.get("call.fcr_rate")]
     for table in ("kpi_day", "kpi_day_fact"):
         con.execute(f"DELETE FROM {table}")
     at = datetime(2026, 6, 4, 12, 0)
@@ -321,12 +320,11 @@ def test_a_month_mostly_unsettled_is_read_whole_in_an_ordinary_pass(sim) -> None
     _rows(con, kpis, as_of, day_store.Mode(refresh=False, computed_at=at, run_id=top), asked)
     requested = [(0, kpis[0], periods_for(kpis[0], asked, as_of))]
     ordinary = day_store.plan(con, requested, as_of, refresh=False)[0]
-    assert june not in ordinary.months and may in ordinary.months   # 2 of 3 days unsettled; 5 of 31
-    assert {d.ws.date() for d in ordinary.extra} == {date(2026, 5, d) for d in range(27, 32)}
+    assert june not in ordinary.months and may in ordinary.months   # 2 of 3 days unsettled; 1 of 31
+    assert {d.ws.date() for d in ordinary.extra} == {date(2026, 5, 31)}
     sweep = day_store.plan(con, requested, as_of, refresh=True)[0]
     assert june in sweep.months and may in sweep.months
-    assert {d.ws.date() for d in sweep.extra} == {date(2026, 5, d) for d in range(27, 32)} | {
-        date(2026, 6, 1), date(2026, 6, 2)}
+    assert {d.ws.date() for d in sweep.extra} == {date(2026, 5, 31), date(2026, 6, 1), date(2026, 6, 2)}
     direct = _rows(con, kpis, as_of, None, asked)
     for refresh in (False, True):
         via = _rows(con, kpis, as_of, day_store.Mode(refresh=refresh, computed_at=at, run_id=top), asked)
@@ -342,6 +340,10 @@ MOVED_BY_AS_OF = {
     "call.asa_seconds": """
         SELECT CAST(queue_start_time AS DATE) FROM cs_call
         WHERE answer_time > $early AND answer_time <= $later""",
+    # urged orders (no 7-day window closes between 14:37 and 23:59:59: the next one at 00:00)
+    "order.urge_rate": """
+        SELECT CAST(w.accept_time AS DATE) FROM cs_urge u JOIN cs_work_order w ON w.wo_no = u.wo_no
+        WHERE u.urge_time > $early AND u.urge_time <= $later""",
     **{f"repair.arrival_minutes_avg_{area}": """
         SELECT CAST(COALESCE(w.accept_time, t.receive_time) AS DATE) FROM dist_repair_task t
         LEFT JOIN cs_work_order w ON w.wo_no = t.wo_no AND w.is_deleted = 0
@@ -390,6 +392,7 @@ def test_restated_days_are_read_again_and_the_rest_reused(sim) -> None:
     assert reread == expected
     assert before.date() in reread["call.asa_seconds"]
     assert before.date() in reread["repair.arrival_minutes_avg_urban"]
+    assert reread["order.urge_rate"]        # urges of earlier days' orders after 14:37
     assert all(len(reread[kid]) < len(stored) for kid in MOVED_BY_AS_OF)
 
 
@@ -428,6 +431,33 @@ def test_a_pass_moves_the_restatement_check_of_the_days_it_reused_on(sim) -> Non
         for call, was, _ in moved:
             con.execute("UPDATE cs_call SET answer_time = $t WHERE call_id = $c", {"t": was, "c": call})
     assert rereads == [{two}, {three}]
+
+
+def test_a_day_whose_urge_window_closes_is_read_again(sim) -> None:
+    """order.urge_rate's days stay pending until 7 days after they end; stored with their
+    pending rows, a day is read again when its window closes (restated_by): 05-27's at 00:00 of
+    06-04, after which its stored rows are no longer pending; the months equal the direct
+    evaluation."""
+    con = sim.con
+    k = sim.registry.get("order.urge_rate")
+    for table in ("kpi_day", "kpi_day_fact"):
+        con.execute(f"DELETE FROM {table}")
+    at = datetime(2026, 6, 4, 12, 0)
+    mode = day_store.Mode(refresh=False, computed_at=at, run_id=changes.top_run(con))
+    stored_at, later = AS_OFS[0], AS_OFS[0] + timedelta(seconds=31)      # 06-04 00:00:30
+    _rows(con, [k], stored_at, mode, [day(stored_at.date()), month(2026, 6), month(2026, 5)])
+
+    def pending_27() -> bool:
+        return con.execute("SELECT BOOL_OR(pending) FROM kpi_day_fact WHERE kpi_id = $k "
+                           "AND day = DATE '2026-05-27'", {"k": k.id}).fetchone()[0]
+
+    assert pending_27()
+    asked = [day(later.date()), month(2026, 6), month(2026, 5)]
+    jobs = day_store.plan(con, [(0, k, periods_for(k, asked, later))], later, refresh=False)
+    assert date(2026, 5, 27) in {p.ws.date() for p in jobs[0].extra}
+    direct = _rows(con, [k], later, None, asked)
+    assert _diff(direct, _rows(con, [k], later, mode, asked)) == []
+    assert pending_27() is False
 
 
 def _merged(con: duckdb.DuckDBPyConnection, run: int, table: str, keys: list[str | None]) -> None:
@@ -477,11 +507,11 @@ def test_a_visit_merged_later_restates_its_orders_close_day(sim) -> None:
 
 def test_only_days_a_later_pass_can_reuse_are_stored(sim) -> None:
     """Today (not over) is not stored: every pass reads it again. A complete day that has not
-    settled is stored as its header only, marked pending, without rows: urges within 7 days of
+    settled is stored as its header only, marked pending, without rows: repeat calls within 72 h of
     as_of, non-repair orders' days with an order still open and not yet due. Settled days keep
     their rows."""
     con = sim.con
-    ids = ("order.total", "order.urge_rate", "order.nonrepair_ontime_rate")
+    ids = ("order.total", "call.fcr_rate", "order.nonrepair_ontime_rate")
     kpis = [sim.registry.get(kid) for kid in ids]
     for table in ("kpi_day", "kpi_day_fact"):
         con.execute(f"DELETE FROM {table}")
@@ -494,10 +524,10 @@ def test_only_days_a_later_pass_can_reuse_are_stored(sim) -> None:
     days = [date(2026, 5, 1) + timedelta(days=i) for i in range((as_of.date() - date(2026, 5, 1)).days)]
     assert set(stored) == {(kid, d) for kid in ids for d in days}      # no 06-03
     assert all(not stored[("order.total", d)][0] and stored[("order.total", d)][1] > 0 for d in days)
-    urge_open = {d for d in days if datetime.combine(d, datetime.min.time()) + timedelta(days=8) > as_of}
-    assert urge_open == {date(2026, 5, 27) + timedelta(days=i) for i in range(7)}
-    assert {d for d in days if stored[("order.urge_rate", d)][0]} == urge_open
-    assert all(stored[("order.urge_rate", d)][1] == 0 for d in urge_open)
+    fcr_open = {d for d in days if datetime.combine(d, datetime.min.time()) + timedelta(days=4) > as_of}
+    assert fcr_open == {date(2026, 5, 31), date(2026, 6, 1), date(2026, 6, 2)}
+    assert {d for d in days if stored[("call.fcr_rate", d)][0]} == fcr_open
+    assert all(stored[("call.fcr_rate", d)][1] == 0 for d in fcr_open)
     open_days = {d for d in days if stored[("order.nonrepair_ontime_rate", d)][0]}
     assert open_days and len(open_days) < len(days)
     assert all((stored[("order.nonrepair_ontime_rate", d)][1] == 0) == (d in open_days) for d in days)
