@@ -316,6 +316,7 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                            FROM m LEFT JOIN (SELECT DISTINCT kix, pid FROM _present) pr
                                 ON pr.kix = m.kix AND pr.pid = m.pid
                            LEFT JOIN (SELECT r.kix, r.pid, BOOL_OR(r.pending) AS pending FROM _fr r
+                                      SEMI JOIN m ON m.kix = r.kix AND m.pid = r.pid
                                       GROUP BY r.kix, r.pid) pe ON pe.kix = m.kix AND pe.pid = m.pid""",
                         {"kix": cols[0], "pid": cols[1], "kpi": cols[2], "day": cols[3],
                          "te": cols[4], "h": cols[5], "settled": cols[6], "by_pending": cols[7]})

@@ -327,10 +327,10 @@ def sql_binds(parsed: list[Located]) -> list[Issue]:
     import duckdb  # noqa: PLC0415  (only this rule needs a database)
 
     from etl.schema import ods_statements  # noqa: PLC0415
-    from kpis.compile import PERIODS_DDL, compile_kpi  # noqa: PLC0415
-    from kpis.prelude import apply_prelude  # noqa: PLC0415
-
     from etl.warehouse import BOOKKEEPING  # noqa: PLC0415
+    from kpis.compile import PERIODS_DDL, compile_kpi  # noqa: PLC0415
+    from kpis.day_store import restated_params  # noqa: PLC0415
+    from kpis.prelude import apply_prelude  # noqa: PLC0415
 
     con = duckdb.connect()
     for stmt in (*ods_statements(), *BOOKKEEPING):
@@ -357,13 +357,11 @@ def sql_binds(parsed: list[Located]) -> list[Issue]:
             if k.presence:
                 con.execute(f"EXPLAIN SELECT DISTINCT pid FROM ({k.presence})")
             if k.restated_by:
-                from kpis.day_store import restated_params  # noqa: PLC0415
-                kinds = con.execute(f"DESCRIBE SELECT * FROM ({k.restated_by})",
-                                    restated_params(k, 0, datetime(2000, 1, 1), datetime(2000, 1, 1))
-                                    ).fetchall()
-                if [(r[0], r[1]) for r in kinds] != [("day", "DATE")]:
-                    issues.append(Issue(loc.file, loc.line, k.id,
-                                        f"restated_by returns {[(r[0], r[1]) for r in kinds]}; "
+                shape = [(r[0], r[1]) for r in con.execute(
+                    f"DESCRIBE SELECT * FROM ({k.restated_by})",
+                    restated_params(k, 0, datetime(2000, 1, 1), datetime(2000, 1, 1))).fetchall()]
+                if shape != [("day", "DATE")]:
+                    issues.append(Issue(loc.file, loc.line, k.id, f"restated_by returns {shape}; "
                                         "expected one column day DATE"))
         except duckdb.Error as exc:
             msg = str(exc).splitlines()[0][:300]

@@ -78,7 +78,7 @@ class KpiDef(BaseModel):
     # not place on it (an order's visits, dated later): SQL returning `day` (DATE), the days
     # whose stored facts may differ now, given $run (the ETL run they are up to: rows merged
     # after it, from etl_keys of the tables it names as quoted literals) and $after / $as_of
-    # (the earliest as_of they were computed at, and the pass's). Lifts the day store's
+    # (the earliest as_of up to which they were checked, and the pass's). Lifts the day store's
     # "names as_of" blocker (kpis/day_store.py); tests/kpis/test_day_store.py holds each claim.
     restated_by: str | None = None
     # How often the values can move with as_of alone, the tables it reads unchanged: "minute"
