@@ -165,8 +165,9 @@ FROM (SELECT an.ancestor_no AS unit_no, ev.d, SUM(ev.delta) AS delta
 -- (k_cust_grp) when lo is not below their floor day, else from the customers themselves (an
 -- old period; DuckDB skips that scan when the NOT EXISTS is false).
 CREATE OR REPLACE MACRO cust_counts(lo, hi) AS TABLE
+WITH _span AS (SELECT lo AS lo, hi AS hi)
 SELECT c.org_no, c.grid_no, c.status_code,
-       clamp_build(c.bd, lo, hi) AS bd, clamp_cancel(c.cancel_date, lo, hi) AS cancel_date,
+       clamp_build(c.bd, _span.lo, _span.hi) AS bd, clamp_cancel(c.cancel_date, _span.lo, _span.hi) AS cancel_date,
        CAST(SUM(c.n) AS BIGINT) AS n
 FROM (SELECT g.org_no, g.grid_no, g.status_code, g.bd, g.cancel_date, g.n
       FROM k_cust_grp g WHERE g.floor_day <= lo
@@ -174,10 +175,10 @@ FROM (SELECT g.org_no, g.grid_no, g.status_code, g.bd, g.cancel_date, g.n
       SELECT org_no, grid_no, status_code, COALESCE(build_date, CAST(created_at AS DATE)),
              cancel_date, CAST(1 AS BIGINT)
       FROM mis_customer
-      WHERE is_deleted = 0 AND NOT EXISTS (SELECT 1 FROM k_cust_grp g WHERE g.floor_day <= lo)) c
+      WHERE is_deleted = 0 AND NOT EXISTS (SELECT 1 FROM k_cust_grp g WHERE g.floor_day <= lo)) c CROSS JOIN _span
 -- (the groups named, not BY ALL: kpis/dependencies.py reads BY ALL as "any column")
-GROUP BY c.org_no, c.grid_no, c.status_code, clamp_build(c.bd, lo, hi),
-         clamp_cancel(c.cancel_date, lo, hi);
+GROUP BY c.org_no, c.grid_no, c.status_code, clamp_build(c.bd, _span.lo, _span.hi),
+         clamp_cancel(c.cancel_date, _span.lo, _span.hi);
 
 -- The archive stocks' counts (kpis/sql/shared.sql k_cust_groups) of the customers (is_deleted =
 -- 0) grouped by org, grid, status and the dates ACTIVE reads, a date before `lo_day` clamped to
@@ -292,16 +293,17 @@ FROM check_counts((SELECT floor_day FROM f), TRUE) c CROSS JOIN f;
 -- cancel: lo and hi the first and last day D tested): from the kept groups when lo is not below
 -- their floor day, else from k_cust_check.
 CREATE OR REPLACE MACRO check_groups(lo, hi) AS TABLE
+WITH _span AS (SELECT lo AS lo, hi AS hi)
 SELECT g.org_no, g.grid_no, g.status_code,
-       clamp_build(g.bd, lo, hi) AS bd, clamp_cancel(g.cancel_date, lo, hi) AS cancel_date,
+       clamp_build(g.bd, _span.lo, _span.hi) AS bd, clamp_cancel(g.cancel_date, _span.lo, _span.hi) AS cancel_date,
        CAST(SUM(g.num) AS BIGINT) AS num, CAST(SUM(g.n) AS BIGINT) AS n
 FROM (SELECT k.org_no, k.grid_no, k.status_code, k.bd, k.cancel_date, k.num, k.n
       FROM k_cust_check_grp k WHERE k.floor_day <= lo
       UNION ALL
       SELECT * FROM check_counts(lo, NOT EXISTS (SELECT 1 FROM k_cust_check_grp k
-                                                 WHERE k.floor_day <= lo))) g
-GROUP BY g.org_no, g.grid_no, g.status_code, clamp_build(g.bd, lo, hi),
-         clamp_cancel(g.cancel_date, lo, hi);
+                                                 WHERE k.floor_day <= lo))) g CROSS JOIN _span
+GROUP BY g.org_no, g.grid_no, g.status_code, clamp_build(g.bd, _span.lo, _span.hi),
+         clamp_cancel(g.cancel_date, _span.lo, _span.hi);
 
 -- TG(c): the 台区 of the customer's settlement point with the smallest mp_no. A table, built
 -- once per pass that needs it: as part of the view below it was recomputed over every metering
@@ -341,16 +343,17 @@ FROM cust_area_counts((SELECT floor_day FROM f), TRUE) a CROSS JOIN f;
 -- for cancel: lo and hi the first and last day D tested): from the kept groups when lo is not
 -- below their floor day, else from the customers.
 CREATE OR REPLACE MACRO cust_area_groups(lo, hi) AS TABLE
+WITH _span AS (SELECT lo AS lo, hi AS hi)
 SELECT g.org_no, g.grid_no, g.status_code, g.rel_area_code,
-       clamp_build(g.bd, lo, hi) AS bd, clamp_cancel(g.cancel_date, lo, hi) AS cancel_date,
+       clamp_build(g.bd, _span.lo, _span.hi) AS bd, clamp_cancel(g.cancel_date, _span.lo, _span.hi) AS cancel_date,
        CAST(SUM(g.n) AS BIGINT) AS n
 FROM (SELECT k.org_no, k.grid_no, k.status_code, k.rel_area_code, k.bd, k.cancel_date, k.n
       FROM k_cust_area_grp k WHERE k.floor_day <= lo
       UNION ALL
       SELECT * FROM cust_area_counts(lo, NOT EXISTS (SELECT 1 FROM k_cust_area_grp k
-                                                     WHERE k.floor_day <= lo))) g
-GROUP BY g.org_no, g.grid_no, g.status_code, g.rel_area_code, clamp_build(g.bd, lo, hi),
-         clamp_cancel(g.cancel_date, lo, hi);
+                                                     WHERE k.floor_day <= lo))) g CROSS JOIN _span
+GROUP BY g.org_no, g.grid_no, g.status_code, g.rel_area_code, clamp_build(g.bd, _span.lo, _span.hi),
+         clamp_cancel(g.cancel_date, _span.lo, _span.hi);
 
 -- NTG(g) as groups: customers (is_deleted = 0) counted per settlement 台区 TG(c) (k_settle_tg),
 -- status and the dates ACTIVE reads, a date before lo_day clamped as in cust_stock_counts; none
@@ -377,15 +380,16 @@ FROM tg_cust_counts((SELECT floor_day FROM f), TRUE) a CROSS JOIN f;
 -- The groups of tg_cust_counts with their dates clamped to [lo - 1, hi + 1] ([lo, hi + 1] for
 -- cancel): from the kept groups when lo is not below their floor day, else from the customers.
 CREATE OR REPLACE MACRO tg_cust_groups(lo, hi) AS TABLE
+WITH _span AS (SELECT lo AS lo, hi AS hi)
 SELECT g.tg_no, g.status_code,
-       clamp_build(g.bd, lo, hi) AS bd, clamp_cancel(g.cancel_date, lo, hi) AS cancel_date,
+       clamp_build(g.bd, _span.lo, _span.hi) AS bd, clamp_cancel(g.cancel_date, _span.lo, _span.hi) AS cancel_date,
        CAST(SUM(g.n) AS BIGINT) AS n
 FROM (SELECT k.tg_no, k.status_code, k.bd, k.cancel_date, k.n
       FROM k_tg_cust_grp k WHERE k.floor_day <= lo
       UNION ALL
       SELECT * FROM tg_cust_counts(lo, NOT EXISTS (SELECT 1 FROM k_tg_cust_grp k
-                                                   WHERE k.floor_day <= lo))) g
-GROUP BY g.tg_no, g.status_code, clamp_build(g.bd, lo, hi), clamp_cancel(g.cancel_date, lo, hi);
+                                                   WHERE k.floor_day <= lo))) g CROSS JOIN _span
+GROUP BY g.tg_no, g.status_code, clamp_build(g.bd, _span.lo, _span.hi), clamp_cancel(g.cancel_date, _span.lo, _span.hi);
 
 -- Settlement metering points (mp_attr_code '01', status_code '01'/'02', not deleted) of
 -- customers not deleted, with the customer's attribution and ACTIVE inputs and what the
