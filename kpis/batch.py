@@ -532,8 +532,9 @@ def _compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
                 rest = distinct_month.months_from_base(con, k, cols, ps, as_of, day_store, tree)
             if rest:
                 load_periods(con, "_periods", range(len(rest)), rest, as_of)
+                shared_te = te_only(k) and len({p.te(as_of) for p in rest}) < len(rest)
                 con.execute(f"INSERT INTO _result SELECT {', '.join(RESULT_COLUMNS)} FROM ("
-                            + cache.use(compile_kpi(k, cols)) + ")")
+                            + cache.use(compile_kpi(k, cols, one_per_te=shared_te)) + ")")
             done.append((k, ps))
         except duckdb.Error as exc:
             log.error("KPI %s failed: %s", k.id, exc)

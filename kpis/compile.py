@@ -183,10 +183,20 @@ fa AS (
 )"""
 
 
-def compile_kpi(k: KpiDef, fact_columns: set[str], agg: str | None = None) -> str:
+# The periods as loaded: a name no CTE shadows (one_per_te below names a CTE _periods).
+_ALL_PERIODS = "temp.main._periods"
+
+
+def compile_kpi(k: KpiDef, fact_columns: set[str], agg: str | None = None,
+                one_per_te: bool = False) -> str:
     """The statement producing kpi_value-shaped rows for every unit and period in _periods.
     agg: rows (pid, unit_no, num, den, sample, pending, missing) computed otherwise
-    (kpis/distinct_month.py) instead of the roll-up of the facts."""
+    (kpis/distinct_month.py) instead of the roll-up of the facts.
+    one_per_te: for facts and presence that see their period only through te (kpis.batch.te_only):
+    they and the roll-up are computed for the first period of each te only (a CTE _periods
+    shadows the table for them) and every period takes the rows of that one. Today and the
+    running month both end at as_of: billing.arrears_customers, a distinct count with its own
+    statement, read its bills and rolled up its customers twice a minute."""
     levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels)
     org_levels = ", ".join(f"'{lvl}'" for lvl in k.org_levels if lvl != "grid") or "NULL"
     has = fact_columns.__contains__
@@ -203,8 +213,17 @@ def compile_kpi(k: KpiDef, fact_columns: set[str], agg: str | None = None) -> st
                                        else "a.den")
     agg_cte = (_agg_cte(k, aggs, org_levels, "grid" in k.org_levels, has) if agg is None
                else f"agg AS ({agg}),")
+    facts = attributed_facts(k)
+    periods, rep = "_periods", "p.pid"
+    if one_per_te:
+        assert agg is None
+        facts = (f"WITH _periods AS (SELECT * FROM {_ALL_PERIODS} WHERE pid IN "
+                 f"(SELECT MIN(pid) FROM {_ALL_PERIODS} GROUP BY te)),\n"
+                 + facts.removeprefix("WITH "))
+        periods = _ALL_PERIODS
+        rep = f"(SELECT MIN(q.pid) FROM {_ALL_PERIODS} q WHERE q.te = p.te)"
     return f"""
-{attributed_facts(k)},
+{facts},
 {agg_cte}
 present AS ({presence}),
 rolled AS (
@@ -212,10 +231,10 @@ rolled AS (
            CASE WHEN pr.pid IS NULL OR a.missing THEN NULL ELSE {num_out} END AS num,
            CASE WHEN pr.pid IS NULL OR a.missing THEN NULL ELSE {den_out} END AS den,
            a.sample, COALESCE(a.pending, FALSE) AS pending
-    FROM _periods p
+    FROM (SELECT *, {rep} AS rep FROM {periods} p) p
     CROSS JOIN (SELECT unit_no, unit_level FROM k_org WHERE unit_level IN ({levels})) u
-    LEFT JOIN agg a ON a.pid = p.pid AND a.unit_no = u.unit_no
-    LEFT JOIN present pr ON pr.pid = p.pid
+    LEFT JOIN agg a ON a.pid = p.rep AND a.unit_no = u.unit_no
+    LEFT JOIN present pr ON pr.pid = p.rep
 ),
 valued AS (
     SELECT *, CAST({value_sql(k)} AS DOUBLE) AS value, CAST(NULL AS DOUBLE) AS baseline FROM rolled

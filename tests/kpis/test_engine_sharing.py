@@ -334,3 +334,93 @@ def test_range_joins_to_few_periods_are_planned_as_nested_loops_and_the_setting_
     assert con.execute("SELECT current_setting('nested_loop_join_threshold')").fetchone()[0] == 7
     rows = dict(con.execute("SELECT org_no, value FROM kpi_value WHERE org_no IN ('S1', 'S2', 'P')").fetchall())
     assert rows == pytest.approx({"S1": 90.0, "S2": 30.0, "P": 135.5})
+
+
+def _follow_up_visits() -> duckdb.DuckDBPyConnection:
+    """tests/kpis/cases/order.complaint_callback_satisfaction.month.yaml's orders and visits:
+    CPa complaint (S1), CPb repair (S1), CPc complaint merged into CPa (S2), CPd complaint (org ZZ,
+    unknown -> P); successful visits V1 CPa 07-01 00:00 满意, V2 CPa 07-31 23:59:59 不满意, V3 CPb
+    07-10 10:00 满意, V4 CPc 07-10 10:00 满意, V5 CPd 07-15 10:00 基本满意, V6 CPa 08-01 00:00."""
+    case = yaml.safe_load((CASES / "order.complaint_callback_satisfaction.month.yaml").read_text())
+    con = duckdb.connect()
+    load_inputs(con, case)
+    return con
+
+
+def test_the_follow_up_satisfaction_rates_share_their_visits(registry):
+    """order.callback_satisfaction (every order type), order.complaint_callback_satisfaction
+    (complaints, 02) and repair.satisfaction (fault reports, 01) read the visits of their periods
+    with their orders once (kpis/sql/shared.sql k_visit_sat) when evaluated together. Worked by
+    hand (V4 is on a merged order, V6 in August: out everywhere): July, all types: S1 V1, V2, V3 =
+    2 of 3, P adds V5 = 3 of 4; complaints: S1 V1, V2 = 1 of 2, P 2 of 3; repair: V3 = 1 of 1 at
+    S1 and P. 2024-07-10: all types S1 1 of 1 (V3); complaints none (0 of 0); repair 1 of 1."""
+    con = _follow_up_visits()
+    ids = ("order.callback_satisfaction", "order.complaint_callback_satisfaction",
+           "repair.satisfaction")
+    kpis = [registry.get(i).model_copy(update={"min_sample": None}) for i in ids]
+    rec = _Recording(con)
+    as_of = datetime(2024, 8, 1, 8, 0)
+    s = evaluate_and_store(rec, registry, [month(2024, 7), day(datetime(2024, 7, 10).date())], as_of,
+                           kpis=kpis, computed_at=as_of)
+    assert not s.errors
+    facts = [q for q in rec.all if q.startswith("INSERT INTO _fr ") and "k_visit_sat" in q]
+    assert len(facts) == 1 and facts[0].count("k_visit_sat AS MATERIALIZED") == 1
+    assert all(f"-- {i} (named" in facts[0] for i in ids)
+    rows = {(r[0], r[1], r[2]): (r[3], r[4]) for r in con.execute(
+        "SELECT kpi_id, grain, org_no, numerator, denominator FROM kpi_value "
+        "WHERE org_no IN ('S1', 'P')").fetchall()}
+    assert rows == {
+        ("order.callback_satisfaction", "monthly", "S1"): (2, 3),
+        ("order.callback_satisfaction", "monthly", "P"): (3, 4),
+        ("order.callback_satisfaction", "daily", "S1"): (1, 1),
+        ("order.callback_satisfaction", "daily", "P"): (1, 1),
+        ("order.complaint_callback_satisfaction", "monthly", "S1"): (1, 2),
+        ("order.complaint_callback_satisfaction", "monthly", "P"): (2, 3),
+        ("order.complaint_callback_satisfaction", "daily", "S1"): (0, 0),
+        ("order.complaint_callback_satisfaction", "daily", "P"): (0, 0),
+        ("repair.satisfaction", "monthly", "S1"): (1, 1),
+        ("repair.satisfaction", "monthly", "P"): (1, 1),
+        ("repair.satisfaction", "daily", "S1"): (1, 1),
+        ("repair.satisfaction", "daily", "P"): (1, 1)}
+
+
+def test_a_distinct_count_at_te_is_rolled_up_once_per_te(registry, monkeypatch):
+    """billing.arrears_customers (a distinct count: its own statement) over the bills of
+    tests/kpis/cases/billing.arrears_customers.conventions_10_3.yaml plus F6, 50.00 paid on B2 on
+    07-02 07:00, at as_of 07-02 08:00. 06-30 and June both end 07-01 00:00, 07-02 and July so far
+    both end at as_of: the facts and the roll-up are computed for one period of each te and the
+    other takes its rows (compile_kpi one_per_te). Worked by hand (the case's working for 07-01
+    00:00: BK1 in S1 with B1 40.00 and B2 50.00 out, BK2 in S2 with B4, BK4 at P with B8): June
+    and 06-30: S1 1, S2 1, K1 2, P 3. At 07-02 08:00: B1 paid off 07-01 09:00, B2 by F6, B3 not
+    due (07-05): BK2 and BK4 remain: S1 0, S2 1, K1 1, P 2. The running day and month are not
+    final, the closed ones are."""
+    from kpis import batch, compile as compile_mod
+    case = yaml.safe_load((CASES / "billing.arrears_customers.conventions_10_3.yaml").read_text())
+    case["inputs"]["mis_rcved_flow"].append(
+        {"rcved_id": "F6", "bill_id": "B2", "cons_no": "BK1", "org_no": "S1", "rcved_amt": 50.0,
+         "rcved_time": "2024-07-02 07:00:00", "status_code": "01"})
+    con = duckdb.connect()
+    load_inputs(con, case)
+    shared_te = []
+
+    def recording(k, cols, agg=None, one_per_te=False):
+        shared_te.append((k.id, one_per_te))
+        return compile_mod.compile_kpi(k, cols, agg, one_per_te)
+    monkeypatch.setattr(batch, "compile_kpi", recording)
+    k = registry.get("billing.arrears_customers").model_copy(update={"min_sample": None})
+    as_of = datetime(2024, 7, 2, 8, 0)
+    s = evaluate_and_store(con, registry, [day(datetime(2024, 6, 30).date()), month(2024, 6),
+                                           day(as_of.date()), month(2024, 7)],
+                           as_of, kpis=[k], computed_at=as_of)
+    assert not s.errors
+    assert shared_te == [("billing.arrears_customers", True)]
+    rows = {(r[0] + " " + str(r[1].date()), r[2]): (r[3], r[4]) for r in con.execute(
+        "SELECT grain, period_start, org_no, value, is_final FROM kpi_value "
+        "WHERE org_no IN ('S1', 'S2', 'K1', 'P')").fetchall()}
+    closed = {"S1": 1, "S2": 1, "K1": 2, "P": 3}
+    running = {"S1": 0, "S2": 1, "K1": 1, "P": 2}
+    assert rows == {
+        **{("daily 2024-06-30", o): (v, True) for o, v in closed.items()},
+        **{("monthly 2024-06-01", o): (v, True) for o, v in closed.items()},
+        **{("daily 2024-07-02", o): (v, False) for o, v in running.items()},
+        **{("monthly 2024-07-01", o): (v, False) for o, v in running.items()}}
