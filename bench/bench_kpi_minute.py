@@ -25,6 +25,9 @@ the worker keeps between passes (kept prelude tables, stored days): it is printe
 as_of defaults to 90 minutes before the simulator's clock (22:30 for a fresh build), so that
 today holds most of a day and the measured minutes stay inside one hour (a new hour is a sweep).
 --per-kpi times the facts KPI by KPI (kpis.batch.CHUNK = 1: more statements, so a larger total).
+--planning reads DuckDB's detailed profile of each statement (binding, optimizers, physical plan
+against the statement's latency: what planning, not running, costs a pass); profiling adds its
+own time, so the pass times of such a run are not comparable with a plain one.
 --sweep makes every measured pass a sweep (the last sweep set SWEEP_EVERY back before each):
 the worker's recurring full evaluation, every KPI for today, its hours and the running month
 (days re-read for the months summed from stored days), with the kept tables as a pass keeps them.
@@ -32,7 +35,9 @@ the worker's recurring full evaluation, every KPI for today, its hours and the r
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import tempfile
 import statistics
 import sys
 import time
@@ -69,11 +74,16 @@ _KPI = re.compile(r"-- (\S+) \(named")
 
 
 class PerStatement(Timed):
-    """Timed, and each statement's time kept with its text (for the per-KPI table)."""
+    """Timed, and each statement's time kept with its text (for the per-KPI table); with a
+    profile file (--planning), what DuckDB's detailed profile says planning each one cost."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, profile: Path | None = None) -> None:
         super().__init__(con)
         self.statements: list[tuple[float, str]] = []
+        self.profile = profile
+        # [statements profiled, binding, optimizers, physical planning, latency]
+        self.planning = [0, 0.0, 0.0, 0.0, 0.0]
+        self.optimizers: dict[str, float] = {}
 
     def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
         t = time.perf_counter()
@@ -81,6 +91,29 @@ class PerStatement(Timed):
             return super().execute(sql, *args)
         finally:
             self.statements.append((time.perf_counter() - t, sql))
+            if self.profile is not None:
+                self._read_profile(sql)
+
+    def _read_profile(self, sql: str) -> None:
+        try:
+            d = json.loads(self.profile.read_text())
+        except (OSError, ValueError):
+            return
+        if d.get("query_name") != sql:     # a statement DuckDB does not profile left the last one
+            return
+        for i, key in enumerate(("planner", "all_optimizers", "physical_planner", "latency"), 1):
+            self.planning[i] += d.get(key, 0.0)
+        self.planning[0] += 1
+        for name, v in d.items():
+            if name.startswith("optimizer_"):
+                self.optimizers[name[10:]] = self.optimizers.get(name[10:], 0.0) + v
+
+    def print_planning(self) -> None:
+        n, bind, opt, phys, latency = self.planning
+        top = sorted(self.optimizers.items(), key=lambda x: -x[1])[:5]
+        print(f"    planning of {n} profiled statements: {bind + opt + phys:.3f} s (binding {bind:.3f}, "
+              f"optimizers {opt:.3f}, physical plan {phys:.3f}) of {latency:.3f} s latency; "
+              f"slowest optimizers: {', '.join(f'{k} {v:.3f}' for k, v in top)}")
 
 
 def mark(con: duckdb.DuckDBPyConnection, run_id: int, template: dict[str, tuple[str, ...]],
@@ -125,6 +158,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25, help="statements (or KPIs) listed, slowest first")
     ap.add_argument("--per-kpi", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="every measured pass a sweep")
+    ap.add_argument("--planning", action="store_true", help="print what planning the statements cost")
     args = ap.parse_args()
     if args.per_kpi:
         batch.CHUNK = 1
@@ -137,8 +171,15 @@ def main() -> None:
         template = {t: ("*",) for k in registry.kpis.values() for t in tables_read(k)}
     cmd = (f"python bench/bench_kpi_minute.py --data-dir {args.data_dir} --minutes {args.minutes} "
            f"--as-of '{as_of:%Y-%m-%d %H:%M:%S}' --template {args.template}"
-           + (" --per-kpi" if args.per_kpi else "") + (" --sweep" if args.sweep else ""))
+           + (" --per-kpi" if args.per_kpi else "") + (" --sweep" if args.sweep else "")
+           + (" --planning" if args.planning else ""))
     con, run = open_at(args.data_dir, as_of)
+    profile = None
+    if args.planning:
+        profile = Path(tempfile.mkdtemp()) / "profile.json"
+        con.execute("PRAGMA enable_profiling = 'json'")
+        con.execute("PRAGMA profiling_mode = 'detailed'")
+        con.execute(f"PRAGMA profiling_output = '{profile}'")
     print(f"{datetime.now():%Y-%m-%d %H:%M} duckdb {duckdb.__version__}; template {args.template} "
           f"({len(template)} tables); {len(registry.kpis)} KPIs")
     walls, cpus, per = [], [], {}
@@ -147,7 +188,7 @@ def main() -> None:
         mark(con, run, template, as_of.date())
         if args.sweep and i:
             con.execute("UPDATE kpi_eval_state SET last_sweep_at = $a", {"a": as_of - SWEEP_EVERY})
-        timed = PerStatement(con)
+        timed = PerStatement(con, profile)
         start = load()
         t, c = time.perf_counter(), time.process_time()
         s = evaluate_incremental(timed, registry, as_of)
@@ -159,6 +200,8 @@ def main() -> None:
               f"{s.skipped} skipped by columns, {s.rows} rows, errors {len(s.errors)}; "
               f"{start} at the start")
         print_kinds(timed.kinds)
+        if profile is not None:
+            timed.print_planning()
         if i:
             walls.append(wall)
             cpus.append(cpu)
