@@ -24,7 +24,7 @@ PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
 ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_rc_event", "k_wo",
                        "k_task", "k_cust_grp", "k_cust_stock_grp", "k_cust_check",
                        "k_cust_area_grp", "k_tg_cust_grp", "k_settle_grp", "k_unit_book_n",
-                       "k_cust_check_grp", "k_clock_off"})
+                       "k_cust_check_grp", "k_clock_off", "k_cust_sensitive"})
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,10 @@ GATED = {
     "k_cust_check": "inputs reach the customer over other keys (codes, org tree, points)",
     # archive completeness counted per customer group at the floor day (k_cust_check is GATED)
     "k_cust_check_grp": "an aggregate of k_cust_check",
+    # customers flagged service-sensitive: a few out of every row group of mis_customer, which
+    # customer.sensitive_count's filter decoded whole each city minute (~0.03 s of CPU); a flag
+    # set or cleared is a changed column of the customers, which change seldom
+    "k_cust_sensitive": "a filter whose few rows are spread over the whole customer table",
 }
 
 

@@ -231,6 +231,16 @@ SELECT s.org_no, s.grid_no, s.status_code, s.bd, s.cancel_date, s.n, s.n_residen
        s.n_ebill, f.floor_day
 FROM cust_stock_counts((SELECT floor_day FROM f), TRUE) s CROSS JOIN f;
 
+-- Customers flagged service-sensitive (sensitive_flag = 1; deleted ones too, which ACTIVE never
+-- counts), with what customer.sensitive_count reads of them. A table kept between passes
+-- (kpis/prelude.py GATED): ~1 % of the 3.5 M city customers, spread over every row group, so
+-- the KPI's filter decoded every customer's number, org and grid (~0.03 s of CPU a city
+-- minute); customers change seldom.
+CREATE OR REPLACE TABLE k_cust_sensitive AS
+SELECT cons_no, org_no, grid_no, is_deleted, build_date, created_at, cancel_date, status_code,
+       sensitive_flag
+FROM mis_customer WHERE sensitive_flag = 1;
+
 -- customer.archive_completeness_rate's test of each customer (not deleted): num 1 when every
 -- mandatory field is present and valid, empty strings counting as missing; read by its facts
 -- (one row per customer and period) and its reduced facts. Worked out once per customer, before

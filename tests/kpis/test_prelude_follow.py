@@ -366,7 +366,8 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
                           "k_cust_stock_grp": "unchanged", "k_cust_check": "unchanged",
                           "k_cust_area_grp": "unchanged", "k_tg_cust_grp": "unchanged",
                           "k_settle_grp": "unchanged", "k_unit_book_n": "unchanged",
-                          "k_cust_check_grp": "unchanged", "k_clock_off": "unchanged"}
+                          "k_cust_check_grp": "unchanged", "k_clock_off": "unchanged",
+                          "k_cust_sensitive": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
@@ -423,7 +424,8 @@ CUSTOMER_KEPT = ("k_cust_grp", "k_cust_stock_grp", "k_cust_check", "k_cust_check
 
 def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(sim) -> None:
     """GATED: a customer column none of them reads (sensitive_flag) leaves k_cust_grp,
-    k_cust_stock_grp, k_cust_check, k_cust_check_grp and k_unit_book_n as they are; a
+    k_cust_stock_grp, k_cust_check, k_cust_check_grp and k_unit_book_n as they are (and rebuilds
+    k_cust_sensitive, which now holds the customer; a code it does not read leaves it); a
     cancellation rebuilds all five, the counts move to the cancelled groups and the customer
     leaves the books; a deleted code rebuilds those that read mis_code (the class look-up of
     k_cust_stock_grp, the voltage check of k_cust_check and its groups), not k_cust_grp nor
@@ -443,6 +445,11 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=1), sensitive_flag=1)
     how = _pass(sim)
     assert all(how[n] == "unchanged" for n in CUSTOMER_KEPT), how
+    # the flag is what k_cust_sensitive keeps: rebuilt, the customer in it
+    assert how["k_cust_sensitive"] == "full", how
+    assert con.execute("SELECT COUNT(*) FROM k_cust_sensitive WHERE cons_no = $c",
+                       {"c": cons}).fetchone()[0] == 1
+    assert _fresh_differs(sim.con, "k_cust_sensitive") == 0
     with _source(sim, "mis") as mis:
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=2),
              cancel_date=str(END.date()), status_code="04")
@@ -459,9 +466,9 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
         mis.execute("UPDATE mis_code SET is_deleted = 1, updated_at = ? WHERE code_type = ? "
                     "AND code_value = ?", [_stamp(END + timedelta(minutes=3)), *code])
     how = _pass(sim)
-    assert {n: how[n] for n in CUSTOMER_KEPT} == {
+    assert {n: how[n] for n in (*CUSTOMER_KEPT, "k_cust_sensitive")} == {
         "k_cust_grp": "unchanged", "k_cust_stock_grp": "full", "k_cust_check": "full",
-        "k_cust_check_grp": "full", "k_unit_book_n": "unchanged"}, how
+        "k_cust_check_grp": "full", "k_unit_book_n": "unchanged", "k_cust_sensitive": "unchanged"}, how
     for name in CUSTOMER_KEPT:
         assert _fresh_differs(sim.con, name) == 0, name
 
