@@ -140,8 +140,8 @@ def months_from_base(con: duckdb.DuckDBPyConnection, k: KpiDef, columns: set[str
                      ps: Sequence[Period], as_of: datetime, mode: day_store.Mode,
                      tree: str) -> list[Period]:
     """Insert into _result the rows of k's running month (a month that began before today and
-    has not ended) from the base and today's keys; return the other periods, which the caller
-    evaluates as before."""
+    has not ended) from the base and today's keys, and those of today from its keys; return the
+    other periods, which the caller evaluates as before."""
     from kpis.compile import compile_kpi  # noqa: PLC0415
 
     today = datetime(as_of.year, as_of.month, as_of.day)
@@ -174,4 +174,19 @@ def months_from_base(con: duckdb.DuckDBPyConnection, k: KpiDef, columns: set[str
 
     con.execute(f"INSERT INTO _result SELECT {', '.join(RESULT_COLUMNS)} FROM ("
                 + compile_kpi(k, columns, agg=agg) + ")", {"k": k.id})
-    return [p for p in ps if p != m]
+    # today so far counts the same keys: its rows from _dkeys, not from its facts read again
+    # (they and their roll-up were a statement of their own, ~0.03 s a city minute)
+    days = [p for p in ps if p.grain == "daily" and p.ws == today]
+    for d in days:
+        _load(con, d, as_of)
+        con.execute(f"INSERT INTO _result SELECT {', '.join(RESULT_COLUMNS)} FROM ("
+                    + compile_kpi(k, columns, agg=_TODAY) + ")")
+    return [p for p in ps if p != m and p not in days]
+
+
+# Today's counts per unit from its keys (_dkeys: the facts of [today, as_of), as the daily
+# period reads them). NULL keys count 0 (COUNT ignores them); sample = den as compile_kpi's.
+_TODAY = """SELECT 0 AS pid, unit_no, COUNT(k) FILTER (WHERE is_num) AS num,
+                   COUNT(k) FILTER (WHERE NOT is_num) AS den, COUNT(k) FILTER (WHERE NOT is_num) AS sample,
+                   FALSE AS pending, FALSE AS missing
+            FROM _dkeys GROUP BY unit_no"""

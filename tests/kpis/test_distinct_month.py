@@ -45,6 +45,9 @@ CALLS = [
 #       K300 and repeater K200; K100 and K200 called today too and count once.
 #   P:  C1's and K500 (callers 4, repeaters 3: K500 by c9) -> 100 * 3 / 4.
 EXPECTED = {"C1": (2, 3), "P": (3, 4)}
+# Today (07-03 00:00 to 12:00): callers K200 (c4), K300 (c5), K100 (c6) at C1, K500 (c9) at P;
+# repeaters K200 (23 h after c3) and K500 (23 h after c8), not K100 (26 h) -> C1 1 of 3, P 2 of 4.
+EXPECTED_TODAY = {"C1": (1, 3), "P": (2, 4)}
 
 
 @pytest.fixture(autouse=True)
@@ -66,14 +69,15 @@ def con():
     c.close()
 
 
-def _month(con, k, as_of: datetime, mode: day_store.Mode | None) -> dict[str, tuple]:
+def _month(con, k, as_of: datetime, mode: day_store.Mode | None, grain: str = "monthly"
+           ) -> dict[str, tuple]:
     errors: dict[str, str] = {}
     ps = periods_for(k, [day(as_of.date()), month(as_of.year, as_of.month)], as_of)
     compute_plan(con, [(k, ps)], as_of, errors, mode)
     assert errors == {}
     return {org: (num, den, value, status, is_final) for org, num, den, value, status, is_final in con.execute(
         "SELECT org_no, numerator, denominator, value, status, is_final FROM _result "
-        "WHERE grain = 'monthly' ORDER BY org_no").fetchall()}
+        "WHERE grain = $g ORDER BY org_no", {"g": grain}).fetchall()}
 
 
 def _head(con) -> tuple | None:
@@ -86,13 +90,32 @@ def test_the_month_from_the_base_is_the_month_worked_by_hand(con) -> None:
     assert distinct_month.eligible(k, fact_columns(con, k))
     direct = _month(con, k, AS_OF, None)
     at = datetime(2024, 7, 3, 12, 0, 5)
-    via = _month(con, k, AS_OF, day_store.Mode(refresh=False, computed_at=at))
+    seen: list[str] = []
+
+    class Recording:
+        def execute(self, sql, *args):
+            seen.append(sql)
+            return con.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(con, name)
+
+    via = _month(Recording(), k, AS_OF, day_store.Mode(refresh=False, computed_at=at))
+    # today's rows were counted from today's keys, its facts not read again for them
+    assert sum("FROM _dkeys GROUP BY unit_no" in q for q in seen) == 1
     assert _head(con) == (datetime(2024, 7, 3).date(), at)        # the base was built
     for org, (num, den) in EXPECTED.items():
         assert via[org][:3] == (num, den, pytest.approx(100 * num / den)), org
         assert via[org][4] is False                               # the month runs on
     assert via == direct
     # base keys before today: callers K100, K200 (C1; and K500 at P), repeater K100
+    # today from today's keys (the base path) as read from its facts (the direct path)
+    today = con.execute("SELECT org_no, numerator, denominator, value, status, is_final, period_start "
+                        "FROM _result WHERE grain = 'daily' ORDER BY org_no").fetchall()
+    for org, (num, den) in EXPECTED_TODAY.items():
+        assert [r[1:3] for r in today if r[0] == org] == [(num, den)], org
+    assert {r[6] for r in today} == {datetime(2024, 7, 3)} and not any(r[5] for r in today)
+    assert {r[0]: r[1:6] for r in today} == _month(con, k, AS_OF, None, "daily")
     keys = set(con.execute("SELECT unit_no, is_num, k FROM kpi_distinct_key WHERE k IS NOT NULL").fetchall())
     assert keys == {("C1", False, "K100"), ("C1", False, "K200"), ("C1", True, "K100"),
                     ("P", False, "K100"), ("P", False, "K200"), ("P", False, "K500"),
