@@ -37,9 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import tempfile
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -211,6 +212,9 @@ def main() -> None:
                        if names else " ".join(sql.split())[:100])
                 per[key] = per.get(key, 0.0) + dt
         as_of += timedelta(seconds=60)
+    if profile is not None:
+        con.execute("PRAGMA disable_profiling")
+        shutil.rmtree(profile.parent, ignore_errors=True)
     wal = data_dir_wal(args.data_dir)
     t = time.perf_counter()
     con.execute("CHECKPOINT")
