@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from kpis import changes, day_store, distinct_month, fact_diff, wake
+from kpis import changes, day_store, distinct_month, fact_diff, retention, wake
 from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import prelude_objects, tables_read
@@ -345,7 +345,8 @@ def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str
     was computed in one part), in one transaction; record changed final values as revisions.
     One statement set per pass, not per KPI: the per-KPI version cost 12 ms a KPI in statements
     alone. diffed: kpis.fact_diff prepared this compute: the rows of its restricted KPI-periods
-    replace their units' rows only, and the reduced facts are kept for the next pass."""
+    replace their units' rows only, and the reduced facts are kept for the next pass. A KPI's new
+    near-real-time snapshot replaces its earlier ones of the same clock hour (kpis/retention.py)."""
     con.execute("BEGIN TRANSACTION")
     try:
         changed = con.execute(f"""
@@ -377,6 +378,7 @@ def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str
         con.execute(f"""INSERT INTO kpi_value SELECT kpi_id, theme, org_no, org_level, grain,
                        period_start, period_end, value, numerator, denominator, baseline, status,
                        is_final, $at, $wm, sample FROM {source}""", {"at": computed_at, "wm": watermarks})
+        retention.thin_pass(con, source)
         rows = con.execute(f"SELECT COUNT(*) FROM {source}").fetchone()[0]
         con.execute("COMMIT")
     except BaseException:

@@ -172,6 +172,7 @@ def publish(con: duckdb.DuckDBPyConnection, serving_dir: Path, keep: int = KEEP_
             else:
                 _refresh_rows(con, "kpi_value", ("kpi_id", "org_no", "grain", "period_start"),
                               "computed_at > ?", [info["kpi_computed_at"]], order=KPI_ORDER)
+                _drop_thinned(con, info["kpi_computed_at"])
                 copied.append("kpi_value+")
         if core_tables:
             in_snap = set(_snap_tables(con))
@@ -276,6 +277,23 @@ def _refresh_rows(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ..
                 f"WHERE {match}", params)
     con.execute(f"INSERT INTO snap.{t} SELECT * FROM {t} WHERE {where}"
                 + (f" ORDER BY {order}" if order else ""), params)
+
+
+def _drop_thinned(con: duckdb.DuckDBPyConnection, since: object) -> None:
+    """Remove from the snapshot the near-real-time rows the store thinned since the last publish
+    (kpis/retention.py): they lie in the clock hours of the snapshots computed since, where the
+    warehouse's rows are few (the newest and one per hour), so the snapshot's rows there are
+    made exactly the warehouse's."""
+    first = con.execute("SELECT MIN(date_trunc('hour', period_start)) FROM kpi_value "
+                        "WHERE grain = 'near-real-time' AND computed_at > ?", [since]).fetchone()[0]
+    if first is None:
+        return
+    con.execute("""DELETE FROM snap.kpi_value s
+                   WHERE s.grain = 'near-real-time' AND s.period_start >= $first
+                     AND NOT EXISTS (SELECT 1 FROM kpi_value v
+                                     WHERE v.grain = 'near-real-time' AND v.period_start >= $first
+                                       AND v.kpi_id = s.kpi_id AND v.org_no = s.org_no
+                                       AND v.period_start = s.period_start)""", {"first": first})
 
 
 def _publish_firehose(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...],

@@ -24,6 +24,7 @@ from kpis.dispatch import dispatch_due
 from kpis.evaluate import ensure_schema, evaluate_incremental, write_registry_table
 from kpis.publish import publish
 from kpis.registry import load_registry
+from kpis.retention import thin_history
 
 log = logging.getLogger(__name__)
 DISPATCH_INTERVAL_S = 15
@@ -108,7 +109,8 @@ class Worker:
 
     def nightly(self) -> None:
         """Reconcile the last 7 days against the sources (late rows the overlap missed, hard
-        deletes), then fold the WAL into the file. Holds the cycle lock: one writer job at a time."""
+        deletes), keep one near-real-time snapshot per KPI and past hour (kpis/retention.py),
+        then fold the WAL into the file. Holds the cycle lock: one writer job at a time."""
         from etl.reconcile import reconcile
         with self._cycle_lock:
             if self.stopping.is_set():
@@ -117,6 +119,8 @@ class Worker:
             log.info("nightly reconciliation: %s tables checked", len(results))
             con = self._cursor()
             try:
+                thinned = thin_history(con, local_now(self.settings))
+                log.info("nightly retention: %s near-real-time snapshot rows removed", thinned)
                 con.execute("CHECKPOINT")
             finally:
                 con.close()
