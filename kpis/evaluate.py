@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from kpis import changes, day_store, distinct_month, fact_diff, retention, wake
+from kpis import changes, day_store, distinct_month, fact_diff, retention, value_layout, wake
 from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import prelude_objects, tables_read
@@ -349,10 +349,12 @@ def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str
     near-real-time snapshot replaces its earlier ones of the same clock hour (kpis/retention.py)."""
     con.execute("BEGIN TRANSACTION")
     try:
+        starts = value_layout.period_starts(con, source)
+        in_o, in_v = value_layout.among("o", starts), value_layout.among("v", starts)
         changed = con.execute(f"""
             SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.is_final
             FROM {source} n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
-                 AND o.grain = n.grain AND o.period_start = n.period_start
+                 AND o.grain = n.grain AND o.period_start = n.period_start {in_o}
             WHERE {_DIFFERS}""").fetchall()
         if any(r[4] for r in changed):   # a final value that changes is a restatement
             con.execute(f"""
@@ -360,20 +362,20 @@ def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str
                 SELECT n.kpi_id, n.org_no, n.grain, n.period_start, o.value, n.value, o.status,
                        n.status, o.computed_at, $at
                 FROM {source} n JOIN kpi_value o ON o.kpi_id = n.kpi_id AND o.org_no = n.org_no
-                     AND o.grain = n.grain AND o.period_start = n.period_start
+                     AND o.grain = n.grain AND o.period_start = n.period_start {in_o}
                 WHERE o.is_final AND {_DIFFERS}""", {"at": computed_at})
         restricted = "EXCEPT SELECT kpi_id, grain, period_start FROM _fd_restricted" if diffed else ""
         con.execute(f"""DELETE FROM kpi_value v USING (SELECT DISTINCT kpi_id, grain, period_start
                                                        FROM {source} {restricted}) r
                        WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
-                         AND v.period_start = r.period_start""")
+                         AND v.period_start = r.period_start {in_v}""")
         if diffed:
             con.execute(f"""DELETE FROM kpi_value v USING (
                                SELECT n.kpi_id, n.grain, n.period_start, n.org_no FROM {source} n
                                SEMI JOIN _fd_restricted r ON r.kpi_id = n.kpi_id
                                     AND r.grain = n.grain AND r.period_start = n.period_start) r
                            WHERE v.kpi_id = r.kpi_id AND v.grain = r.grain
-                             AND v.period_start = r.period_start AND v.org_no = r.org_no""")
+                             AND v.period_start = r.period_start AND v.org_no = r.org_no {in_v}""")
             fact_diff.remember(con)
         con.execute(f"""INSERT INTO kpi_value SELECT kpi_id, theme, org_no, org_level, grain,
                        period_start, period_end, value, numerator, denominator, baseline, status,

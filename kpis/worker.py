@@ -25,6 +25,7 @@ from kpis.evaluate import ensure_schema, evaluate_incremental, write_registry_ta
 from kpis.publish import publish
 from kpis.registry import load_registry
 from kpis.retention import thin_history
+from kpis.value_layout import sort_recent
 
 log = logging.getLogger(__name__)
 DISPATCH_INTERVAL_S = 15
@@ -110,7 +111,8 @@ class Worker:
     def nightly(self) -> None:
         """Reconcile the last 7 days against the sources (late rows the overlap missed, hard
         deletes), keep one near-real-time snapshot per KPI and past hour (kpis/retention.py),
-        then fold the WAL into the file. Holds the cycle lock: one writer job at a time."""
+        re-append the day's kpi_value rows in period order (kpis/value_layout.py), then fold the
+        WAL into the file. Holds the cycle lock: one writer job at a time."""
         from etl.reconcile import reconcile
         with self._cycle_lock:
             if self.stopping.is_set():
@@ -121,6 +123,8 @@ class Worker:
             try:
                 thinned = thin_history(con, local_now(self.settings))
                 log.info("nightly retention: %s near-real-time snapshot rows removed", thinned)
+                log.info("nightly layout: %s kpi_value rows re-appended in period order",
+                         sort_recent(con))
                 con.execute("CHECKPOINT")
             finally:
                 con.close()

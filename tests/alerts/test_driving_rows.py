@@ -1,0 +1,44 @@
+"""Which kpi_value row drives a unit's alarm: its newest row of the KPI's natural grain, looked for
+back to the grain's horizon (three days for a daily KPI, two for an hourly one), so that the
+alarm step reads the current periods and not the history the worker has piled up."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from kpis.alerting import horizon, process
+
+from .conftest import CALLS, ONTIME, put_value
+
+NOW = datetime(2026, 10, 15, 10, 0)
+D = datetime(2026, 10, 15)
+
+
+def daily(con, org: str, days_back: int, value: float) -> None:
+    start = D - timedelta(days=days_back)
+    put_value(con, ONTIME, org, start, start + timedelta(days=1), value,
+              "critical" if value < 95 else "ok", num=value * 10, den=1000)
+
+
+def test_the_newest_row_within_its_horizon_drives_the_alarm(warehouse, registry, settings, app_db):
+    daily(warehouse, "S01", 5, 60.0)      # five days back: past the daily horizon, raises nothing
+    daily(warehouse, "X01", 1, 60.0)      # yesterday critical, today on target: today drives
+    daily(warehouse, "X01", 0, 99.0)
+    daily(warehouse, "X02", 2, 60.0)      # the newest row of X02, two days back: drives
+    hour = NOW - timedelta(hours=1)
+    put_value(warehouse, CALLS, "C01", hour, NOW, 5.0, "ok", num=5, den=100)
+    put_value(warehouse, CALLS, "X01", NOW - timedelta(days=3), NOW - timedelta(days=3, hours=-1),
+              50.0, "critical", num=50, den=100)      # three days back: past the hourly horizon
+    summary = process(warehouse, registry, None, NOW, settings)
+    # driving rows: X01 today, X02 two days back, C01 the last hour
+    assert summary.stepped == 3
+    assert warehouse.execute("SELECT kpi_id, org_no FROM alarm_state ORDER BY ALL").fetchall() == [
+        (ONTIME.id, "X02")]
+
+
+def test_horizons_by_grain():
+    now = datetime(2026, 3, 1, 0, 30)
+    assert horizon("near-real-time", now) == datetime(2026, 2, 28, 0, 30)
+    assert horizon("hourly", now) == datetime(2026, 2, 27, 0, 30)
+    assert horizon("daily", now) == datetime(2026, 2, 26, 0, 30)
+    assert horizon("monthly", now) == datetime(2026, 2, 1)        # last month's row for complete months
+    assert horizon("monthly", datetime(2026, 1, 15)) == datetime(2025, 12, 1)

@@ -1,0 +1,63 @@
+"""kpi_value's physical order: the nightly re-append of the rows written since, in period order,
+keeps every row and moves only those; the store names its periods' starts as literals."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import pytest
+
+from kpis import value_layout
+from kpis.evaluate import ensure_schema
+
+DAY = datetime(2026, 11, 20)
+
+
+def put(con, kpi: str, org: str, grain: str, start: datetime, computed: datetime, value: float) -> None:
+    con.execute("INSERT INTO kpi_value (kpi_id, org_no, grain, period_start, period_end, value, "
+                "computed_at) VALUES (?, ?, ?, ?, ?, ?, ?)", [kpi, org, grain, start, start, value, computed])
+
+
+def physical(con) -> list[tuple]:
+    return con.execute("SELECT period_start, grain, kpi_id, org_no, value FROM kpi_value "
+                       "ORDER BY rowid").fetchall()
+
+
+@pytest.fixture()
+def con():
+    c = duckdb.connect()
+    ensure_schema(c)
+    # one day's passes as the store appends them: each minute the month, the day and a snapshot
+    for minute in range(3):
+        at = DAY + timedelta(hours=9, minutes=minute)
+        put(c, "a", "S1", "monthly", datetime(2026, 11, 1), at, minute)
+        put(c, "a", "S1", "daily", DAY, at, 10 + minute)
+        put(c, "b", "S2", "near-real-time", at, at, 20 + minute)
+    yield c
+    c.close()
+
+
+def test_rows_written_since_are_re_appended_in_period_order(con) -> None:
+    before = sorted(physical(con))
+    assert value_layout.sort_recent(con) == 9
+    assert physical(con) == before          # all rows kept, now in (period_start, grain, kpi, org)
+    assert [r[0] for r in physical(con)][:3] == [datetime(2026, 11, 1)] * 3
+    # the next night: only the rows computed after the last sort move, after the sorted ones
+    late = DAY + timedelta(days=1, hours=1)
+    put(con, "a", "S1", "daily", DAY + timedelta(days=1), late, 30)
+    put(con, "a", "S1", "monthly", datetime(2026, 11, 1), late, 31)
+    assert value_layout.sort_recent(con) == 2
+    rows = physical(con)
+    assert rows[:9] == before
+    assert rows[9:] == [(datetime(2026, 11, 1), "monthly", "a", "S1", 31),
+                        (DAY + timedelta(days=1), "daily", "a", "S1", 30)]
+    assert value_layout.sort_recent(con) == 0
+
+
+def test_the_store_names_its_periods_as_literals() -> None:
+    starts = [datetime(2026, 11, 1), datetime(2026, 11, 30, 22, 31, 0, 500)]
+    assert value_layout.among("o", starts) == ("AND o.period_start IN (TIMESTAMP '2026-11-01 00:00:00', "
+                                               "TIMESTAMP '2026-11-30 22:31:00.000500')")
+    assert value_layout.among("v", []) == ""
+    many = [DAY + timedelta(hours=h) for h in range(value_layout.MAX_LISTED + 1)]
+    assert value_layout.among("v", many) == ""          # a backfill: the join alone
