@@ -22,7 +22,7 @@ GRAIN = "near-real-time"
 
 
 def _literal(ts: datetime) -> str:
-    # a literal, not a parameter: DuckDB prunes row groups by a constant's min/max only
+    # a constant, which DuckDB checks against each row group's min/max (a join key it does not)
     return f"TIMESTAMP '{ts:%Y-%m-%d %H:%M:%S}'"
 
 

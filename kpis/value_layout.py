@@ -29,7 +29,7 @@ def period_starts(con: duckdb.DuckDBPyConnection, source: str) -> list[datetime]
 
 def among(alias: str, starts: Sequence[datetime]) -> str:
     """`AND alias.period_start IN (literals)`: a filter DuckDB checks against each row group's
-    min/max (a parameter or a join key is not), or '' when there are none or too many."""
+    min/max (a join key it does not), or '' when there are none or too many."""
     if not starts or len(starts) > MAX_LISTED:
         return ""
     return (f"AND {alias}.period_start IN ("

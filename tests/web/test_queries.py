@@ -91,3 +91,31 @@ def test_sources_table_counts(service: KpiService) -> None:
     assert int(df.loc["dist_repair_task", "reject_count"]) == 2
     assert set(df["source"]) == {"mis", "cs", "dist", "meter"}
     assert service.sources(EMPTY_SCOPE).empty
+
+
+def test_a_live_period_shows_the_newest_snapshot_since_the_day_before(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from kpis.publish import publish
+    from tests.web.snapshot_kit import DAY, build_warehouse
+
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    snap = ("INSERT INTO kpi_value VALUES (?, 'repair', 'P0', 'province', 'near-real-time', ?, ?, ?, "
+            "NULL, NULL, NULL, 'ok', true, ?, '{}')")
+    # merge rate: today's 09:30 snapshot is the newest; one from ten days back is history
+    for at, value in ((DAY + timedelta(hours=9, minutes=30), 33.0), (DAY - timedelta(days=10), 44.0)):
+        con.execute(snap, ["repair.merge_rate", at, at, value, at])
+    # mean arrival minutes: its only snapshot is three days old, before the day before the data's
+    # current day (DAY): the page shows today's daily value (31.25), not that snapshot
+    old = DAY - timedelta(days=3)
+    con.execute(snap, ["repair.arrival_minutes_avg_urban", old, old, 55.0, old])
+    publish(con, tmp_path / "serving")
+    con.close()
+    service = KpiService(SnapshotReader(tmp_path / "serving"), cache=None)
+    today = parse_period("today", service.data_today(service.version()))
+    got = service.values(scope("P0"), None, today, theme="repair").set_index("kpi_id")
+    assert (got.loc["repair.merge_rate", "grain"], got.loc["repair.merge_rate", "value"]) == ("near-real-time", 33.0)
+    assert (got.loc["repair.arrival_minutes_avg_urban", "grain"],
+            got.loc["repair.arrival_minutes_avg_urban", "value"]) == ("daily", 31.25)
+    closed = service.values(scope("P0"), None, parse_period("2026-10-14", DAY.date()), theme="repair")
+    assert "near-real-time" not in set(closed["grain"])        # a closed day shows no snapshot
