@@ -12,7 +12,8 @@ kpi_value by key).
 
 COPY: a copy of a warehouse after one evaluation (e.g. a bench_kpi_minute run's data dir).
 --snapshots minute: one snapshot per minute for --snapshot-days (what the store kept before
-session 19); hourly: the last snapshot of each hour (what it keeps now).
+session 19); hourly: the last snapshot of each hour, and of each 5 minutes for the KPIs whose
+baseline reads the same clock time days before, over those days (what it keeps now).
 """
 from __future__ import annotations
 
@@ -27,13 +28,23 @@ import duckdb
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kpis.alerting import _driving_rows  # noqa: E402
+from kpis.evaluate import fine_snapshots  # noqa: E402
 from kpis.registry import load_registry  # noqa: E402
 from kpis.retention import thin_history  # noqa: E402
 from kpis.value_layout import sort_recent  # noqa: E402
 
 
-def write_history(con: duckdb.DuckDBPyConnection, days: int, snapshots: str, snapshot_days: int) -> None:
+def write_history(con: duckdb.DuckDBPyConnection, days: int, snapshots: str, snapshot_days: int,
+                  fine: dict[str, int]) -> None:
     step, span = (1, 24 * 60 * snapshot_days) if snapshots == "minute" else (60, 24 * 60 * days)
+    # hourly: the KPIs whose baseline reads the same clock time keep one per 5 minutes too
+    fine_rows = "" if snapshots == "minute" or not fine else "".join(
+        f"""
+        UNION ALL
+        SELECT n.* REPLACE (period_start - INTERVAL (k) MINUTE AS period_start, period_end - INTERVAL (k) MINUTE
+               AS period_end, computed_at - INTERVAL (k) MINUTE AS computed_at)
+        FROM n, range(5, {24 * 60 * min(d, days)}, 5) t(k) WHERE n.kpi_id = '{kid}' AND k % 60 <> 0"""
+        for kid, d in sorted(fine.items()))
     con.execute(f"""CREATE TEMP TABLE _hist AS
         WITH d AS (SELECT * FROM kpi_value WHERE grain = 'daily'),
              h AS (SELECT * FROM kpi_value WHERE grain = 'hourly' AND period_start =
@@ -51,7 +62,7 @@ def write_history(con: duckdb.DuckDBPyConnection, days: int, snapshots: str, sna
         UNION ALL
         SELECT n.* REPLACE (period_start - INTERVAL (k) MINUTE AS period_start, period_end - INTERVAL (k) MINUTE
                AS period_end, computed_at - INTERVAL (k) MINUTE AS computed_at)
-        FROM n, range({step}, {span}, {step}) t(k)
+        FROM n, range({step}, {span}, {step}) t(k){fine_rows}
         UNION ALL
         SELECT m.* REPLACE (period_start - INTERVAL (k) MONTH AS period_start, period_end - INTERVAL (k) MONTH
                AS period_end, computed_at - INTERVAL (k * 30) DAY AS computed_at, TRUE AS is_final)
@@ -79,8 +90,9 @@ def main() -> None:
     con.execute("SET threads = 2")
     con.execute("SET enable_progress_bar = false")
     before = con.execute("SELECT COUNT(*) FROM kpi_value").fetchone()[0]
+    registry = load_registry()
     t = time.perf_counter()
-    write_history(con, args.days, args.snapshots, args.snapshot_days)
+    write_history(con, args.days, args.snapshots, args.snapshot_days, fine_snapshots(registry.kpis.values()))
     rows = con.execute("SELECT COUNT(*) FROM kpi_value").fetchone()[0]
     print(f"{datetime.now():%Y-%m-%d %H:%M} duckdb {duckdb.__version__}: kpi_value {before:,} -> {rows:,} rows "
           f"({args.days} days, {args.snapshots} snapshots) in {time.perf_counter() - t:.1f} s")
@@ -88,14 +100,13 @@ def main() -> None:
                       ).fetchone()[0] + timedelta(minutes=3)
     if args.nightly:
         t = time.perf_counter()
-        thinned = thin_history(con, now)
+        thinned = thin_history(con, now, fine_snapshots(registry.kpis.values()))
         t1 = time.perf_counter()
         moved = sort_recent(con)
         t2 = time.perf_counter()
         con.execute("CHECKPOINT")
         print(f"nightly: {thinned:,} snapshot rows thinned in {t1 - t:.2f} s, {moved:,} rows re-appended "
               f"in period order in {t2 - t1:.2f} s, checkpoint {time.perf_counter() - t2:.2f} s")
-    registry = load_registry()
     kdefs = {k: d for k, d in registry.kpis.items() if d.warning not in (None, "") or d.critical not in (None, "")}
     times = []
     for _ in range(args.rounds):

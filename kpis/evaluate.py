@@ -5,7 +5,7 @@ import calendar
 import fnmatch
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -125,6 +125,16 @@ _SNAPSHOT_OFFSETS = {
     "snapshot_7_days_earlier": ((7,), True),
 }
 
+
+
+def fine_snapshots(kpis: Iterable[KpiDef]) -> dict[str, int]:
+    """The snapshot KPIs whose baseline reads their value at the same clock time days before, with
+    the days their snapshots are kept per 5 minutes (kpis/retention.py): the longest offset and
+    one more."""
+    return {k.id: max(_SNAPSHOT_OFFSETS[k.baseline][0]) + 1 for k in kpis
+            if k.baseline in _SNAPSHOT_OFFSETS}
+
+
 _OFFSETS = {
     "same_day_prev_month": {"daily": ["1 month"], "monthly": ["1 month"]},
     "previous_period": {"hourly": ["1 hour"], "daily": ["1 day"], "monthly": ["1 month"]},
@@ -209,16 +219,21 @@ def apply_baselines(con: duckdb.DuckDBPyConnection,
             days, need_all = _SNAPSHOT_OFFSETS[kind]
             need = f"= {len(days)}" if need_all else ">= 1"
             values = ", ".join(f"({d})" for d in days)
-            # A snapshot counts for a day when one was taken within 5 minutes of the same clock time.
+            # The value at the same clock time n days before: the snapshot nearest to it within
+            # 5 minutes (the earlier on a tie). The store keeps one per 5 minutes for these KPIs
+            # (kpis/retention.py), so every such window holds one where the worker ran.
             con.execute(f"""
                 UPDATE _result r SET baseline = b.base FROM (
                     SELECT kpi_id, org_no, period_start,
                            CASE WHEN COUNT(v) {need} THEN AVG(v) END AS base
-                    FROM (SELECT r.kpi_id, r.org_no, r.period_start, o.n, AVG(h.value) AS v
+                    FROM (SELECT r.kpi_id, r.org_no, r.period_start, o.n,
+                                 arg_min(h.value, (abs(epoch(h.period_start)
+                                                       - epoch(r.period_start - to_days(o.n))),
+                                                   h.period_start)) AS v
                           FROM _result r
                           CROSS JOIN (VALUES {values}) o(n)
-                          LEFT JOIN kpi_value h ON h.kpi_id = r.kpi_id AND h.org_no = r.org_no
-                               AND h.grain = 'near-real-time' AND h.value IS NOT NULL
+                          LEFT JOIN ({_snapshot_windows(con, ids, days)}) h
+                               ON h.kpi_id = r.kpi_id AND h.org_no = r.org_no
                                AND h.period_start BETWEEN r.period_start - to_days(o.n) - INTERVAL 5 MINUTE
                                                       AND r.period_start - to_days(o.n) + INTERVAL 5 MINUTE
                           WHERE r.kpi_id IN ({ids})
@@ -227,14 +242,20 @@ def apply_baselines(con: duckdb.DuckDBPyConnection,
                 WHERE r.kpi_id = b.kpi_id AND r.org_no = b.org_no AND r.period_start = b.period_start""")
         elif kind == "previous_month_end":
             # A daily stock compared with the stock at the end of the previous month (its last
-            # day's value); a monthly row with the previous month's.
+            # day's value); a monthly row with the previous month's. The stored rows are read by
+            # their starts as constants (kpis/value_layout.py), not every stored row of the KPIs.
+            prior = (f"CASE r.grain WHEN 'daily' THEN date_trunc('month', r.period_start) - INTERVAL 1 DAY "
+                     f"ELSE r.period_start - INTERVAL 1 MONTH END")
+            wanted = value_layout.among("v", [t for (t,) in con.execute(
+                f"SELECT DISTINCT {prior} FROM _result r WHERE r.kpi_id IN ({ids}) "
+                f"AND r.grain IN ('daily', 'monthly')").fetchall()])
             con.execute(f"""
                 UPDATE _result r SET baseline = h.value FROM (
                     SELECT kpi_id, org_no, grain, period_start, value FROM _result
                     WHERE kpi_id IN ({ids})
                     UNION ALL
                     SELECT v.kpi_id, v.org_no, v.grain, v.period_start, v.value FROM kpi_value v
-                    WHERE v.kpi_id IN ({ids}) AND NOT EXISTS (
+                    WHERE v.kpi_id IN ({ids}) {wanted} AND NOT EXISTS (
                         SELECT 1 FROM _result x WHERE x.kpi_id = v.kpi_id AND x.grain = v.grain
                                                   AND x.period_start = v.period_start
                                                   AND x.org_no = v.org_no)
@@ -250,6 +271,23 @@ def apply_baselines(con: duckdb.DuckDBPyConnection,
     status = per_kpi("kpi_id", [k.id for k in relative], [f"({status_sql(k)})" for k in relative])
     con.execute(f"UPDATE _result SET status = {status} WHERE kpi_id IN ({_ids(relative)}) "
                 "AND baseline IS NOT NULL")
+
+
+def _snapshot_windows(con: duckdb.DuckDBPyConnection, ids: str, days: Sequence[int]) -> str:
+    """The stored snapshots a snapshot baseline may read: one branch per window of 5 minutes
+    around each evaluated instant n days back, with its bounds as constants (row groups of
+    other times are skipped); the whole snapshot history when the plan holds many instants."""
+    starts = [r[0] for r in con.execute(f"SELECT DISTINCT period_start FROM _result "
+                                        f"WHERE kpi_id IN ({ids})").fetchall()]
+    where = f"grain = 'near-real-time' AND value IS NOT NULL AND kpi_id IN ({ids})"
+    if not starts or len(starts) * len(days) > value_layout.MAX_LISTED:
+        return f"SELECT kpi_id, org_no, period_start, value FROM kpi_value WHERE {where}"
+    windows = sorted({(t - timedelta(days=d, minutes=5), t - timedelta(days=d) + timedelta(minutes=5))
+                      for t in starts for d in days})
+    return " UNION ALL ".join(
+        f"SELECT kpi_id, org_no, period_start, value FROM kpi_value WHERE {where} "
+        f"AND period_start BETWEEN TIMESTAMP '{lo.isoformat(sep=' ')}' AND TIMESTAMP '{hi.isoformat(sep=' ')}'"
+        for lo, hi in windows)
 
 
 def _offset_baselines(con: duckdb.DuckDBPyConnection, kpis: Sequence[KpiDef],
@@ -270,6 +308,12 @@ def _offset_baselines(con: duckdb.DuckDBPyConnection, kpis: Sequence[KpiDef],
     # statement (0.2 s of a city minute for ~46 k rows)
     ordered = " + ".join(f"COALESCE(MAX(h.value) FILTER (WHERE o.rk = {i}), 0)"
                          for i in range(1, MAX_OFFSETS + 1))
+    # the stored rows are read by their starts as constants (kpis/value_layout.py): a join key
+    # alone read every row of every day kept (0.36 s a city minute with 120 days of history)
+    wanted = value_layout.among("v", [t for (t,) in con.execute(
+        f"SELECT DISTINCT r.period_start - o.off FROM _result r "
+        f"JOIN (VALUES {values}) o(kpi_id, grain, off, n, rk) ON o.kpi_id = r.kpi_id AND o.grain = r.grain"
+    ).fetchall()])
     # Values of the same batch count too (a backfill computes many days at once). Only the
     # (KPI, grain, period) keys some offset points at are read (`need`): the anti-join against
     # _result over every stored row of these KPIs was most of the statement's time in a minute pass.
@@ -285,7 +329,7 @@ def _offset_baselines(con: duckdb.DuckDBPyConnection, kpis: Sequence[KpiDef],
                 UNION ALL
                 SELECT v.kpi_id, v.grain, v.org_no, v.period_start, v.value FROM kpi_value v
                 SEMI JOIN need n ON n.kpi_id = v.kpi_id AND n.grain = v.grain
-                                AND n.period_start = v.period_start
+                                AND n.period_start = v.period_start {wanted}
                 -- by row, not by period: a pass that recomputes some units of a period
                 -- (kpis/fact_diff.py) leaves the others' stored values the current ones
                 WHERE NOT EXISTS (SELECT 1 FROM _result x WHERE x.kpi_id = v.kpi_id
@@ -340,13 +384,15 @@ FLUSH_ROWS = 2_000_000   # a backfill at city scale is flushed in parts rather t
 
 
 def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str,
-          summary: EvalSummary, source: str = "_batch", diffed: bool = False) -> None:
+          summary: EvalSummary, source: str = "_batch", diffed: bool = False,
+          fine: Mapping[str, int] | None = None) -> None:
     """Replace the stored values of every period in `source` (_batch, or _result when the plan
     was computed in one part), in one transaction; record changed final values as revisions.
     One statement set per pass, not per KPI: the per-KPI version cost 12 ms a KPI in statements
     alone. diffed: kpis.fact_diff prepared this compute: the rows of its restricted KPI-periods
     replace their units' rows only, and the reduced facts are kept for the next pass. A KPI's new
-    near-real-time snapshot replaces its earlier ones of the same clock hour (kpis/retention.py)."""
+    near-real-time snapshot replaces its earlier ones of the same clock hour, or of the same
+    5 minutes for a KPI of `fine` (kpis/retention.py, fine_snapshots)."""
     con.execute("BEGIN TRANSACTION")
     try:
         starts = value_layout.period_starts(con, source)
@@ -380,7 +426,7 @@ def store(con: duckdb.DuckDBPyConnection, computed_at: datetime, watermarks: str
         con.execute(f"""INSERT INTO kpi_value SELECT kpi_id, theme, org_no, org_level, grain,
                        period_start, period_end, value, numerator, denominator, baseline, status,
                        is_final, $at, $wm, sample FROM {source}""", {"at": computed_at, "wm": watermarks})
-        retention.thin_pass(con, source)
+        retention.thin_pass(con, source, fine or {})
         rows = con.execute(f"SELECT COUNT(*) FROM {source}").fetchone()[0]
         con.execute("COMMIT")
     except BaseException:
@@ -421,6 +467,7 @@ def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
     diff (kpis/fact_diff.py): for a plan of one part, the reduced facts are kept for the next
     pass and, with `restrict`, only the units whose facts changed since are recomputed."""
     summary = EvalSummary()
+    fine = fine_snapshots(k for k, _ in plan)
     watermarks = _watermarks(con)
     con.execute(BATCH_DDL)
     cols = ", ".join(RESULT_COLUMNS)
@@ -438,7 +485,7 @@ def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
             summary.periods += sum(len(ps) for _, ps in done)
             summary.evaluated.extend((k.id, p) for k, ps in done for p in ps)
             store(con, computed_at, watermarks, summary, source="_result",
-                  diffed=diff is not None and fact_diff.prepared(con))
+                  diffed=diff is not None and fact_diff.prepared(con), fine=fine)
             return summary
         con.execute(f"INSERT INTO _batch SELECT {cols} FROM _result")
         pending += con.execute("SELECT COUNT(*) FROM _result").fetchone()[0]
@@ -446,9 +493,9 @@ def evaluate_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
         summary.periods += sum(len(ps) for _, ps in done)
         summary.evaluated.extend((k.id, p) for k, ps in done for p in ps)
         if pending >= FLUSH_ROWS:
-            store(con, computed_at, watermarks, summary)
+            store(con, computed_at, watermarks, summary, fine=fine)
             pending = 0
-    store(con, computed_at, watermarks, summary)
+    store(con, computed_at, watermarks, summary, fine=fine)
     return summary
 
 

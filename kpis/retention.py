@@ -1,24 +1,31 @@
-"""How much near-real-time history kpi_value keeps: the newest snapshot of each KPI, and the last
-snapshot of every earlier clock hour.
+"""How much near-real-time history kpi_value keeps: per KPI the newest snapshot and the last
+snapshot of every earlier clock hour; for a KPI whose baseline is its value at the same clock time
+days before, the last of every 5 minutes while a baseline can still read it.
 
 A snapshot KPI is a new period every pass (period_start = as_of, CONVENTIONS.md §2): at city scale
 each minute added ~7,800 rows, ~11 M a day, and nothing removed them. Every statement that reads
 kpi_value by key then grew with the days the worker had run: with one day of snapshots (13 M rows)
 the store's change check went from 0.015 to 0.16 s a minute and the alarm step's read of the
-current rows from 0.4 to 2.1 s, a day more each day (bench/RESULTS.md, session 19). No page, export
-or alarm reads a snapshot other than the newest; the last one of each hour still draws a day's
-curve. So the store removes, in the transaction that writes a KPI's new snapshot, its earlier
-snapshots of the same clock hour (`thin_pass`); the nightly job applies the same rule to every
-hour before the current one (`thin_history`), for history written before this rule or by a pass
-that wrote snapshots out of order (an as_of earlier than one already stored).
+current rows from 0.4 to 2.1 s, a day more each day (docs/decisions.md, session 19). No page,
+export or alarm reads a snapshot other than the newest, and the last one of each hour still draws
+a day's curve. Three KPIs (call.queue_now, newconn.in_progress, repair.open_tasks) compare the
+snapshot with the one nearest the same clock time 1-28 days before, within 5 minutes
+(kpis.evaluate.apply_baselines): one snapshot per 5 minutes leaves one in every such window.
+
+The store removes, in the transaction that writes a KPI's new snapshot, its earlier snapshots of
+the same slot (`thin_pass`); the nightly job applies the rule to every hour before the current one
+(`thin_history`), which also thins a baseline KPI's 5-minute slots to hours once they are older
+than its baseline reads, and any history written before this rule or out of order.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import duckdb
 
 GRAIN = "near-real-time"
+FINE = "INTERVAL 5 MINUTE"
 
 
 def _literal(ts: datetime) -> str:
@@ -26,9 +33,19 @@ def _literal(ts: datetime) -> str:
     return f"TIMESTAMP '{ts:%Y-%m-%d %H:%M:%S}'"
 
 
-def thin_pass(con: duckdb.DuckDBPyConnection, source: str) -> int:
+def _ids(fine: Mapping[str, int]) -> str:
+    return ", ".join("'" + k.replace("'", "''") + "'" for k in sorted(fine)) or "NULL"
+
+
+def _slot(alias: str, fine: Mapping[str, int]) -> str:
+    return (f"CASE WHEN {alias}.kpi_id IN ({_ids(fine)}) THEN time_bucket({FINE}, {alias}.period_start) "
+            f"ELSE date_trunc('hour', {alias}.period_start) END")
+
+
+def thin_pass(con: duckdb.DuckDBPyConnection, source: str, fine: Mapping[str, int]) -> int:
     """Delete the stored snapshots that the snapshots in `source` (rows about to be or just
-    inserted) follow within the same clock hour, per KPI. Returns the rows deleted."""
+    inserted) follow within the same slot, per KPI; `fine`: the KPIs kept per 5 minutes (id ->
+    days). Returns the rows deleted."""
     first = con.execute(f"SELECT MIN(date_trunc('hour', period_start)) FROM {source} "
                         f"WHERE grain = '{GRAIN}'").fetchone()[0]
     if first is None:
@@ -38,20 +55,27 @@ def thin_pass(con: duckdb.DuckDBPyConnection, source: str) -> int:
                                        WHERE grain = '{GRAIN}') n
         WHERE v.grain = '{GRAIN}' AND v.period_start >= {_literal(first)}
           AND v.kpi_id = n.kpi_id AND v.period_start < n.period_start
-          AND date_trunc('hour', v.period_start) = date_trunc('hour', n.period_start)
+          AND {_slot('v', fine)} = {_slot('n', fine)}
         """).fetchone()[0]
 
 
-def thin_history(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
-    """Keep, per KPI, only the last snapshot of each clock hour before the one holding `now`.
+def thin_history(con: duckdb.DuckDBPyConnection, now: datetime, fine: Mapping[str, int]) -> int:
+    """Keep, per KPI and slot before the clock hour holding `now`, only the slot's last
+    snapshot: slots of an hour, or of 5 minutes for a KPI of `fine` within its days before `now`.
     Returns the rows deleted."""
     hour = now.replace(minute=0, second=0, microsecond=0)
+    days = ", ".join(f"('{k}', {d})" for k, d in sorted(fine.items())) or "(NULL, NULL)"
     return con.execute(f"""
         DELETE FROM kpi_value v USING (
-            SELECT kpi_id, date_trunc('hour', period_start) AS h, MAX(period_start) AS last
-            FROM kpi_value WHERE grain = '{GRAIN}' AND period_start < {_literal(hour)}
-            GROUP BY ALL) k
+            WITH f(kpi_id, days) AS (VALUES {days}),
+            s AS (SELECT DISTINCT x.kpi_id, x.period_start,
+                         CASE WHEN x.period_start >= {_literal(now)} - to_days(f.days)
+                              THEN time_bucket({FINE}, x.period_start)
+                              ELSE date_trunc('hour', x.period_start) END AS slot
+                  FROM kpi_value x LEFT JOIN f ON f.kpi_id = x.kpi_id
+                  WHERE x.grain = '{GRAIN}' AND x.period_start < {_literal(hour)})
+            SELECT kpi_id, period_start FROM s
+            QUALIFY period_start < MAX(period_start) OVER (PARTITION BY kpi_id, slot)) d
         WHERE v.grain = '{GRAIN}' AND v.period_start < {_literal(hour)}
-          AND v.kpi_id = k.kpi_id AND date_trunc('hour', v.period_start) = k.h
-          AND v.period_start < k.last
+          AND v.kpi_id = d.kpi_id AND v.period_start = d.period_start
         """).fetchone()[0]

@@ -21,7 +21,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from etl.settings import Settings
 from kpis.alerting import process
 from kpis.dispatch import dispatch_due
-from kpis.evaluate import ensure_schema, evaluate_incremental, write_registry_table
+from kpis.evaluate import ensure_schema, evaluate_incremental, fine_snapshots, write_registry_table
 from kpis.publish import publish
 from kpis.registry import load_registry
 from kpis.retention import thin_history
@@ -121,7 +121,8 @@ class Worker:
             log.info("nightly reconciliation: %s tables checked", len(results))
             con = self._cursor()
             try:
-                thinned = thin_history(con, local_now(self.settings))
+                thinned = thin_history(con, local_now(self.settings),
+                                       fine_snapshots(self.registry().kpis.values()))
                 log.info("nightly retention: %s near-real-time snapshot rows removed", thinned)
                 log.info("nightly layout: %s kpi_value rows re-appended in period order",
                          sort_recent(con))
