@@ -56,7 +56,8 @@ def step(prev: Alarm, obs: Observation, policy: Policy, now: datetime) -> tuple[
     """One evaluation. Returns the new alarm and the notifications to write to the outbox."""
     if obs.kind == "stale":
         return replace(prev, held=True), ()                  # one source-late alert is raised elsewhere
-    prev = replace(prev, held=False)
+    if prev.held:                 # replace() costs ~8 us: ~0.6 s a city minute over 78 k alarms
+        prev = replace(prev, held=False)
     active = prev.state in (State.FIRING, State.RECOVERING)
     if obs.kind != "value":                                  # no data is never a breach, nor a recovery
         if active:
