@@ -27,7 +27,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kpis.alerting import _driving_rows  # noqa: E402
+from kpis.alerting import _driving_rows, ensure_schema  # noqa: E402
 from kpis.evaluate import fine_snapshots  # noqa: E402
 from kpis.registry import load_registry  # noqa: E402
 from kpis.retention import thin_history  # noqa: E402
@@ -108,6 +108,7 @@ def main() -> None:
         print(f"nightly: {thinned:,} snapshot rows thinned in {t1 - t:.2f} s, {moved:,} rows re-appended "
               f"in period order in {t2 - t1:.2f} s, checkpoint {time.perf_counter() - t2:.2f} s")
     kdefs = {k: d for k, d in registry.kpis.items() if d.warning not in (None, "") or d.critical not in (None, "")}
+    ensure_schema(con)
     times = []
     for _ in range(args.rounds):
         t = time.perf_counter()

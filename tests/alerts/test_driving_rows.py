@@ -1,6 +1,7 @@
 """Which kpi_value row drives a unit's alarm: its newest row of the KPI's natural grain, looked for
 back to the grain's horizon (three days for a daily KPI, two for an hourly one), so that the
-alarm step reads the current periods and not the history the worker has piled up."""
+alarm step reads the current periods and not the history the worker has piled up; and only rows
+that can move an alarm are stepped (not ok, or of a unit with an alarm)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -25,14 +26,17 @@ def test_the_newest_row_within_its_horizon_drives_the_alarm(warehouse, registry,
     daily(warehouse, "X01", 0, 99.0)
     daily(warehouse, "X02", 2, 60.0)      # the newest row of X02, two days back: drives
     hour = NOW - timedelta(hours=1)
-    put_value(warehouse, CALLS, "C01", hour, NOW, 5.0, "ok", num=5, den=100)
+    put_value(warehouse, CALLS, "C01", hour, NOW, 25.0, "critical", num=25, den=100)   # the last hour
     put_value(warehouse, CALLS, "X01", NOW - timedelta(days=3), NOW - timedelta(days=3, hours=-1),
               50.0, "critical", num=50, den=100)      # three days back: past the hourly horizon
     summary = process(warehouse, registry, None, NOW, settings)
-    # driving rows: X01 today, X02 two days back, C01 the last hour
-    assert summary.stepped == 3
+    # driving rows: X01 today (ok, no alarm: nothing to step), X02 two days back, C01 the last hour
+    assert summary.stepped == 2
     assert warehouse.execute("SELECT kpi_id, org_no FROM alarm_state ORDER BY ALL").fetchall() == [
-        (ONTIME.id, "X02")]
+        (CALLS.id, "C01"), (ONTIME.id, "X02")]
+    # X02 back on target today: its ok row is stepped because X02 has an alarm
+    daily(warehouse, "X02", 0, 99.0)
+    assert process(warehouse, registry, None, NOW + timedelta(minutes=1), settings).stepped == 2
 
 
 def test_horizons_by_grain():
@@ -42,3 +46,12 @@ def test_horizons_by_grain():
     assert horizon("daily", now) == datetime(2026, 2, 26, 0, 30)
     assert horizon("monthly", now) == datetime(2026, 2, 1)        # last month's row for complete months
     assert horizon("monthly", datetime(2026, 1, 15)) == datetime(2025, 12, 1)
+
+
+def test_a_late_source_holds_every_unit_of_its_kpis_ok_rows_included(warehouse, registry, settings, app_db):
+    from .test_stale_source import freshness
+    freshness(warehouse, NOW, late={"cs"})      # the urban arrival rate reads cs and dist
+    daily(warehouse, "X01", 0, 99.0)            # on target, no alarm: held all the same
+    summary = process(warehouse, registry, None, NOW, settings)
+    assert (summary.stale_sources, summary.stepped, summary.held) == (("cs",), 1, 1)
+    assert warehouse.execute("SELECT org_no, state, held FROM alarm_state").fetchall() == [("X01", "ok", True)]
