@@ -126,7 +126,6 @@ _SNAPSHOT_OFFSETS = {
 }
 
 
-
 def fine_snapshots(kpis: Iterable[KpiDef]) -> dict[str, int]:
     """The snapshot KPIs whose baseline reads their value at the same clock time days before, with
     the days their snapshots are kept per 5 minutes (kpis/retention.py): the longest offset and

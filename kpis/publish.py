@@ -282,8 +282,8 @@ def _refresh_rows(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ..
 def _drop_thinned(con: duckdb.DuckDBPyConnection, since: object) -> None:
     """Remove from the snapshot the near-real-time rows the store thinned since the last publish
     (kpis/retention.py): they lie in the clock hours of the snapshots computed since, where the
-    warehouse's rows are few (the newest and one per hour), so the snapshot's rows there are
-    made exactly the warehouse's."""
+    warehouse's rows are few (the newest, one per hour or per 5 minutes), so the snapshot's rows
+    there are made exactly the warehouse's."""
     first = con.execute("SELECT MIN(date_trunc('hour', period_start)) FROM kpi_value "
                         "WHERE grain = 'near-real-time' AND computed_at > ?", [since]).fetchone()[0]
     if first is None:
