@@ -285,7 +285,7 @@ def _snapshot_windows(con: duckdb.DuckDBPyConnection, ids: str, days: Sequence[i
                       for t in starts for d in days})
     return " UNION ALL ".join(
         f"SELECT kpi_id, org_no, period_start, value FROM kpi_value WHERE {where} "
-        f"AND period_start BETWEEN TIMESTAMP '{lo.isoformat(sep=' ')}' AND TIMESTAMP '{hi.isoformat(sep=' ')}'"
+        f"AND period_start BETWEEN {value_layout.literal(lo)} AND {value_layout.literal(hi)}"
         for lo, hi in windows)
 
 

@@ -24,17 +24,18 @@ from datetime import datetime
 
 import duckdb
 
+from kpis.value_layout import literal
+
 GRAIN = "near-real-time"
 FINE = "INTERVAL 5 MINUTE"
 
 
-def _literal(ts: datetime) -> str:
-    # a constant, which DuckDB checks against each row group's min/max (a join key it does not)
-    return f"TIMESTAMP '{ts:%Y-%m-%d %H:%M:%S}'"
+def _quoted(kpi_id: str) -> str:
+    return "'" + kpi_id.replace("'", "''") + "'"
 
 
 def _ids(fine: Mapping[str, int]) -> str:
-    return ", ".join("'" + k.replace("'", "''") + "'" for k in sorted(fine)) or "NULL"
+    return ", ".join(_quoted(k) for k in sorted(fine)) or "NULL"
 
 
 def _slot(alias: str, fine: Mapping[str, int]) -> str:
@@ -53,7 +54,7 @@ def thin_pass(con: duckdb.DuckDBPyConnection, source: str, fine: Mapping[str, in
     return con.execute(f"""
         DELETE FROM kpi_value v USING (SELECT DISTINCT kpi_id, period_start FROM {source}
                                        WHERE grain = '{GRAIN}') n
-        WHERE v.grain = '{GRAIN}' AND v.period_start >= {_literal(first)}
+        WHERE v.grain = '{GRAIN}' AND v.period_start >= {literal(first)}
           AND v.kpi_id = n.kpi_id AND v.period_start < n.period_start
           AND {_slot('v', fine)} = {_slot('n', fine)}
         """).fetchone()[0]
@@ -64,18 +65,18 @@ def thin_history(con: duckdb.DuckDBPyConnection, now: datetime, fine: Mapping[st
     snapshot: slots of an hour, or of 5 minutes for a KPI of `fine` within its days before `now`.
     Returns the rows deleted."""
     hour = now.replace(minute=0, second=0, microsecond=0)
-    days = ", ".join(f"('{k}', {d})" for k, d in sorted(fine.items())) or "(NULL, NULL)"
+    days = ", ".join(f"({_quoted(k)}, {int(d)})" for k, d in sorted(fine.items())) or "(NULL, NULL)"
     return con.execute(f"""
         DELETE FROM kpi_value v USING (
             WITH f(kpi_id, days) AS (VALUES {days}),
             s AS (SELECT DISTINCT x.kpi_id, x.period_start,
-                         CASE WHEN x.period_start >= {_literal(now)} - to_days(f.days)
+                         CASE WHEN x.period_start >= {literal(now)} - to_days(f.days)
                               THEN time_bucket({FINE}, x.period_start)
                               ELSE date_trunc('hour', x.period_start) END AS slot
                   FROM kpi_value x LEFT JOIN f ON f.kpi_id = x.kpi_id
-                  WHERE x.grain = '{GRAIN}' AND x.period_start < {_literal(hour)})
+                  WHERE x.grain = '{GRAIN}' AND x.period_start < {literal(hour)})
             SELECT kpi_id, period_start FROM s
             QUALIFY period_start < MAX(period_start) OVER (PARTITION BY kpi_id, slot)) d
-        WHERE v.grain = '{GRAIN}' AND v.period_start < {_literal(hour)}
+        WHERE v.grain = '{GRAIN}' AND v.period_start < {literal(hour)}
           AND v.kpi_id = d.kpi_id AND v.period_start = d.period_start
         """).fetchone()[0]

@@ -23,6 +23,12 @@ STATE_DDL = "CREATE TABLE IF NOT EXISTS kpi_value_sorted (upto TIMESTAMP)"
 MAX_LISTED = 200
 
 
+def literal(ts: datetime) -> str:
+    """A timestamp as a SQL constant (to the microsecond), which DuckDB checks against each row
+    group's min/max."""
+    return f"TIMESTAMP '{ts.isoformat(sep=' ')}'"
+
+
 def period_starts(con: duckdb.DuckDBPyConnection, source: str) -> list[datetime]:
     return [r[0] for r in con.execute(f"SELECT DISTINCT period_start FROM {source}").fetchall()]
 
@@ -33,7 +39,7 @@ def among(alias: str, starts: Sequence[datetime]) -> str:
     if not starts or len(starts) > MAX_LISTED:
         return ""
     return (f"AND {alias}.period_start IN ("
-            + ", ".join(f"TIMESTAMP '{ts.isoformat(sep=' ')}'" for ts in starts) + ")")
+            + ", ".join(literal(ts) for ts in starts) + ")")
 
 
 def sort_recent(con: duckdb.DuckDBPyConnection) -> int:
