@@ -8,6 +8,7 @@ was pruned before it could be opened, CURRENT is read once more and the open ret
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from kpis.publish import current_version, snapshot_path
+from kpis.publish import current_version, hold_snapshot, snapshot_path
 
 log = logging.getLogger(__name__)
 # the current version, the one a web process still serves while its cache warmer renders the
@@ -36,6 +37,7 @@ class SnapshotReader:
                         "access_mode": "READ_ONLY"}
         self._lock = threading.Lock()
         self._open: dict[int, duckdb.DuckDBPyConnection] = {}
+        self._held: dict[int, int] = {}     # version -> the fd of its shared lock (publish.hold_snapshot)
 
     def version(self) -> int | None:
         """The published version named in CURRENT (a small file read; no DuckDB work)."""
@@ -51,16 +53,22 @@ class SnapshotReader:
             if con is not None:
                 return con
             path = snapshot_path(self.serving_dir, version)
-            if not path.exists():
-                raise FileNotFoundError(path)
-            con = duckdb.connect(str(path), read_only=True, config=dict(self._config))
-            self._open[version] = con
+            # locked before it is opened: the worker rewrites a pruned file for a later version
+            # only when no reader holds it (kpis/publish.py)
+            fd = hold_snapshot(path)
+            try:
+                con = duckdb.connect(str(path), read_only=True, config=dict(self._config))
+            except BaseException:
+                os.close(fd)
+                raise
+            self._open[version], self._held[version] = con, fd
             others = sorted(v for v in self._open if v != version)
             for old in others[:max(0, len(others) - (KEEP_OPEN - 1))]:
                 # a request that took its cursor from an old connection finished long ago:
                 # publishes are a cycle (about a minute) apart. The version asked for stays open
                 # even when it is the oldest (a page still showing it asks again).
                 self._open.pop(old).close()
+                os.close(self._held.pop(old))
             return con
 
     def resolve(self, version: int | None = None) -> tuple[int, duckdb.DuckDBPyConnection]:
@@ -93,4 +101,7 @@ class SnapshotReader:
         with self._lock:
             for con in self._open.values():
                 con.close()
+            for fd in self._held.values():
+                os.close(fd)
             self._open.clear()
+            self._held.clear()

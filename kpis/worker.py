@@ -111,8 +111,9 @@ class Worker:
     def nightly(self) -> None:
         """Reconcile the last 7 days against the sources (late rows the overlap missed, hard
         deletes), keep one near-real-time snapshot per KPI and past hour (kpis/retention.py),
-        re-append the day's kpi_value rows in period order (kpis/value_layout.py), then fold the
-        WAL into the file. Holds the cycle lock: one writer job at a time."""
+        re-append the day's kpi_value rows in period order (kpis/value_layout.py), fold the WAL
+        into the file and publish a fully rebuilt snapshot. Holds the cycle lock: one writer job
+        at a time."""
         from etl.reconcile import reconcile
         with self._cycle_lock:
             if self.stopping.is_set():
@@ -127,6 +128,10 @@ class Worker:
                 log.info("nightly layout: %s kpi_value rows re-appended in period order",
                          sort_recent(con))
                 con.execute("CHECKPOINT")
+                # the serving snapshot rebuilt from scratch here, not in a daytime cycle: a minute
+                # at city (kpis/publish.py), and it drops what the day's increments keep (rows
+                # gone upstream, the thinned snapshots)
+                publish(con, self.settings.serving_dir, published_at=local_now(self.settings), full=True)
             finally:
                 con.close()
 

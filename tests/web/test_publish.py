@@ -98,3 +98,83 @@ def test_reader_keeps_the_version_asked_for_open_even_when_it_is_the_oldest(tmp_
             assert got == version
             assert cur.execute("SELECT version FROM snapshot_info").fetchone() == (version,)
     reader.close()
+
+
+def _etl_cycle(con: duckdb.DuckDBPyConnection, run: int, task: str, minute: int) -> None:
+    """A worker cycle between two publishes: one repair task merged by ETL run `run` and one
+    KPI value restated (both at 10:0`minute`)."""
+    at = f"2026-10-15 10:{minute:02d}:00"
+    con.execute("INSERT INTO etl_run (run_id, source, table_name, status, started_at, window_low, rows_merged) "
+                "VALUES (?, 'dist', 'dist_repair_task', 'ok', ?, ?, 1)", [run, at, f"2026-10-15 10:{minute - 1:02d}:30"])
+    con.execute("INSERT INTO dist_repair_task (task_id, org_no, receive_time, status_code, created_at, "
+                "updated_at, is_deleted) VALUES (?, 'S1', ?, '01', ?, ?, 0)", [task, at, at, at])
+    con.execute("UPDATE kpi_value SET value = ?, computed_at = ? WHERE kpi_id = 'repair.merge_rate' "
+                "AND org_no = 'P0'", [10.0 + minute, at])
+
+
+_SAME = ("SELECT * FROM kpi_value ORDER BY ALL", "SELECT * FROM dist_repair_task ORDER BY ALL",
+         "SELECT * FROM source_table_stats ORDER BY ALL", "SELECT * FROM dim_org ORDER BY ALL")
+
+
+def test_a_publish_brings_the_newest_pruned_file_up_to_date_from_its_own_state(tmp_path: Path) -> None:
+    # keep=1: version 1 becomes the spare when 2 is published; 3 is written into 1's file and must
+    # carry both cycles since 1 (the cycle before 2 too), not only the one since 2
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    con.execute("ALTER TABLE etl_run ADD COLUMN window_low TIMESTAMP")
+    con.execute("ALTER TABLE etl_run ADD COLUMN rows_merged BIGINT")
+    serving = tmp_path / "serving"
+    first = publish(con, serving, keep=1)
+    _etl_cycle(con, 2, "T4", 1)
+    second = publish(con, serving, keep=1)
+    _etl_cycle(con, 3, "T5", 2)
+    con.execute("UPDATE kpi_value SET value = 77, computed_at = '2026-10-15 10:02:00' "
+                "WHERE kpi_id = 'customer.active_total' AND org_no = 'C2'")
+    third = publish(con, serving, keep=1)
+    assert (first.recycled, second.recycled, third.recycled) == (False, False, True)
+    assert published_versions(serving) == [3]
+    full = publish(con, tmp_path / "full")
+    for sql in _SAME:
+        assert _rows(third.path, sql) == _rows(full.path, sql), sql
+    assert _rows(third.path, "SELECT task_id FROM dist_repair_task ORDER BY 1") == [
+        ("T1",), ("T2",), ("T3",), ("T4",), ("T5",)]
+    # the counts move with the merged tasks: 3 + 2 repair tasks
+    assert _rows(third.path, "SELECT row_count FROM source_table_stats "
+                             "WHERE table_name = 'dist_repair_task'") == [(5,)]
+    assert _rows(third.path, "SELECT version FROM snapshot_info") == [(3,)]
+
+
+def test_a_file_a_reader_holds_is_not_rewritten(tmp_path: Path) -> None:
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    serving = tmp_path / "serving"
+    publish(con, serving, keep=1)
+    reader = SnapshotReader(serving)
+    with reader.cursor() as (version, cur):
+        assert version == 1
+        publish(con, serving, keep=1)              # version 1 becomes the spare
+        third = publish(con, serving, keep=1)
+        assert not third.recycled                  # held: copied from version 2 instead
+        assert cur.execute("SELECT version FROM snapshot_info").fetchone() == (1,)
+    with reader.cursor(1) as (version, cur):     # a page still on version 1 asks again
+        assert (version, cur.execute("SELECT version FROM snapshot_info").fetchone()) == (1, (1,))
+    reader.close()
+    fourth = publish(con, serving, keep=1)          # version 2's file, held by no one
+    assert fourth.recycled
+    assert _rows(fourth.path, "SELECT version FROM snapshot_info") == [(4,)]
+
+
+def test_a_file_older_than_the_last_full_rebuild_is_not_brought_up_to_date(tmp_path: Path) -> None:
+    # a task deleted upstream leaves the snapshot only at a full rebuild; a file from before the
+    # rebuild would bring it back
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    serving = tmp_path / "serving"
+    publish(con, serving, keep=1)
+    publish(con, serving, keep=1)                   # version 1 becomes the spare
+    con.execute("DELETE FROM dist_repair_task WHERE task_id = 'T3'")
+    rebuilt = publish(con, serving, keep=1, full=True)
+    assert not rebuilt.recycled
+    after = publish(con, serving, keep=1)           # the spare is version 2, from before the rebuild
+    assert not after.recycled
+    assert _rows(after.path, "SELECT task_id FROM dist_repair_task ORDER BY 1") == [("T1",), ("T2",)]
+    again = publish(con, serving, keep=1)           # version 3's file: the rebuild's own
+    assert again.recycled
+    assert _rows(again.path, "SELECT task_id FROM dist_repair_task ORDER BY 1") == [("T1",), ("T2",)]
