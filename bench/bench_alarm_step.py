@@ -49,7 +49,8 @@ def main() -> None:
         if i:
             walls.append(wall)
         print(f"{'first (creates states)' if i == 0 else f'minute {i}'}: {wall:.2f} s wall, {cpu:.2f} s CPU, "
-              f"{s.stepped} stepped, {s.events} events, {s.notifications} notifications")
+              f"{s.stepped} stepped, {s.written} states written, {s.events} events, "
+              f"{s.notifications} notifications")
     if walls:
         print(f"following minutes: median {sorted(walls)[len(walls) // 2]:.2f} s")
     print(f"reproduce: python bench/bench_alarm_step.py --data-dir COPY --rounds {args.rounds}")

@@ -36,7 +36,10 @@ DDL = (
         kpi_id VARCHAR, org_no VARCHAR, state VARCHAR, severity VARCHAR, count INTEGER,
         since TIMESTAMP, last_sent TIMESTAMP, held BOOLEAN, grain VARCHAR, period_start TIMESTAMP,
         value DOUBLE, updated_at TIMESTAMP, acked_at TIMESTAMP, acked_by VARCHAR,
-        escalated_at TIMESTAMP, escalate_after_s INTEGER, last_item VARCHAR)""",
+        escalated_at TIMESTAMP, escalate_after_s INTEGER, last_item VARCHAR, row_at TIMESTAMP)""",
+    # row_at: the computed_at of the kpi_value row the state was last written from (added in
+    # session 20: warehouses created before have the table without it)
+    "ALTER TABLE alarm_state ADD COLUMN IF NOT EXISTS row_at TIMESTAMP",
     """CREATE TABLE IF NOT EXISTS alert_event (
         event_id VARCHAR, created_at TIMESTAMP, kind VARCHAR, kpi_id VARCHAR, org_no VARCHAR,
         severity VARCHAR, grain VARCHAR, period_start TIMESTAMP, value DOUBLE, threshold VARCHAR,
@@ -52,14 +55,14 @@ DDL = (
 )
 STATE_COLS = ("kpi_id", "org_no", "state", "severity", "count", "since", "last_sent", "held", "grain",
               "period_start", "value", "updated_at", "acked_at", "acked_by", "escalated_at",
-              "escalate_after_s", "last_item")
+              "escalate_after_s", "last_item", "row_at")
 STATE_SCHEMA = pa.schema([
     ("kpi_id", pa.string()), ("org_no", pa.string()), ("state", pa.string()), ("severity", pa.string()),
     ("count", pa.int32()), ("since", pa.timestamp("us")), ("last_sent", pa.timestamp("us")),
     ("held", pa.bool_()), ("grain", pa.string()), ("period_start", pa.timestamp("us")),
     ("value", pa.float64()), ("updated_at", pa.timestamp("us")), ("acked_at", pa.timestamp("us")),
     ("acked_by", pa.string()), ("escalated_at", pa.timestamp("us")), ("escalate_after_s", pa.int32()),
-    ("last_item", pa.string())])
+    ("last_item", pa.string()), ("row_at", pa.timestamp("us"))])
 EVENT_SCHEMA = pa.schema([
     ("event_id", pa.string()), ("created_at", pa.timestamp("us")), ("kind", pa.string()),
     ("kpi_id", pa.string()), ("org_no", pa.string()), ("severity", pa.string()), ("grain", pa.string()),
@@ -151,6 +154,7 @@ class ProcessSummary:
     notifications: int = 0
     held: int = 0
     stale_sources: tuple[str, ...] = ()
+    written: int = 0           # states written (new, changed, or firing from a recomputed row)
 
 
 def process(con: Any, registry: Any, changed_rows: Iterable[Any] | None, now: datetime,
@@ -199,8 +203,14 @@ def process(con: Any, registry: Any, changed_rows: Iterable[Any] | None, now: da
         settled = after.state is State.OK and not after.held
         if settled and old is not None:
             gone.append((r["kpi_id"], r["org_no"]))
-        keep = not settled and (old is None or after != before
-                                or after.state in (State.FIRING, State.RECOVERING))
+        escalate_s = None if policy.escalate_after is None else int(policy.escalate_after.total_seconds())
+        # a firing or recovering alarm keeps its row's value and message current; rewritten only
+        # when the row was recomputed since (or the alarm or its policy moved): ~8 k firing
+        # alarms of a city were rewritten every minute, most from rows no pass had touched
+        refresh = after.state in (State.FIRING, State.RECOVERING) and (
+            old is None or old["row_at"] is None or r["computed_at"] != old["row_at"]
+            or old["escalate_after_s"] != escalate_s)
+        keep = not settled and (old is None or after != before or refresh)
         if not keep and not kinds:
             continue
         item = _item(r, kdef, after if after.state is not State.OK else before, policy, orgs,
@@ -215,12 +225,13 @@ def process(con: Any, registry: Any, changed_rows: Iterable[Any] | None, now: da
                 "acked_at": None if fresh_episode else old["acked_at"],
                 "acked_by": None if fresh_episode else old["acked_by"],
                 "escalated_at": None if fresh_episode else old["escalated_at"],
-                "escalate_after_s": None if policy.escalate_after is None
-                else int(policy.escalate_after.total_seconds()),
-                "last_item": json.dumps(item, ensure_ascii=False, default=str)})
+                "escalate_after_s": escalate_s,
+                "last_item": json.dumps(item, ensure_ascii=False, default=str),
+                "row_at": r["computed_at"]})
         for kind in kinds:
             events.append(dict(item, kind=kind, severity=item["severity"] or before.severity))
     _write_states(con, gone, new_states)
+    summary.written = len(new_states)
     events.extend(source_items)
     summary.events = len(events)
     summary.notifications = route_and_enqueue(con, events, roster, silences, now, cfg.deadline_s,
@@ -279,7 +290,7 @@ def _driving_rows(con: Any, kdefs: Mapping[str, Any], changed_rows: Iterable[Any
         bound = "" if since is None else f"AND period_start >= {value_layout.literal(since)}"
         cur = con.execute(
             "SELECT n.* FROM (SELECT kpi_id, org_no, org_level, grain, period_start, period_end, value, "
-            "numerator, denominator, baseline, status, watermarks FROM kpi_value "
+            "numerator, denominator, baseline, status, watermarks, computed_at FROM kpi_value "
             "SEMI JOIN (SELECT unnest($ids::VARCHAR[]) AS kpi_id) w USING (kpi_id) "
             f"WHERE grain = $grain AND period_start <= $now {bound} "
             "QUALIFY row_number() OVER (PARTITION BY kpi_id, org_no ORDER BY period_start DESC) = 1) n "
@@ -317,7 +328,7 @@ def _key(c: Any) -> tuple[str, str, str, datetime]:
 # What stepping an alarm reads of its stored state (not its last message, ~1 kB of JSON each:
 # reading it for the ~8 k firing alarms of a city minute was most of the 0.7 s this took)
 _STEP_COLS = ("kpi_id", "org_no", "state", "severity", "count", "since", "last_sent", "held",
-              "acked_at", "acked_by", "escalated_at")
+              "acked_at", "acked_by", "escalated_at", "escalate_after_s", "row_at")
 
 
 def _load_states(con: Any) -> dict[tuple[str, str], dict[str, Any]]:

@@ -55,3 +55,29 @@ def test_a_late_source_holds_every_unit_of_its_kpis_ok_rows_included(warehouse, 
     summary = process(warehouse, registry, None, NOW, settings)
     assert (summary.stale_sources, summary.stepped, summary.held) == (("cs",), 1, 1)
     assert warehouse.execute("SELECT org_no, state, held FROM alarm_state").fetchall() == [("X01", "ok", True)]
+
+
+def test_a_firing_alarm_is_rewritten_only_when_its_row_was_recomputed(warehouse, registry, settings, app_db):
+    # X02 at 60 % against a critical threshold of 95: fires, and stays firing
+    put_value(warehouse, ONTIME, "X02", D, D + timedelta(days=1), 60.0, "critical", num=600, den=1000,
+              computed_at=NOW - timedelta(minutes=2))
+    at = NOW
+    process(warehouse, registry, None, at, settings)
+    while warehouse.execute("SELECT count(*) FROM alarm_state WHERE state = 'firing'").fetchone()[0] == 0:
+        process(warehouse, registry, None, at, settings)
+        at += timedelta(minutes=1)
+        assert at < NOW + timedelta(minutes=10), "the alarm never fired"
+
+    def state():
+        return warehouse.execute("SELECT state, value, updated_at, json_extract(last_item, '$.value')::DOUBLE "
+                                 "FROM alarm_state WHERE org_no = 'X02'").fetchone()
+
+    fired = state()
+    # a minute in which no pass recomputed the row: the state row stays as written
+    process(warehouse, registry, None, at, settings)
+    assert state() == fired
+    # the row restated at 55 % (still critical) by the next pass: value and message follow
+    put_value(warehouse, ONTIME, "X02", D, D + timedelta(days=1), 55.0, "critical", num=550, den=1000,
+              computed_at=at + timedelta(seconds=50))
+    process(warehouse, registry, None, at + timedelta(minutes=1), settings)
+    assert state() == ("firing", 55.0, at + timedelta(minutes=1), 55.0)
