@@ -53,7 +53,19 @@ LOCAL_TZ = "Asia/Shanghai"
 # versions between full rebuilds (compacts, drops rows gone upstream): the worker's nightly job
 # rebuilds (a minute at city, off the day's cycles); this is the bound when it does not run
 FULL_EVERY = 2880
-SPARE_NAME = ".spare.duckdb"   # the newest pruned version, for the next publish to bring up to date
+SPARE_NAME = ".spare.duckdb"
+# Alarm and alert tables whose every write changes one of these columns (kpis/alerting.py,
+# kpis/dispatch.py, kpis/outbox.py: a state is written with a new updated_at, acknowledged or
+# escalated; an outbox row's attempts or status move; events and deliveries are appended): an
+# incremental publish moves only the rows that differ by them. Copied whole, the alarm states
+# of a city (~68 k with their ~1 kB messages) were ~0.45 s of each publish.
+SYNCED_BY = {
+    "alarm_state": ("kpi_id", "org_no", "updated_at", "acked_at", "escalated_at"),
+    "alert_event": ("event_id",),
+    "alert_delivery": ("notification_id", "attempt"),
+    "alert_outbox": ("notification_id", "status", "attempts"),
+    "alert_ack": ("ack_id",),
+}   # the newest pruned version, for the next publish to bring up to date
 
 
 @dataclass(frozen=True)
@@ -248,8 +260,15 @@ def _write(con: duckdb.DuckDBPyConnection, tmp: Path, present: dict[str, list[st
             if name in present and name != "kpi_value":
                 copy(name, f"SELECT * FROM {quote_ident(name)}")
         for name in sorted(present):
-            if name.startswith(("alarm_", "alert_")):
+            if not name.startswith(("alarm_", "alert_")):
+                continue
+            version_cols = SYNCED_BY.get(name)
+            if (full or version_cols is None or not set(version_cols) <= set(present[name])
+                    or _columns(con, "snap", name) != present[name]):
                 copy(name, f"SELECT * FROM {quote_ident(name)}")
+            else:
+                _sync_rows(con, name, version_cols)
+                copied.append(name + "+")
         if "etl_run" in present:
             cols = present["etl_run"]
             time_col = next((c for c in ("started_at", "finished_at", "run_at") if c in cols), None)
@@ -389,6 +408,16 @@ def _refresh_rows(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ..
                 f"WHERE {match}", params)
     con.execute(f"INSERT INTO snap.{t} SELECT * FROM {t} WHERE {where}"
                 + (f" ORDER BY {order}" if order else ""), params)
+
+
+def _sync_rows(con: duckdb.DuckDBPyConnection, table: str, version_cols: tuple[str, ...]) -> None:
+    """Make snap's `table` equal to the warehouse's where rows are told apart by `version_cols`
+    (SYNCED_BY): the snapshot's rows without a match leave, the warehouse's without one enter."""
+    t = quote_ident(table)
+    same = " AND ".join(f"s.{quote_ident(c)} IS NOT DISTINCT FROM w.{quote_ident(c)}" for c in version_cols)
+    con.execute(f"DELETE FROM snap.{t} WHERE rowid IN "
+                f"(SELECT s.rowid FROM snap.{t} s ANTI JOIN {t} w ON {same})")
+    con.execute(f"INSERT INTO snap.{t} SELECT w.* FROM {t} w ANTI JOIN snap.{t} s ON {same}")
 
 
 def _drop_thinned(con: duckdb.DuckDBPyConnection, since: object) -> None:

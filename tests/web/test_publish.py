@@ -178,3 +178,39 @@ def test_a_file_older_than_the_last_full_rebuild_is_not_brought_up_to_date(tmp_p
     again = publish(con, serving, keep=1)           # version 3's file: the rebuild's own
     assert again.recycled
     assert _rows(again.path, "SELECT task_id FROM dist_repair_task ORDER BY 1") == [("T1",), ("T2",)]
+
+
+def test_alarm_and_alert_rows_follow_each_kind_of_write(tmp_path: Path) -> None:
+    # the incremental publish moves only the alarm and alert rows that differ by the columns every
+    # write changes (kpis.publish.SYNCED_BY); each write path of the worker once, then compared
+    # with a full publish
+    from kpis.alerting import ensure_schema
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    ensure_schema(con)
+    state = ("INSERT INTO alarm_state (kpi_id, org_no, state, severity, value, updated_at, last_item) "
+             "VALUES (?, ?, ?, 'critical', ?, ?, ?)")
+    con.execute(state, ["repair.merge_rate", "P0", "firing", 30.0, "2026-10-15 10:00:00", '{"value": 30}'])
+    con.execute(state, ["repair.merge_rate", "C1", "firing", 31.0, "2026-10-15 10:00:00", '{"value": 31}'])
+    con.execute(state, ["repair.merge_rate", "C2", "pending", 32.0, "2026-10-15 10:00:00", '{"value": 32}'])
+    con.execute("INSERT INTO alert_event (event_id, created_at, kind) VALUES ('e1', '2026-10-15 10:00:00', 'firing')")
+    con.execute("INSERT INTO alert_outbox (notification_id, status, attempts, payload) VALUES ('n1', 'pending', 0, '{}')")
+    serving = tmp_path / "serving"
+    publish(con, serving, keep=1)
+    publish(con, serving, keep=1)
+    # the alarm step rewrites P0 (a recomputed row), the dispatcher records an acknowledgement of
+    # C1 and escalates nothing, C2 settles (deleted), an event is raised, a delivery fails once
+    con.execute("UPDATE alarm_state SET value = 25, updated_at = '2026-10-15 10:02:00', "
+                "last_item = '{\"value\": 25}' WHERE org_no = 'P0'")
+    con.execute("UPDATE alarm_state SET acked_at = '2026-10-15 10:01:30', acked_by = 'duty' WHERE org_no = 'C1'")
+    con.execute("DELETE FROM alarm_state WHERE org_no = 'C2'")
+    con.execute("INSERT INTO alert_event (event_id, created_at, kind) VALUES ('e2', '2026-10-15 10:02:00', 'severity_up')")
+    con.execute("UPDATE alert_outbox SET status = 'retry', attempts = 1, last_error = 'refused'")
+    con.execute("INSERT INTO alert_delivery VALUES ('n1', 1, '2026-10-15 10:02:00', 'error', 'refused', 3.0)")
+    third = publish(con, serving, keep=1)
+    assert third.recycled and {"alarm_state+", "alert_event+", "alert_outbox+"} <= set(third.tables)
+    full = publish(con, tmp_path / "full")
+    for table in ("alarm_state", "alert_event", "alert_outbox", "alert_delivery"):
+        sql = f"SELECT * FROM {table} ORDER BY ALL"
+        assert _rows(third.path, sql) == _rows(full.path, sql), table
+    assert _rows(third.path, "SELECT org_no, value, acked_by FROM alarm_state ORDER BY 1") == [
+        ("C1", 31.0, "duty"), ("P0", 25.0, None)]
