@@ -1,6 +1,6 @@
 """The worker's stop when the scheduler has just handed a job to a thread (the race that left a
 worker running after SIGTERM: the stop held the cycle lock, the job waited for it, and the
-interpreter's exit waited for the job's thread)."""
+interpreter's exit waited for the job's thread), and the jobs' effects on the serving snapshot."""
 from __future__ import annotations
 
 import threading
@@ -48,5 +48,32 @@ def test_a_cycle_runs_while_the_worker_is_not_stopping(tmp_path: Path) -> None:
         con = wh.cursor()
         assert con.execute("SELECT COUNT(*) FROM etl_run").fetchone()[0] > 0
         con.close()
+    finally:
+        wh.close()
+
+
+def test_the_nightly_job_publishes_a_snapshot_rebuilt_from_scratch(tmp_path: Path) -> None:
+    # the daytime cycles publish incrementally; the full rebuild (compaction, rows gone upstream
+    # dropped) is the nightly job's, off the cycles users wait for
+    import duckdb
+
+    from kpis.publish import current_version, snapshot_path
+    worker, wh = _worker(tmp_path)
+    serving = worker.settings.serving_dir
+
+    def info() -> tuple[int, int]:
+        con = duckdb.connect(str(snapshot_path(serving, current_version(serving))), read_only=True)
+        try:
+            return con.execute("SELECT version, full_version FROM snapshot_info").fetchone()
+        finally:
+            con.close()
+    try:
+        worker.cycle()
+        worker.cycle()
+        assert info() == (2, 1)          # the second cycle's publish built on the first
+        worker.nightly()
+        assert info() == (3, 3)
+        worker.cycle()
+        assert info() == (4, 3)
     finally:
         wh.close()
