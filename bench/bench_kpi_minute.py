@@ -28,6 +28,10 @@ today holds most of a day and the measured minutes stay inside one hour (a new h
 --planning reads DuckDB's detailed profile of each statement (binding, optimizers, physical plan
 against the statement's latency: what planning, not running, costs a pass); profiling adds its
 own time, so the pass times of such a run are not comparable with a plain one.
+--cycle runs the rest of the worker's cycle after each pass, as kpis.worker does: the alarm step
+(kpis.alerting.process, in its transaction) and the publish of the serving snapshot (into
+DIR/serving_bench; the warm-up's is the first, full one; with 3 versions kept the 5th publish on
+is written into the spare, kpis/publish.py). Run --minutes 6 or more to see both kinds.
 --sweep makes every measured pass a sweep (the last sweep set SWEEP_EVERY back before each):
 the worker's recurring full evaluation, every KPI for today, its hours and the running month
 (days re-read for the months summed from stored days), with the kept tables as a pass keeps them.
@@ -117,6 +121,47 @@ class PerStatement(Timed):
               f"slowest optimizers: {', '.join(f'{k} {v:.3f}' for k, v in top)}")
 
 
+class Cycle:
+    """The worker's cycle after a pass (kpis.worker.Worker.cycle): the alarm step, then the publish."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import os  # noqa: PLC0415
+        os.environ["DATA_DIR"] = str(data_dir)
+        from etl.settings import load_settings  # noqa: PLC0415  (reads DATA_DIR)
+        self.settings = load_settings()
+        self.serving = data_dir / "serving_bench"
+        self.rows: list[tuple[float, float, float, bool]] = []
+
+    def after(self, con: duckdb.DuckDBPyConnection, registry: object, as_of: datetime, evaluation: float,
+              counted: bool) -> None:
+        from kpis.alerting import process  # noqa: PLC0415
+        from kpis.publish import publish  # noqa: PLC0415
+        t = time.perf_counter()
+        con.execute("BEGIN TRANSACTION")
+        s = process(con, registry, None, as_of, self.settings)
+        con.execute("COMMIT")
+        alarm = time.perf_counter() - t
+        t = time.perf_counter()
+        res = publish(con, self.serving, published_at=as_of)
+        pub = time.perf_counter() - t
+        kind = ("full" if "kpi_value" in res.tables else
+                "on the spare" if res.recycled else "copy of the previous")
+        print(f"    cycle: evaluation {evaluation:.2f} s + alarm step {alarm:.2f} s ({s.stepped} stepped, "
+              f"{s.written} written, {s.events} events) + publish {pub:.2f} s ({kind}) = "
+              f"{evaluation + alarm + pub:.2f} s")
+        if counted:
+            self.rows.append((evaluation, alarm, pub, res.recycled))
+
+    def summary(self) -> None:
+        for label, rows in (("publishing a copy", [r for r in self.rows if not r[3]]),
+                            ("publishing into the spare", [r for r in self.rows if r[3]])):
+            if rows:
+                med = [statistics.median(r[j] for r in rows) for j in range(3)]
+                print(f"cycles {label}: {len(rows)}, medians: evaluation {med[0]:.2f} s, alarm step "
+                      f"{med[1]:.2f} s, publish {med[2]:.2f} s; total median "
+                      f"{statistics.median(sum(r[:3]) for r in rows):.2f} s")
+
+
 def mark(con: duckdb.DuckDBPyConnection, run_id: int, template: dict[str, tuple[str, ...]],
          day: object) -> None:
     """Record run_id as an ETL pass that merged rows of today into the template's tables."""
@@ -160,7 +205,9 @@ def main() -> None:
     ap.add_argument("--per-kpi", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="every measured pass a sweep")
     ap.add_argument("--planning", action="store_true", help="print what planning the statements cost")
+    ap.add_argument("--cycle", action="store_true", help="also the alarm step and the publish after each pass")
     args = ap.parse_args()
+    cycle = Cycle(args.data_dir) if args.cycle else None
     if args.per_kpi:
         batch.CHUNK = 1
     wake.FP_MAX_ROWS = -1       # no table is fingerprinted: the data does not change (above)
@@ -173,7 +220,7 @@ def main() -> None:
     cmd = (f"python bench/bench_kpi_minute.py --data-dir {args.data_dir} --minutes {args.minutes} "
            f"--as-of '{as_of:%Y-%m-%d %H:%M:%S}' --template {args.template}"
            + (" --per-kpi" if args.per_kpi else "") + (" --sweep" if args.sweep else "")
-           + (" --planning" if args.planning else ""))
+           + (" --planning" if args.planning else "") + (" --cycle" if args.cycle else ""))
     con, run = open_at(args.data_dir, as_of)
     profile = None
     if args.planning:
@@ -201,6 +248,8 @@ def main() -> None:
               f"{s.skipped} skipped by columns, {s.rows} rows, errors {len(s.errors)}; "
               f"{start} at the start")
         print_kinds(timed.kinds)
+        if cycle is not None:
+            cycle.after(con, registry, as_of, wall, counted=bool(i))
         if profile is not None:
             timed.print_planning()
         if i:
@@ -223,6 +272,8 @@ def main() -> None:
           f"{time.perf_counter() - t:.2f} s")
     print(f"{'sweeps' if args.sweep else 'ordinary passes'}: {len(walls)}, median {statistics.median(walls):.2f} s wall "
           f"({statistics.median(cpus):.2f} s CPU), slowest {max(walls):.2f} s; {load()} at the end")
+    if cycle is not None:
+        cycle.summary()
     print("slowest statements (mean seconds per pass):")
     for key, total in sorted(per.items(), key=lambda x: -x[1])[:args.top]:
         print(f"  {total / len(walls):.3f}  {key}")

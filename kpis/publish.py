@@ -53,7 +53,7 @@ LOCAL_TZ = "Asia/Shanghai"
 # versions between full rebuilds (compacts, drops rows gone upstream): the worker's nightly job
 # rebuilds (a minute at city, off the day's cycles); this is the bound when it does not run
 FULL_EVERY = 2880
-SPARE_NAME = ".spare.duckdb"
+SPARE_NAME = ".spare.duckdb"   # the newest pruned version, for the next publish to bring up to date
 # Alarm and alert tables whose every write changes one of these columns (kpis/alerting.py,
 # kpis/dispatch.py, kpis/outbox.py: a state is written with a new updated_at, acknowledged or
 # escalated; an outbox row's attempts or status move; events and deliveries are appended): an
@@ -65,7 +65,7 @@ SYNCED_BY = {
     "alert_delivery": ("notification_id", "attempt"),
     "alert_outbox": ("notification_id", "status", "attempts"),
     "alert_ack": ("ack_id",),
-}   # the newest pruned version, for the next publish to bring up to date
+}
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,11 @@ def _take_spare(con: duckdb.DuckDBPyConnection, serving_dir: Path, tmp: Path, in
         os.close(fd)
         tmp.unlink()                      # its reader keeps the inode; the next prune makes another
         return None, None
-    got = _read_info(con, tmp)
+    try:
+        got = _read_info(con, tmp)
+    except duckdb.Error as exc:           # not a file this code published: copy instead
+        log.warning("spare snapshot unreadable (%s): copying the previous one", exc)
+        got = None
     if (got is None or got["full_version"] != info["full_version"] or int(got["etl_run_id"]) > run_now
             or got["kpi_columns"] != present.get("kpi_value") or got["kpi_computed_at"] is None):
         os.close(fd)
@@ -492,7 +496,10 @@ def _prune(serving_dir: Path, keep: int) -> None:
     for old in dropped:
         # an open reader keeps its inode; new readers re-read CURRENT (kpis/serving.py)
         path = snapshot_path(serving_dir, old)
-        if old == dropped[-1]:
-            os.replace(path, serving_dir / SPARE_NAME)    # the next publish brings it up to date
-        else:
-            path.unlink(missing_ok=True)
+        try:
+            if old == dropped[-1]:
+                os.replace(path, serving_dir / SPARE_NAME)    # the next publish brings it up to date
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            pass

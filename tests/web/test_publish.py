@@ -214,3 +214,14 @@ def test_alarm_and_alert_rows_follow_each_kind_of_write(tmp_path: Path) -> None:
         assert _rows(third.path, sql) == _rows(full.path, sql), table
     assert _rows(third.path, "SELECT org_no, value, acked_by FROM alarm_state ORDER BY 1") == [
         ("C1", 31.0, "duty"), ("P0", 25.0, None)]
+
+
+def test_a_spare_that_is_not_a_snapshot_is_dropped_and_the_previous_copied(tmp_path: Path) -> None:
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    serving = tmp_path / "serving"
+    publish(con, serving, keep=1)
+    (serving / ".spare.duckdb").write_bytes(b"not a database")     # e.g. a disk full mid-copy
+    second = publish(con, serving, keep=1)
+    assert not second.recycled
+    assert _rows(second.path, "SELECT version FROM snapshot_info") == [(2,)]
+    assert _rows(second.path, "SELECT COUNT(*) FROM dim_org") == [(6,)]
