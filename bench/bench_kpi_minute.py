@@ -144,13 +144,15 @@ class Cycle:
         t = time.perf_counter()
         res = publish(con, self.serving, published_at=as_of)
         pub = time.perf_counter() - t
+        # getattr: the same script times the code before session 20 (no spare, no states count)
+        recycled = getattr(res, "recycled", False)
         kind = ("full" if "kpi_value" in res.tables else
-                "on the spare" if res.recycled else "copy of the previous")
+                "on the spare" if recycled else "copy of the previous")
         print(f"    cycle: evaluation {evaluation:.2f} s + alarm step {alarm:.2f} s ({s.stepped} stepped, "
-              f"{s.written} written, {s.events} events) + publish {pub:.2f} s ({kind}) = "
+              f"{getattr(s, 'written', '?')} written, {s.events} events) + publish {pub:.2f} s ({kind}) = "
               f"{evaluation + alarm + pub:.2f} s")
         if counted:
-            self.rows.append((evaluation, alarm, pub, res.recycled))
+            self.rows.append((evaluation, alarm, pub, recycled))
 
     def summary(self) -> None:
         for label, rows in (("publishing a copy", [r for r in self.rows if not r[3]]),
