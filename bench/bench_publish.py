@@ -1,17 +1,19 @@
 """The worker's publish (kpis.publish.publish) on a copy of a warehouse: what it adds to a cycle.
 
-The worker publishes a serving snapshot after every cycle: incrementally (the previous file
-copied, the rows computed since replaced) and, every FULL_EVERY versions, from scratch. Both
-grow with kpi_value's history; `bench_value_history.py --days N` gives a copy that history.
+The worker publishes a serving snapshot after every cycle, incrementally: the spare (the newest
+pruned version's file) or else a copy of the previous file is brought up to date; the nightly
+job rebuilds it from scratch. Both grow with kpi_value's history and the alarm tables;
+`bench_value_history.py --days N` and `bench_alarm_step.py` give a copy those.
 
-    python bench/bench_publish.py --data-dir COPY [--rounds 6] [--touch 10000] [--top N]
+    python bench/bench_publish.py --data-dir COPY [--rounds 7] [--touch 10000] [--etl-rows 500] [--top N]
 
-Each round first marks `--touch` of the newest rows as computed now (what a minute's store
-leaves for the publish to carry: the changed rows and the snapshots) and, with `--etl-rows`,
-that many rows of each of a few source tables as updated by a new ETL run (a minute's merge),
-then publishes. Printed:
-the full publish, each incremental one split into the file copy, the statements and the rest,
-and the snapshot's size.
+The first publish is full. Each later round first marks `--touch` of the newest kpi_value rows
+as computed now (what a minute's store leaves for the publish to carry: the changed rows and the
+snapshots) and, with `--etl-rows`, that many rows of each of ETL_TABLES as updated by a new ETL
+run (a minute's merge), then publishes. With 3 versions kept, rounds 1-3 copy the previous file
+(there is no spare yet: what every round did before session 20) and rounds 4 on are written
+into the spare. Printed per publish: wall and CPU time, the file copy, the statements (with
+--top, the slowest), the snapshot's size.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class Timed:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, required=True, help="a copy: the run writes into it")
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--touch", type=int, default=10000, help="rows marked computed before each round")
     ap.add_argument("--etl-rows", type=int, default=0,
                     help="rows of each of ETL_TABLES marked merged by a new run before each round")
