@@ -81,3 +81,22 @@ def test_a_firing_alarm_is_rewritten_only_when_its_row_was_recomputed(warehouse,
               computed_at=at + timedelta(seconds=50))
     process(warehouse, registry, None, at + timedelta(minutes=1), settings)
     assert state() == ("firing", 55.0, at + timedelta(minutes=1), 55.0)
+
+
+def test_alarm_states_kept_before_row_at_existed_get_the_column_and_are_rewritten_once(
+        warehouse, registry, settings, app_db):
+    # an alarm_state table as a warehouse of session 19 holds it: no row_at column
+    warehouse.execute("""CREATE TABLE alarm_state (
+        kpi_id VARCHAR, org_no VARCHAR, state VARCHAR, severity VARCHAR, count INTEGER,
+        since TIMESTAMP, last_sent TIMESTAMP, held BOOLEAN, grain VARCHAR, period_start TIMESTAMP,
+        value DOUBLE, updated_at TIMESTAMP, acked_at TIMESTAMP, acked_by VARCHAR,
+        escalated_at TIMESTAMP, escalate_after_s INTEGER, last_item VARCHAR)""")
+    warehouse.execute("INSERT INTO alarm_state (kpi_id, org_no, state, severity, count, since, last_sent, "
+                      "held, grain, period_start, value, updated_at) VALUES (?, 'X02', 'firing', 'critical', "
+                      "0, ?, ?, FALSE, 'daily', ?, 61.0, ?)",
+                      [ONTIME.id, NOW - timedelta(hours=1), NOW - timedelta(hours=1), D, NOW - timedelta(minutes=1)])
+    put_value(warehouse, ONTIME, "X02", D, D + timedelta(days=1), 60.0, "critical", num=600, den=1000,
+              computed_at=NOW - timedelta(minutes=5))
+    process(warehouse, registry, None, NOW, settings)
+    assert warehouse.execute("SELECT state, value, updated_at, row_at FROM alarm_state").fetchall() == [
+        ("firing", 60.0, NOW, NOW - timedelta(minutes=5))]
