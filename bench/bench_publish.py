@@ -10,7 +10,8 @@ job rebuilds it from scratch. Both grow with kpi_value's history and the alarm t
 The first publish is full. Each later round first marks `--touch` of the newest kpi_value rows
 as computed now (what a minute's store leaves for the publish to carry: the changed rows and the
 snapshots) and, with `--etl-rows`, that many rows of each of ETL_TABLES as updated by a new ETL
-run (a minute's merge), then publishes. With 3 versions kept, rounds 1-3 copy the previous file
+run (a minute's merge; `--city-minute`: the rows a city pass merges per table, CITY_MINUTE),
+then publishes. With 3 versions kept, rounds 1-3 copy the previous file
 (there is no spare yet: what every round did before session 20) and rounds 4 on are written
 into the spare. Printed per publish: wall and CPU time, the file copy, the statements (with
 --top, the slowest), the snapshot's size.
@@ -34,20 +35,27 @@ from kpis import publish as pub  # noqa: E402
 
 
 ETL_TABLES = ("cs_work_order", "cs_wo_step", "cs_call", "dist_repair_task", "mis_customer")
+# Rows merged per table by a city ETL pass after one live minute (bench_etl.py --scale city,
+# session 20, etl_run of 4 passes): every terminal's heartbeat, a few hundred business rows.
+CITY_MINUTE = {"meter_terminal": 87584, "mis_bill": 190, "mis_payment": 190, "mis_rcved_flow": 190,
+               "cs_wo_step": 115, "cs_work_order": 90, "cs_visit": 40, "meter_collection_daily": 30,
+               "dist_repair_task": 25, "cs_call": 15, "cs_agent_state": 18, "cs_queue_snapshot": 12}
 
 
-def merge_minute(con: duckdb.DuckDBPyConnection, rows: int) -> None:
-    """What an ETL run leaves: `rows` rows of each table updated a minute after the newest, and
-    the run's etl_run rows (the window the publish refreshes from)."""
+def merge_minute(con: duckdb.DuckDBPyConnection, rows: dict[str, int]) -> None:
+    """What an ETL run leaves: rows[table] rows of each table updated a minute after the newest,
+    and the run's etl_run rows (the window the publish refreshes from). The rows are the most
+    recently updated ones, as a live minute's are (today's orders, the newest collection day)."""
     run = con.execute("SELECT COALESCE(MAX(run_id), 0) + 1 FROM etl_run").fetchone()[0]
-    for table in ETL_TABLES:
+    for table, n in rows.items():
         low = con.execute(f"SELECT MAX(updated_at) FROM {table}").fetchone()[0]
         con.execute(f"""UPDATE {table} SET updated_at = $low::TIMESTAMP + INTERVAL 1 MINUTE
-                        WHERE rowid IN (SELECT rowid FROM {table} USING SAMPLE {rows} ROWS)""", {"low": low})
+                        WHERE rowid IN (SELECT rowid FROM {table} ORDER BY updated_at DESC LIMIT {n})""",
+                    {"low": low})
         con.execute("""INSERT INTO etl_run BY NAME SELECT $run AS run_id, 'bench' AS source, $t AS table_name,
                        $low::TIMESTAMP AS window_low, $low::TIMESTAMP + INTERVAL 1 MINUTE AS window_high,
                        $n AS rows_read, $n AS rows_merged, 'ok' AS status, now()::TIMESTAMP AS started_at""",
-                    {"run": run, "t": table, "low": low, "n": rows})
+                    {"run": run, "t": table, "low": low, "n": n})
 
 
 class Timed:
@@ -77,6 +85,8 @@ def main() -> None:
     ap.add_argument("--touch", type=int, default=10000, help="rows marked computed before each round")
     ap.add_argument("--etl-rows", type=int, default=0,
                     help="rows of each of ETL_TABLES marked merged by a new run before each round")
+    ap.add_argument("--city-minute", action="store_true",
+                    help="instead of --etl-rows: the rows a city ETL pass merges per table (CITY_MINUTE)")
     ap.add_argument("--top", type=int, default=0, help="print the N slowest statements of each publish")
     ap.add_argument("--serving-dir", type=Path, help="default: a temporary directory beside the copy")
     args = ap.parse_args()
@@ -104,8 +114,10 @@ def main() -> None:
                 con.execute("""UPDATE kpi_value SET computed_at = now()::TIMESTAMP
                                WHERE rowid IN (SELECT rowid FROM kpi_value
                                                ORDER BY computed_at DESC LIMIT $n)""", {"n": args.touch})
-                if args.etl_rows:
-                    merge_minute(con, args.etl_rows)
+                if args.city_minute:
+                    merge_minute(con, CITY_MINUTE)
+                elif args.etl_rows:
+                    merge_minute(con, dict.fromkeys(ETL_TABLES, args.etl_rows))
             timed, copy_s[0] = Timed(con), 0.0
             t, c = time.perf_counter(), time.process_time()
             res = pub.publish(timed, serving, full_every=10**9 if i else 1)
@@ -126,7 +138,7 @@ def main() -> None:
     if walls:
         print(f"incremental: median {statistics.median(walls):.2f} s")
     print(f"reproduce: python bench/bench_publish.py --data-dir COPY --rounds {args.rounds} --touch {args.touch} "
-          f"--etl-rows {args.etl_rows}")
+          f"--etl-rows {args.etl_rows}" + (" --city-minute" if args.city_minute else ""))
 
 
 if __name__ == "__main__":
