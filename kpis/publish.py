@@ -320,7 +320,8 @@ def _write(con: duckdb.DuckDBPyConnection, tmp: Path, present: dict[str, list[st
                     detail_windows[table.name] = first
                     copied.append(table.name + "~")
                     continue
-                if table.name not in in_snap or low == "all":
+                if (table.name not in in_snap or low == "all"
+                        or (low is not None and _mostly_merged(con, table.name, info["etl_run_id"]))):
                     copy(table.name, f"SELECT * FROM {quote_ident(table.name)}")
                 elif low is not None:
                     _refresh_rows(con, table.name, table.key, "updated_at > ?", [low])
@@ -390,6 +391,19 @@ def _merged_since(con: duckdb.DuckDBPyConnection, present: dict[str, list[str]],
         return None
     return {r[0] for r in con.execute("SELECT DISTINCT table_name FROM etl_run WHERE run_id > ? "
                                       "AND rows_merged > 0", [since_run]).fetchall()}
+
+
+def _mostly_merged(con: duckdb.DuckDBPyConnection, table: str, since_run: object) -> bool:
+    """Whether the runs after `since_run` merged at least as many rows into `table` as it holds
+    (the terminals' heartbeats: every row, every minute): copied whole, not deleted and inserted
+    back by key."""
+    merged = con.execute("SELECT COALESCE(SUM(rows_merged), 0) FROM etl_run WHERE run_id > ? "
+                         "AND table_name = ?", [since_run, table]).fetchone()[0]
+    if not merged:
+        return False
+    held = con.execute("SELECT estimated_size FROM duckdb_tables() WHERE database_name = current_database() "
+                       "AND schema_name = 'main' AND table_name = ?", [table]).fetchone()
+    return held is not None and merged >= held[0]
 
 
 def _window_low(con: duckdb.DuckDBPyConnection, table: str, since_run: int) -> object:

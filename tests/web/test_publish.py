@@ -225,3 +225,22 @@ def test_a_spare_that_is_not_a_snapshot_is_dropped_and_the_previous_copied(tmp_p
     assert not second.recycled
     assert _rows(second.path, "SELECT version FROM snapshot_info") == [(2,)]
     assert _rows(second.path, "SELECT COUNT(*) FROM dim_org") == [(6,)]
+
+
+def test_a_table_whose_every_row_was_merged_is_copied_whole(tmp_path: Path) -> None:
+    # the terminals' heartbeats: every row each minute; replaced by key they were a DELETE and an
+    # INSERT of the whole table in each publish's commit
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    con.execute("ALTER TABLE etl_run ADD COLUMN window_low TIMESTAMP")
+    con.execute("ALTER TABLE etl_run ADD COLUMN rows_merged BIGINT")
+    serving = tmp_path / "serving"
+    publish(con, serving)
+    con.execute("UPDATE dist_repair_task SET status_code = '02', updated_at = '2026-10-15 10:01:00'")
+    con.execute("INSERT INTO etl_run (run_id, source, table_name, status, started_at, window_low, rows_merged) "
+                "VALUES (2, 'dist', 'dist_repair_task', 'ok', '2026-10-15 10:01:00', '2026-10-15 10:00:30', 3)")
+    inc = publish(con, serving)
+    assert "dist_repair_task" in inc.tables and "dist_repair_task+" not in inc.tables
+    full = publish(con, tmp_path / "full")
+    sql = "SELECT * FROM dist_repair_task ORDER BY ALL"
+    assert _rows(inc.path, sql) == _rows(full.path, sql)
+    assert _rows(inc.path, "SELECT DISTINCT status_code FROM dist_repair_task") == [("02",)]
