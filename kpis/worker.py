@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -53,6 +54,9 @@ class Worker:
         self.warehouse = warehouse
         self._registry: Any = None
         self._cycle_lock = threading.Lock()
+        # the dispatcher's job runs beside the cycle (not under its lock); the stop closes the
+        # warehouse only once no dispatch is running on it
+        self._dispatch_lock = threading.Lock()
         # Set when the worker stops: a job the scheduler handed to a thread just before returns
         # at once (it would otherwise wait for the cycle lock that the stop holds, and the
         # interpreter's exit waits for every executor thread: the process never ended).
@@ -139,11 +143,33 @@ class Worker:
         """Deliver due alert notifications from the outbox."""
         if self.stopping.is_set():
             return
-        con = self._cursor()
+        with self._dispatch_lock:
+            if self.stopping.is_set():
+                return
+            con = self._cursor()
+            try:
+                dispatch_due(con, self.settings, local_now(self.settings))
+            finally:
+                con.close()
+
+    def stop_and_close(self, close: Any, grace_s: float = 10.0) -> bool:
+        """Stop taking jobs and call `close` once neither a cycle nor a dispatch runs. False
+        when one still runs after `grace_s` (nothing closed: the caller exits without waiting;
+        committed loads survive, the next start re-reads the window)."""
+        self.stopping.set()
+        deadline = time.monotonic() + grace_s
+        if not self._cycle_lock.acquire(timeout=grace_s):
+            return False
         try:
-            dispatch_due(con, self.settings, local_now(self.settings))
+            if not self._dispatch_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            try:
+                close()
+                return True
+            finally:
+                self._dispatch_lock.release()
         finally:
-            con.close()
+            self._cycle_lock.release()     # a job waiting for it sees `stopping` and returns
 
     def record_event(self, event: JobExecutionEvent) -> None:
         """Scheduler trouble (error, missed or overlapping run) goes to worker_event."""
@@ -209,17 +235,11 @@ def run_worker(settings: Settings, once: bool = False) -> int:
     finally:
         # A cycle still running holds DuckDB; waiting for it could take minutes at county scale.
         # Leaving mid-cycle is safe: committed loads survive, the next start re-reads the window.
-        worker.stopping.set()
-        if worker._cycle_lock.acquire(timeout=STOP_GRACE_S):
-            try:
-                close = getattr(warehouse, "close", None)
-                if close:
-                    close()
-                lock.release()
-            finally:
-                worker._cycle_lock.release()     # a job waiting for it sees `stopping` and returns
-        else:
-            log.warning("a cycle is still running after %s s: exiting without waiting for it",
-                        STOP_GRACE_S)
+        def close() -> None:
+            getattr(warehouse, "close", lambda: None)()
+            lock.release()
+        if not worker.stop_and_close(close, STOP_GRACE_S):
+            log.warning("a cycle or dispatch is still running after %s s: exiting without waiting "
+                        "for it", STOP_GRACE_S)
             logging.shutdown()
             os._exit(0)

@@ -77,3 +77,38 @@ def test_the_nightly_job_publishes_a_snapshot_rebuilt_from_scratch(tmp_path: Pat
         assert info() == (4, 3)
     finally:
         wh.close()
+
+
+def test_the_stop_closes_the_warehouse_only_after_a_running_dispatch(tmp_path: Path) -> None:
+    # the dispatcher's job runs beside the cycle, on its own cursor: closing the warehouse under
+    # it could leave its thread (and the interpreter's exit, which joins it) hanging
+    import time
+    worker, wh = _worker(tmp_path)
+    events: list[str] = []
+
+    def dispatch_for(seconds: float) -> threading.Thread:
+        held = threading.Event()
+
+        def job() -> None:
+            with worker._dispatch_lock:
+                held.set()
+                time.sleep(seconds)
+                events.append("dispatch done")
+        t = threading.Thread(target=job)
+        t.start()
+        held.wait(5)
+        return t
+    try:
+        slow = dispatch_for(2.0)
+        assert not worker.stop_and_close(lambda: events.append("closed"), grace_s=0.3)
+        assert events == []                 # given up: nothing closed under the running dispatch
+        slow.join()
+        worker.stopping.clear()
+        short = dispatch_for(0.3)
+        assert worker.stop_and_close(lambda: events.append("closed"), grace_s=5)
+        short.join()
+        assert events == ["dispatch done", "dispatch done", "closed"]
+        worker.dispatch()                   # a dispatch after the stop returns at once
+        assert events[-1] == "closed"
+    finally:
+        wh.close()
