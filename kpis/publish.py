@@ -185,23 +185,10 @@ def publish(con: duckdb.DuckDBPyConnection, serving_dir: Path, keep: int = KEEP_
         spare_lock, spare_info = _take_spare(con, serving_dir, tmp, info, run_now, present)
         if spare_lock is None:
             shutil.copyfile(base, tmp)    # immutable once published: a plain copy is consistent
+        else:
+            info, recycled = spare_info, True     # the increments run from what the spare holds
     try:
-        if spare_lock is not None:
-            try:
-                copied = _write(con, tmp, present, spare_info, full, version, published_at, run_now,
-                                core_tables)
-                recycled = True           # the increments ran from what the spare held
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower():
-                    raise
-                # a reader outside the lock protocol (DuckDB's own lock) still has it open
-                log.info("spare snapshot in use (%s): copying the previous one", exc)
-                os.close(spare_lock)
-                spare_lock = None
-                tmp.unlink()
-                shutil.copyfile(base, tmp)
-        if not recycled:
-            copied = _write(con, tmp, present, info, full, version, published_at, run_now, core_tables)
+        copied = _write(con, tmp, present, info, full, version, published_at, run_now, core_tables)
     finally:
         if spare_lock is not None:
             os.close(spare_lock)          # before the rename: readers of the new name lock it
@@ -237,11 +224,24 @@ def _take_spare(con: duckdb.DuckDBPyConnection, serving_dir: Path, tmp: Path, in
         log.warning("spare snapshot unreadable (%s): copying the previous one", exc)
         got = None
     if (got is None or got["full_version"] != info["full_version"] or int(got["etl_run_id"]) > run_now
-            or got["kpi_columns"] != present.get("kpi_value") or got["kpi_computed_at"] is None):
+            or got["kpi_columns"] != present.get("kpi_value") or got["kpi_computed_at"] is None
+            or not _writable(con, tmp)):
         os.close(fd)
         tmp.unlink()
         return None, None
     return fd, got
+
+
+def _writable(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
+    """Whether DuckDB can open `path` for writing: a reader outside the lock protocol
+    (`python -m etl status` opens a version briefly) holds DuckDB's own lock on it."""
+    try:
+        con.execute("ATTACH '" + str(path).replace("'", "''") + "' AS spare_probe")
+    except duckdb.IOException as exc:
+        log.info("spare snapshot in use (%s): copying the previous one", exc)
+        return False
+    con.execute("DETACH spare_probe")
+    return True
 
 
 def _write(con: duckdb.DuckDBPyConnection, tmp: Path, present: dict[str, list[str]],

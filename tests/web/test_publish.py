@@ -244,3 +244,25 @@ def test_a_table_whose_every_row_was_merged_is_copied_whole(tmp_path: Path) -> N
     sql = "SELECT * FROM dist_repair_task ORDER BY ALL"
     assert _rows(inc.path, sql) == _rows(full.path, sql)
     assert _rows(inc.path, "SELECT DISTINCT status_code FROM dist_repair_task") == [("02",)]
+
+
+def test_a_file_another_process_reads_without_the_lock_is_not_rewritten(tmp_path: Path) -> None:
+    # `python -m etl status` opens a version with DuckDB alone (no flock): DuckDB's own lock,
+    # which only another process sees, keeps the publish off that file
+    import subprocess
+    import sys
+    con = build_warehouse(tmp_path / "wh.duckdb")
+    serving = tmp_path / "serving"
+    first = publish(con, serving, keep=1)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+         "print(c.execute('SELECT version FROM snapshot_info').fetchone()[0], flush=True); sys.stdin.read()",
+         str(first.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "1"
+        publish(con, serving, keep=1)                # version 1 becomes the spare
+        third = publish(con, serving, keep=1)
+        assert not third.recycled
+        assert _rows(third.path, "SELECT version FROM snapshot_info") == [(3,)]
+    finally:
+        reader.communicate("", timeout=30)
