@@ -137,3 +137,25 @@ def test_a_baseline_a_month_back_from_a_month_end_is_the_month_end_before():
     leap = day(datetime(2028, 2, 29).date())
     assert _baseline_in_plan([(k, [day(datetime(2028, 1, 29).date()), leap])]) == \
         {("billing.collected_amount", leap)}
+
+
+def test_facts_of_unknown_org_codes_are_kept_as_one_row_with_the_root_s_own(con):
+    """Two customers booked under org codes the tree does not know (X1, X2) are attributed to the
+    root P (CONVENTIONS §5), where a third customer is booked directly: on 07-06 P's own facts
+    are 3 customers (C7 at P, C8 at X1, C9 at X2), kept as one row, and P's value is 3 + the 3 of
+    the fixture = 6. A second pass with nothing changed finds no difference, so it writes no row
+    of 07-06 (two rows kept for one unit would differ from each other and rewrite P each pass)."""
+    for cons_no, org in (("C7", "P"), ("C8", "X1"), ("C9", "X2")):
+        con.execute("INSERT INTO mis_customer SELECT * REPLACE ($c AS cons_no, $c AS cons_name, "
+                    "$o AS org_no) FROM mis_customer WHERE cons_no = 'C1'", {"c": cons_no, "o": org})
+    first, second = datetime(2024, 7, 7, 12, 0), datetime(2024, 7, 7, 12, 1)
+    _pass(con, first, restrict=True)
+    kept = con.execute("SELECT attr_org, attr_grid, COUNT(*), SUM(num) FROM kpi_fact_last "
+                       "WHERE kpi_id = $k AND period_start = $p AND attr_org = 'P' "
+                       "GROUP BY ALL", {"k": KPI, "p": YESTERDAY.ws}).fetchall()
+    assert kept == [("P", None, 1, 3)]
+    assert _rows(con, YESTERDAY)["P"][0] == 6.0
+    _pass(con, second, restrict=True)
+    y = _rows(con, YESTERDAY)
+    assert y["P"][0] == 6.0
+    assert {r[3] for r in y.values()} == {first}
