@@ -6,6 +6,7 @@ every 15 s. The web tier never imports this module (tests/processes checks it).
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -207,6 +208,9 @@ def run_worker(settings: Settings, once: bool = False) -> int:
     from etl.lock import WriterBusy, acquire_writer_lock
     from etl.warehouse import Warehouse
 
+    # `kill -USR1 PID` prints every thread's stack to stderr: what a worker that does not stop
+    # or does not cycle is doing, without stopping it (from the start: its setup can be long)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         lock = acquire_writer_lock(settings.data_dir)
     except WriterBusy as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -30,11 +31,12 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
     raise TimeoutError(what)
 
 
-def test_a_second_worker_stops_with_the_lock_message(tmp_path: Path) -> None:
+def test_a_second_worker_stops_with_the_lock_message_and_the_first_prints_its_stacks(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = web_env(data, free_port())
+    log = tmp_path / "worker.log"       # kept for the failure message below
     first = subprocess.Popen([sys.executable, "app.py", "worker"], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         lock = data / "worker.lock"
         _wait(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 60, "first worker lock")
@@ -43,14 +45,23 @@ def test_a_second_worker_stops_with_the_lock_message(tmp_path: Path) -> None:
         assert second.returncode == 3
         assert f"PID {first.pid}" in second.stdout and "worker not started" in second.stdout
         assert first.poll() is None           # the first one is untouched
+        # SIGUSR1: the worker prints its threads' stacks (the main thread's in run_worker) and
+        # runs on
+        first.send_signal(signal.SIGUSR1)
+        _wait(lambda: "in run_worker" in log.read_text(errors="replace"), 30, "stacks in the worker's log")
+        assert "Current thread 0x" in log.read_text(errors="replace")
+        assert first.poll() is None
     finally:
         first.terminate()
         try:
             first.wait(timeout=60)
         except subprocess.TimeoutExpired:     # never leave a worker behind, then fail loudly
+            first.send_signal(signal.SIGUSR1)  # the worker prints its threads' stacks
+            time.sleep(2)
             first.kill()
             first.wait(timeout=10)
-            raise AssertionError("the worker did not stop within 60 s of SIGTERM") from None
+            raise AssertionError("the worker did not stop within 60 s of SIGTERM; its log and "
+                                 f"stacks:\n{log.read_text(errors='replace')[-8000:]}") from None
 
 
 class Client:
