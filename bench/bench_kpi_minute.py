@@ -3,6 +3,7 @@ engine, at any scale, in minutes of wall time.
 
 Usage: python bench/bench_kpi_minute.py --data-dir DIR [--minutes 4] [--as-of 'YYYY-MM-DD HH:MM:SS']
                                         [--template county|all] [--top 25] [--per-kpi] [--sweep]
+                                        [--cycle] [--dates today|rows]
 DIR holds warehouse.duckdb (and simulator_state.json) as `app.py worker` or `python -m etl run
 --once` leaves them; the run writes into the warehouse: use a copy.
 
@@ -19,6 +20,11 @@ engine reads with every column (a worst case: every KPI woken). Because the data
 was, the fingerprints of small tables (kpis/wake.py, tables up to FP_MAX_ROWS rows) would find
 them unchanged and skip KPIs that a real minute's rows wake: they are off here (the skips by the
 ETL's changed columns stay on).
+
+--dates rows records, besides today, the dates a real pass records for the rows of the
+template's tables whose updated_at falls in the minute (an order accepted days ago and closed
+now dirties its acceptance day; day-additive KPIs read such days again in an ordinary pass):
+at 22:3x of the 10-day city month a minute's orders, tasks and applications name 4-8 past days.
 
 The first pass after the state is set (as_of - 60 s, last sweep in the same hour) builds what
 the worker keeps between passes (kept prelude tables, stored days): it is printed, not counted.
@@ -46,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -165,13 +172,35 @@ class Cycle:
 
 
 def mark(con: duckdb.DuckDBPyConnection, run_id: int, template: dict[str, tuple[str, ...]],
-         day: object) -> None:
-    """Record run_id as an ETL pass that merged rows of today into the template's tables."""
+         day: object, dates: dict[str, set[object]] | None = None) -> None:
+    """Record run_id as an ETL pass that merged rows of today (and of `dates`, per table) into
+    the template's tables."""
     for table, cols in sorted(template.items()):
-        con.execute("INSERT INTO etl_dirty VALUES ($r, 'bench', $t, $d)", {"r": run_id, "t": table, "d": day})
+        for d in sorted({day, *(dates or {}).get(table, ())}):
+            con.execute("INSERT INTO etl_dirty VALUES ($r, 'bench', $t, $d)", {"r": run_id, "t": table, "d": d})
         for c in ("", *cols):     # '' marks that the run recorded its changed columns
             con.execute("INSERT INTO etl_changed VALUES ($r, 'bench', $t, $c)",
                         {"r": run_id, "t": table, "c": c})
+
+
+def row_dates(con: duckdb.DuckDBPyConnection, tables: Sequence[str], lo: datetime,
+              hi: datetime) -> dict[str, set[object]]:
+    """The business dates an ETL pass records for the rows whose updated_at falls in (lo, hi]
+    (etl.rules: every DATE / TIMESTAMP column but created_at and updated_at), from the rows as
+    the warehouse holds them: a real minute's dirty dates, less those of rows changed again
+    later and of the versions the rows replaced."""
+    from etl.contract import load_contract  # noqa: PLC0415
+    from etl.rules import table_rules  # noqa: PLC0415
+    contract = load_contract()
+    out: dict[str, set[object]] = {}
+    for t in tables:
+        dates = table_rules(contract.tables[t], contract).business_dates
+        if not dates:
+            continue
+        row = con.execute(f"SELECT list_distinct(flatten(list([{', '.join(dates)}]))) FROM {t} "
+                          "WHERE updated_at > $lo AND updated_at <= $hi", {"lo": lo, "hi": hi}).fetchone()
+        out[t] = {d for d in (row[0] or []) if d is not None}
+    return out
 
 
 def data_dir_wal(data_dir: Path) -> int:
@@ -208,6 +237,9 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="every measured pass a sweep")
     ap.add_argument("--planning", action="store_true", help="print what planning the statements cost")
     ap.add_argument("--cycle", action="store_true", help="also the alarm step and the publish after each pass")
+    ap.add_argument("--dates", choices=("today", "rows"), default="today",
+                    help="dirty dates recorded per minute: today only, or also those of the rows "
+                         "whose updated_at falls in the minute (as a real pass records them)")
     args = ap.parse_args()
     cycle = Cycle(args.data_dir) if args.cycle else None
     if args.per_kpi:
@@ -222,7 +254,8 @@ def main() -> None:
     cmd = (f"python bench/bench_kpi_minute.py --data-dir {args.data_dir} --minutes {args.minutes} "
            f"--as-of '{as_of:%Y-%m-%d %H:%M:%S}' --template {args.template}"
            + (" --per-kpi" if args.per_kpi else "") + (" --sweep" if args.sweep else "")
-           + (" --planning" if args.planning else "") + (" --cycle" if args.cycle else ""))
+           + (" --planning" if args.planning else "") + (" --cycle" if args.cycle else "")
+           + (f" --dates {args.dates}" if args.dates != "today" else ""))
     con, run = open_at(args.data_dir, as_of)
     profile = None
     if args.planning:
@@ -235,7 +268,12 @@ def main() -> None:
     walls, cpus, per = [], [], {}
     for i in range(args.minutes + 1):
         run += 1
-        mark(con, run, template, as_of.date())
+        dates = (row_dates(con, sorted(template), as_of - timedelta(seconds=60), as_of)
+                 if args.dates == "rows" else None)
+        if dates is not None:
+            past = sorted({d for ds in dates.values() for d in ds if d < as_of.date()})
+            print(f"    dirty dates before today from the minute's rows: {', '.join(map(str, past)) or 'none'}")
+        mark(con, run, template, as_of.date(), dates)
         if args.sweep and i:
             con.execute("UPDATE kpi_eval_state SET last_sweep_at = $a", {"a": as_of - SWEEP_EVERY})
         timed = PerStatement(con, profile)
