@@ -430,10 +430,13 @@ def _run_group(con: duckdb.DuckDBPyConnection, periods: Sequence[Period],
 @dataclass(frozen=True)
 class Diff:
     """How kpis.fact_diff takes part in a compute: each KPI's key hash, the (KPI id, period)
-    pairs recomputed whole in any case, and whether only the changed units are recomputed."""
+    pairs recomputed whole in any case, whether only the changed units are recomputed, and
+    (KPI id, period, source period): a period whose baseline reads the source, also computed,
+    recomputes the units recomputed there (whole when the source is not in the same compute)."""
     hashes: dict[str, str]
     whole: frozenset[tuple[str, Period]] = frozenset()
     restrict: bool = False
+    follows: frozenset[tuple[str, Period, Period]] = frozenset()
 
 
 # The facts join their tables to the few rows of _periods by range (x.t >= p.ws AND x.t < p.te).
@@ -540,9 +543,20 @@ def _compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
                 con.execute(_ATTRIBUTE if diff is None else _ATTRIBUTE_GROUPED)
                 units = _ALL_UNITS
                 if diff is not None:
+                    whole = {(i, pid_of[p]) for i in ok for p in by_kix[i][1]
+                             if (by_kix[i][0].id, p) in diff.whole}
+                    follows = set()
+                    kix_of = {by_kix[i][0].id: i for i in ok}
+                    for kid, p, src in diff.follows:
+                        i = kix_of.get(kid)
+                        if i is None or p not in by_kix[i][1]:
+                            continue
+                        if src in by_kix[i][1]:
+                            follows.add((i, pid_of[p], pid_of[src]))
+                        else:
+                            whole.add((i, pid_of[p]))
                     fact_diff.prepare(con, {i: diff.hashes[by_kix[i][0].id] for i in ok},
-                                      {(i, pid_of[p]) for i in ok for p in by_kix[i][1]
-                                       if (by_kix[i][0].id, p) in diff.whole}, diff.restrict)
+                                      whole, diff.restrict, follows)
                     units = "_todo" if diff.restrict else _ALL_UNITS
                 con.execute("INSERT INTO _result " + _rollup_sql([(i, by_kix[i][0]) for i in ok], units))
                 done.extend(by_kix[i] for i in ok)

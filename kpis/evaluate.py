@@ -189,6 +189,19 @@ def _baseline_in_plan(plan: Sequence[tuple[KpiDef, Sequence[Period]]]) -> frozen
     return frozenset(out)
 
 
+def _baseline_edges(plan: Sequence[tuple[KpiDef, Sequence[Period]]]
+                    ) -> frozenset[tuple[str, Period, Period]]:
+    """(KPI id, period, source period) for each period whose baseline reads a period the same
+    plan evaluates: a unit's baseline is its own value in the source, so kpis.fact_diff
+    recomputes the units of the source it recomputes (whose value may change) too."""
+    out = set()
+    for k, ps in plan:
+        by_start = {(p.grain, p.ws): p for p in ps}
+        out |= {(k.id, p, by_start[(p.grain, s)]) for p in ps for s in _baseline_sources(k, p)
+                if (p.grain, s) in by_start}
+    return frozenset(out)
+
+
 def _relative_with_baseline(kpis: Iterable[KpiDef]) -> list[KpiDef]:
     return [k for k in kpis if k.baseline is not None and is_relative(k)]
 
@@ -678,8 +691,8 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     # (kpis/fact_diff.py), the sweeps within an hour too; the sweep at each new hour recomputes
     # every row (a change the bookkeeping could miss is at most an hour late).
     tree = fact_diff.tree_signature(con)
-    diff = Diff({k.id: fact_diff.key_hash(k, tree) for k, _ in plan}, _baseline_in_plan(plan),
-                restrict=not new_hour)
+    diff = Diff({k.id: fact_diff.key_hash(k, tree) for k, _ in plan},
+                restrict=not new_hour, follows=_baseline_edges(plan))
     summary = evaluate_plan(con, plan, as_of, at, day_store.Mode(refresh=sweep, computed_at=at,
                                                                   run_id=changes.top_run(con)), diff)
     wake.record(con, [k for k, _ in plan], summary.errors, fingerprints)

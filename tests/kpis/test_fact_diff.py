@@ -13,7 +13,8 @@ import pytest
 
 from kpis import fact_diff
 from kpis.batch import Diff
-from kpis.evaluate import _baseline_in_plan, ensure_schema, evaluate_incremental, evaluate_plan
+from kpis.evaluate import (_baseline_edges, _baseline_in_plan, ensure_schema, evaluate_incremental,
+                           evaluate_plan)
 from kpis.periods import day, hours_of, month
 from kpis.prelude import apply_prelude
 from kpis.registry import load_registry
@@ -46,8 +47,8 @@ def _pass(con, at: datetime, restrict: bool):
     k = registry.get(KPI)
     plan = [(k, [YESTERDAY, TODAY])]
     apply_prelude(con)
-    diff = Diff({k.id: fact_diff.key_hash(k, fact_diff.tree_signature(con))},
-                _baseline_in_plan(plan), restrict)
+    diff = Diff({k.id: fact_diff.key_hash(k, fact_diff.tree_signature(con))}, restrict=restrict,
+                follows=_baseline_edges(plan))
     summary = evaluate_plan(con, plan, AS_OF, at, None, diff)
     assert not summary.errors
 
@@ -63,8 +64,9 @@ def test_only_the_changed_units_are_written_and_a_baseline_read_in_the_pass_is_r
     of 07-07 equals its 07-06 value: status ok. Then C5 is booked at S1 on 07-06 and cancelled
     on 07-07 (on the books at the end of 07-06 only). Pass 2 (ordinary): the facts of 07-06
     changed at S1 only, so of 07-06 it writes S1 and its ancestors K1, C1 and P and leaves K2,
-    S2, S3 and the grids as they were; the facts of 07-07 did not change, but its baseline is
-    07-06's value, evaluated in the same pass, so 07-07 is recomputed whole (worked below)."""
+    S2, S3 and the grids as they were; the facts of 07-07 did not change, but a row's baseline
+    is its unit's 07-06 value, evaluated in the same pass, so the units recomputed in 07-06 are
+    recomputed in 07-07 too, and only they (worked below)."""
     first, second = datetime(2024, 7, 7, 12, 0), datetime(2024, 7, 7, 12, 1)
     _pass(con, first, restrict=True)     # no kept facts yet: every row
     y, t = _rows(con, YESTERDAY), _rows(con, TODAY)
@@ -85,7 +87,19 @@ def test_only_the_changed_units_are_written_and_a_baseline_read_in_the_pass_is_r
     # outside 0.97..1.03 -> critical; P 3 against 4 = 0.75 -> critical; S3 1 against 1: ok
     assert t["S1"][:3] == (2.0, 3.0, "critical") and t["P"][:3] == (3.0, 4.0, "critical")
     assert t["S3"][:3] == (1.0, 1.0, "ok")
-    assert {r[3] for r in t.values()} == {second}
+    assert {org for org, r in t.items() if r[3] == second} == {"S1", "K1", "C1", "P"}
+
+
+def test_baseline_edges_name_each_period_s_sources_in_the_same_plan():
+    registry = load_registry()
+    k = registry.get(KPI)
+    assert _baseline_edges([(k, [YESTERDAY, TODAY])]) == {(KPI, TODAY, YESTERDAY)}
+    assert _baseline_edges([(k, [TODAY])]) == frozenset()
+    m = registry.get("order.complaint_share_service")    # the mean of the 3 months before
+    may, june, july = month(2024, 5), month(2024, 6), month(2024, 7)
+    assert _baseline_edges([(m, [may, june, july])]) == {
+        ("order.complaint_share_service", july, june), ("order.complaint_share_service", july, may),
+        ("order.complaint_share_service", june, may)}
 
 
 def test_baseline_in_plan_names_the_periods_whose_baseline_source_is_in_the_same_plan():
