@@ -1,6 +1,7 @@
 """Two revisions side by side on copies of one warehouse, in ABBA order, values compared.
 
 Usage: python bench/bench_ab.py --data-dir DIR --a REV --b REV [--rounds 4] [--minutes 4] [--full]
+                                [--dates today|rows]
 DIR holds warehouse.duckdb (and simulator_state.json) as `app.py worker --once` or `python -m
 etl run --once` leave them; it is only read: each run gets a fresh copy, synced to disk before
 the run starts (writing back a 2 GB copy during a run cost it up to a second here).
@@ -61,6 +62,8 @@ def run(tree: Path, copy: Path, args: argparse.Namespace) -> tuple[float, float,
     else:
         cmd = [sys.executable, str(tree / "bench" / "bench_kpi_minute.py"), "--data-dir", str(copy),
                "--minutes", str(args.minutes), "--top", "1"]
+        if args.dates != "today":      # revisions from c90ae05 on (bench_kpi_minute.py --dates)
+            cmd += ["--dates", args.dates]
     out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=True).stdout
     if args.full:
         again = [(float(w), float(c)) for w, c in _AGAIN.findall(out)]
@@ -95,6 +98,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="ABBA rounds (2 runs of each a round)")
     ap.add_argument("--minutes", type=int, default=4, help="measured passes of each minute run")
     ap.add_argument("--full", action="store_true", help="the full evaluation again instead")
+    ap.add_argument("--dates", choices=("today", "rows"), default="today",
+                    help="bench_kpi_minute.py --dates: also the dirty dates of the minute's rows")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_ab_"))
     trees = {}
@@ -118,7 +123,7 @@ def main() -> None:
         print(f"kpi_value of the last runs: {rows} rows, {a_only} only in A, {b_only} only in B")
         print(f"reproduce: python bench/bench_ab.py --data-dir {args.data_dir} --a {args.a} "
               f"--b {args.b} --rounds {args.rounds} --minutes {args.minutes}"
-              + (" --full" if args.full else ""))
+              + (" --full" if args.full else "") + (f" --dates {args.dates}" if args.dates != "today" else ""))
     finally:
         for tree in trees.values():
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
