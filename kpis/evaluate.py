@@ -181,12 +181,8 @@ def _months_before(t: datetime, n: int) -> datetime:
 
 def _baseline_in_plan(plan: Sequence[tuple[KpiDef, Sequence[Period]]]) -> frozenset[tuple[str, Period]]:
     """(KPI id, period) whose baseline reads a period the same plan evaluates: its source row
-    may change in this pass, so kpis.fact_diff recomputes it whole."""
-    out = set()
-    for k, ps in plan:
-        starts = {(p.grain, p.ws) for p in ps}
-        out |= {(k.id, p) for p in ps if any((p.grain, s) in starts for s in _baseline_sources(k, p))}
-    return frozenset(out)
+    may change in this pass (kpis.fact_diff recomputes the units recomputed there)."""
+    return frozenset((kid, p) for kid, p, _ in _baseline_edges(plan))
 
 
 def _baseline_edges(plan: Sequence[tuple[KpiDef, Sequence[Period]]]
