@@ -24,7 +24,7 @@ ETL's changed columns stay on).
 --dates rows records, besides today, the dates a real pass records for the rows of the
 template's tables whose updated_at falls in the minute (an order accepted days ago and closed
 now dirties its acceptance day; day-additive KPIs read such days again in an ordinary pass):
-at 22:3x of the 10-day city month a minute's orders, tasks and applications name 4-8 past days.
+at 22:3x of the 10-day city month a minute's orders, tasks and applications name 6-9 past days.
 
 The first pass after the state is set (as_of - 60 s, last sweep in the same hour) builds what
 the worker keeps between passes (kept prelude tables, stored days): it is printed, not counted.

@@ -429,12 +429,11 @@ def _run_group(con: duckdb.DuckDBPyConnection, periods: Sequence[Period],
 
 @dataclass(frozen=True)
 class Diff:
-    """How kpis.fact_diff takes part in a compute: each KPI's key hash, the (KPI id, period)
-    pairs recomputed whole in any case, whether only the changed units are recomputed, and
-    (KPI id, period, source period): a period whose baseline reads the source, also computed,
-    recomputes the units recomputed there (whole when the source is not in the same compute)."""
+    """How kpis.fact_diff takes part in a compute: each KPI's key hash, whether only the changed
+    units are recomputed, and (KPI id, period, source period): a period whose baseline reads the
+    source, also computed, recomputes the units recomputed there (whole when the source is not
+    in the same compute)."""
     hashes: dict[str, str]
-    whole: frozenset[tuple[str, Period]] = frozenset()
     restrict: bool = False
     follows: frozenset[tuple[str, Period, Period]] = frozenset()
 
@@ -543,9 +542,7 @@ def _compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
                 con.execute(_ATTRIBUTE if diff is None else _ATTRIBUTE_GROUPED)
                 units = _ALL_UNITS
                 if diff is not None:
-                    whole = {(i, pid_of[p]) for i in ok for p in by_kix[i][1]
-                             if (by_kix[i][0].id, p) in diff.whole}
-                    follows = set()
+                    whole, follows = set(), set()
                     kix_of = {by_kix[i][0].id: i for i in ok}
                     for kid, p, src in diff.follows:
                         i = kix_of.get(kid)
