@@ -1,7 +1,7 @@
 """Two revisions side by side on copies of one warehouse, in ABBA order, values compared.
 
 Usage: python bench/bench_ab.py --data-dir DIR --a REV --b REV [--rounds 4] [--minutes 4] [--full]
-                                [--dates today|rows]
+                                [--dates today|rows|rows-any] [--this-script]
 DIR holds warehouse.duckdb (and simulator_state.json) as `app.py worker --once` or `python -m
 etl run --once` leave them; it is only read: each run gets a fresh copy, synced to disk before
 the run starts (writing back a 2 GB copy during a run cost it up to a second here).
@@ -13,7 +13,10 @@ A (the next round B, A, A, B): `bench_kpi_minute.py --minutes N` (ordinary passe
 evaluation again, with its floor). It prints every run, the medians of wall and CPU time, and
 whether the last copies of A and B hold the same kpi_value rows (EXCEPT ALL both ways; the runs
 must have evaluated the same passes: same --minutes, same data). Each revision is checked out
-in a worktree of its own and run with this interpreter.
+in a worktree of its own and run with this interpreter. --this-script runs this checkout's
+bench_kpi_minute.py in both trees (copied in): an older revision's script cannot mark a minute
+in a warehouse whose etl_dirty has the changed_columns of session 22, and both sides then mark
+their minutes alike.
 """
 from __future__ import annotations
 
@@ -60,6 +63,8 @@ def run(tree: Path, copy: Path, args: argparse.Namespace) -> tuple[float, float,
         cmd = [sys.executable, str(tree / "bench" / "bench_kpis.py"), "--data-dir", str(copy),
                "--skip-pandas", "--skip-incremental", "--again", "2", "--day-store"]
     else:
+        if args.this_script:
+            shutil.copy2(REPO / "bench" / "bench_kpi_minute.py", tree / "bench" / "bench_kpi_minute.py")
         cmd = [sys.executable, str(tree / "bench" / "bench_kpi_minute.py"), "--data-dir", str(copy),
                "--minutes", str(args.minutes), "--top", "1"]
         if args.dates != "today":      # revisions from c90ae05 on (bench_kpi_minute.py --dates)
@@ -98,8 +103,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="ABBA rounds (2 runs of each a round)")
     ap.add_argument("--minutes", type=int, default=4, help="measured passes of each minute run")
     ap.add_argument("--full", action="store_true", help="the full evaluation again instead")
-    ap.add_argument("--dates", choices=("today", "rows"), default="today",
+    ap.add_argument("--dates", choices=("today", "rows", "rows-any"), default="today",
                     help="bench_kpi_minute.py --dates: also the dirty dates of the minute's rows")
+    ap.add_argument("--this-script", action="store_true",
+                    help="run this checkout's bench_kpi_minute.py in both revisions' trees")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_ab_"))
     trees = {}
@@ -123,7 +130,8 @@ def main() -> None:
         print(f"kpi_value of the last runs: {rows} rows, {a_only} only in A, {b_only} only in B")
         print(f"reproduce: python bench/bench_ab.py --data-dir {args.data_dir} --a {args.a} "
               f"--b {args.b} --rounds {args.rounds} --minutes {args.minutes}"
-              + (" --full" if args.full else "") + (f" --dates {args.dates}" if args.dates != "today" else ""))
+              + (" --full" if args.full else "") + (f" --dates {args.dates}" if args.dates != "today" else "")
+              + (" --this-script" if args.this_script else ""))
     finally:
         for tree in trees.values():
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],

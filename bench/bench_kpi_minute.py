@@ -3,7 +3,7 @@ engine, at any scale, in minutes of wall time.
 
 Usage: python bench/bench_kpi_minute.py --data-dir DIR [--minutes 4] [--as-of 'YYYY-MM-DD HH:MM:SS']
                                         [--template county|all] [--top 25] [--per-kpi] [--sweep]
-                                        [--cycle] [--dates today|rows]
+                                        [--cycle] [--dates today|rows|rows-any]
 DIR holds warehouse.duckdb (and simulator_state.json) as `app.py worker` or `python -m etl run
 --once` leaves them; the run writes into the warehouse: use a copy.
 
@@ -25,6 +25,10 @@ ETL's changed columns stay on).
 template's tables whose updated_at falls in the minute (an order accepted days ago and closed
 now dirties its acceptance day; day-additive KPIs read such days again in an ordinary pass):
 at 22:3x of the 10-day city month a minute's orders, tasks and applications name 6-9 past days.
+Each date carries the columns changed on it, as the ETL records them from session 22 on: any
+column for a row created in the minute; for an older row, the columns a later event of the
+simulator changes in its table (LATER_EVENTS, a union: an upper bound of a real event's).
+--dates rows-any records every date with any column (what the ETL recorded before).
 
 The first pass after the state is set (as_of - 60 s, last sweep in the same hour) builds what
 the worker keeps between passes (kept prelude tables, stored days): it is printed, not counted.
@@ -171,35 +175,73 @@ class Cycle:
                       f"{statistics.median(sum(r[:3]) for r in rows):.2f} s")
 
 
+# What a later event of the simulator changes in a row it wrote earlier, per table (the union of
+# the columns its Life.set calls name in simulator/*.py, with updated_at): --dates rows records
+# these on the dates of the minute's rows created before it. A union, so more KPIs read a past
+# day again than a real minute's events would make. A soft delete (is_deleted, a bad row of the
+# simulator) is left out: with it every KPI reads every such day. Tables not named here: any
+# column.
+LATER_EVENTS = {
+    "cs_call": ("ivr_satisfaction", "qa_score", "qa_time", "wo_no"),
+    "cs_visit": ("dissatisfied_reason", "resolved_flag", "satisfaction", "visit_result", "visit_time"),
+    "cs_work_order": ("audit_time", "call_count", "close_time", "complaint_valid", "dispatch_time",
+                      "handle_opinion", "merged_into_wo_no", "receive_time", "reply_time",
+                      "return_count", "status_code"),
+    "dist_repair_task": ("arrive_backfill_flag", "arrive_time", "crew_accept_time", "crew_id",
+                         "depart_time", "dispatch_time", "equip_owner", "fault_cause", "fault_type",
+                         "lat", "lon", "reply_time", "restore_time", "status_code"),
+    "mis_bill": ("invoice_time", "invoice_type", "rcved_amt", "settle_flag", "settle_time"),
+    "mis_payment": ("status_code",),
+}
+Dates = dict[str, dict[object, "tuple[str, ...] | None"]]   # table -> date -> columns (None: any)
+
+
 def mark(con: duckdb.DuckDBPyConnection, run_id: int, template: dict[str, tuple[str, ...]],
-         day: object, dates: dict[str, set[object]] | None = None) -> None:
-    """Record run_id as an ETL pass that merged rows of today (and of `dates`, per table) into
-    the template's tables."""
+         day: object, dates: Dates | None = None) -> None:
+    """Record run_id as an ETL pass that merged rows of today (and of `dates`, per table, with
+    the columns changed there) into the template's tables."""
     for table, cols in sorted(template.items()):
-        for d in sorted({day, *(dates or {}).get(table, ())}):
-            con.execute("INSERT INTO etl_dirty VALUES ($r, 'bench', $t, $d)", {"r": run_id, "t": table, "d": d})
+        marks = dict((dates or {}).get(table, {}))
+        marks[day] = None if "*" in cols else cols
+        for d, changed in sorted(marks.items()):
+            con.execute("INSERT INTO etl_dirty (run_id, source, table_name, business_date, "
+                        "changed_columns) VALUES ($r, 'bench', $t, $d, $c)",
+                        {"r": run_id, "t": table, "d": d, "c": None if changed is None else list(changed)})
         for c in ("", *cols):     # '' marks that the run recorded its changed columns
             con.execute("INSERT INTO etl_changed VALUES ($r, 'bench', $t, $c)",
                         {"r": run_id, "t": table, "c": c})
 
 
 def row_dates(con: duckdb.DuckDBPyConnection, tables: Sequence[str], lo: datetime,
-              hi: datetime) -> dict[str, set[object]]:
+              hi: datetime, any_column: bool = False) -> Dates:
     """The business dates an ETL pass records for the rows whose updated_at falls in (lo, hi]
     (etl.rules: every DATE / TIMESTAMP column but created_at and updated_at), from the rows as
     the warehouse holds them: a real minute's dirty dates, less those of rows changed again
-    later and of the versions the rows replaced."""
+    later and of the versions the rows replaced. A date of a row created in the minute changed
+    any column; one of an older row, what a later event changes (LATER_EVENTS), or any column
+    with any_column (what the ETL recorded before session 22)."""
     from etl.contract import load_contract  # noqa: PLC0415
     from etl.rules import table_rules  # noqa: PLC0415
     contract = load_contract()
-    out: dict[str, set[object]] = {}
+    out: Dates = {}
     for t in tables:
         dates = table_rules(contract.tables[t], contract).business_dates
         if not dates:
             continue
-        row = con.execute(f"SELECT list_distinct(flatten(list([{', '.join(dates)}]))) FROM {t} "
-                          "WHERE updated_at > $lo AND updated_at <= $hi", {"lo": lo, "hi": hi}).fetchone()
-        out[t] = {d for d in (row[0] or []) if d is not None}
+        rows = con.execute(f"SELECT created_at > $lo, list_distinct(flatten(list([{', '.join(dates)}]))) "
+                           f"FROM {t} WHERE updated_at > $lo AND updated_at <= $hi GROUP BY 1",
+                           {"lo": lo, "hi": hi}).fetchall()
+        later = (*LATER_EVENTS[t], "updated_at") if t in LATER_EVENTS and not any_column else None
+        marks: dict[object, tuple[str, ...] | None] = {}
+        for new, ds in rows:
+            for d in ds or ():
+                if d is None:
+                    continue
+                if new or later is None or marks.get(d, ()) is None:
+                    marks[d] = None
+                else:
+                    marks[d] = tuple(sorted({*marks.get(d, ()), *later}))
+        out[t] = marks
     return out
 
 
@@ -218,6 +260,8 @@ def open_at(data_dir: Path, as_of: datetime) -> tuple[duckdb.DuckDBPyConnection,
     con.execute("SET threads = 2")
     con.execute("SET memory_limit = '8GB'")
     ensure_schema(con)
+    # a warehouse an older ETL built: the column mark() fills
+    con.execute("ALTER TABLE etl_dirty ADD COLUMN IF NOT EXISTS changed_columns VARCHAR[]")
     run = con.execute("SELECT COALESCE(MAX(run_id), 0) FROM etl_dirty").fetchone()[0]
     con.execute("DELETE FROM kpi_eval_state")
     con.execute("INSERT INTO kpi_eval_state (id, last_dirty_run_id, last_full_at, last_eval_at, "
@@ -237,9 +281,10 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="every measured pass a sweep")
     ap.add_argument("--planning", action="store_true", help="print what planning the statements cost")
     ap.add_argument("--cycle", action="store_true", help="also the alarm step and the publish after each pass")
-    ap.add_argument("--dates", choices=("today", "rows"), default="today",
+    ap.add_argument("--dates", choices=("today", "rows", "rows-any"), default="today",
                     help="dirty dates recorded per minute: today only, or also those of the rows "
-                         "whose updated_at falls in the minute (as a real pass records them)")
+                         "whose updated_at falls in the minute (as a real pass records them), "
+                         "with the columns a later event changes, or with any column (rows-any)")
     args = ap.parse_args()
     cycle = Cycle(args.data_dir) if args.cycle else None
     if args.per_kpi:
@@ -268,8 +313,9 @@ def main() -> None:
     walls, cpus, per = [], [], {}
     for i in range(args.minutes + 1):
         run += 1
-        dates = (row_dates(con, sorted(template), as_of - timedelta(seconds=60), as_of)
-                 if args.dates == "rows" else None)
+        dates = (row_dates(con, sorted(template), as_of - timedelta(seconds=60), as_of,
+                           any_column=args.dates == "rows-any")
+                 if args.dates != "today" else None)
         if dates is not None:
             past = sorted({d for ds in dates.values() for d in ds if d < as_of.date()})
             print(f"    dirty dates before today from the minute's rows: {', '.join(map(str, past)) or 'none'}")

@@ -251,13 +251,27 @@ def flag_rows(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
                        f"FROM ({body}) f(c0, c1, c2)", params).fetchone()[0]
 
 
-def _dirty_sql(rules: TableRules, old: str | None) -> str:
-    """Business dates of the changed rows and of the versions they replace (table `old`)."""
+def _dirty_sql(rules: TableRules, table: Table, old: str | None) -> str:
+    """Business dates of the changed rows and of the versions they replace (table `old`), each
+    with the columns changed in the rows that carry it: NULL (any column) when one of them is
+    new or the versions were not compared (old is not the temp table _old)."""
     dates = "[" + ", ".join(rules.business_dates) + "]"
-    parts = [f"SELECT unnest({dates}) AS d FROM _chg"]
-    if old:
-        parts.append(f"SELECT unnest({dates}) FROM {old}")
-    return f"SELECT DISTINCT d FROM ({' UNION ALL '.join(parts)}) WHERE d IS NOT NULL"
+    if old != "_old":
+        parts = [f"SELECT unnest({dates}) AS d FROM _chg"]
+        if old:
+            parts.append(f"SELECT unnest({dates}) FROM {old}")
+        return (f"SELECT DISTINCT d, CAST(NULL AS VARCHAR[]) FROM ({' UNION ALL '.join(parts)}) "
+                "WHERE d IS NOT NULL")
+    found = f"o.{q(table.key[0])} IS NOT NULL"
+    cols = [c.name for c in table.columns if c.name not in table.key]
+    changed = ", ".join(f"CASE WHEN o.{q(c)} IS DISTINCT FROM c.{q(c)} THEN '{c}' END" for c in cols)
+    return f"""SELECT d, CASE WHEN bool_or(cols IS NULL) THEN NULL
+                        ELSE list_sort(list_distinct(flatten(list(cols)))) END
+        FROM (SELECT unnest(CASE WHEN {found} THEN list_concat(c._ds, o._ds) ELSE c._ds END) AS d,
+                     CASE WHEN {found} THEN list_filter([{changed}], x -> x IS NOT NULL) END AS cols
+              FROM (SELECT *, {dates} AS _ds FROM _chg) c
+              LEFT JOIN (SELECT *, {dates} AS _ds FROM _old) o ON {_key_join(table, 'o', 'c')})
+        WHERE d IS NOT NULL GROUP BY d"""
 
 
 # Above this many changed rows a batch's replaced versions are not copied aside (a restatement
@@ -322,7 +336,8 @@ def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
             old = "_old"
         elif target_had_rows:
             old = f"({_old_versions(table)})"
-        cur.execute(f"INSERT INTO etl_dirty SELECT ?, ?, ?, d FROM ({_dirty_sql(rules, old)})",
+        cur.execute("INSERT INTO etl_dirty (run_id, source, table_name, business_date, changed_columns) "
+                    f"SELECT ?, ?, ?, * FROM ({_dirty_sql(rules, table, old)})",
                     [run_id, src, tname])
         if old == "_old":
             cur.execute(f"INSERT INTO etl_changed {_changed_sql(table)}", [run_id, src, tname])

@@ -27,6 +27,10 @@ BOOKKEEPING = [
        resolved_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR,
        business_date DATE)""",
+    # the columns changed in the rows of the table that carry the date (NULL: any column, a new
+    # row or versions not compared): a KPI reads a past day again only when a column it reads
+    # changed there (kpis/changes.py dirty_dates)
+    "ALTER TABLE etl_dirty ADD COLUMN IF NOT EXISTS changed_columns VARCHAR[]",
     # per dirty table of a run: '' (tracked), '*' (rows added or not compared) and each column
     # in which a merged row differs from the version it replaced (etl/load.py _changed_sql)
     """CREATE TABLE IF NOT EXISTS etl_changed (run_id BIGINT, source VARCHAR, table_name VARCHAR,

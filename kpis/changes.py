@@ -77,3 +77,31 @@ class Changes:
                 if (changed is None or cols is None or changed & cols) and (out is None or run > out):
                     out = run
         return out
+
+
+def touches(changed: Columns, read: Columns) -> bool:
+    """Whether a change of `changed` columns (None: any) reaches a reader of `read` (None: any)."""
+    return changed is None or read is None or bool(changed & read)
+
+
+def dirty_dates(con: duckdb.DuckDBPyConnection, since: int | None,
+                tables: Collection[str] | None = None) -> list[tuple[str, object, Columns]]:
+    """(table, business date, the columns changed in its rows carrying the date; None: any) that
+    the runs after `since` (None: every run) marked dirty, one entry per table and date. A mark
+    without the column record (etl_dirty of an older warehouse, a test's hand-made table) counts
+    as any column. Raises duckdb.CatalogException when there is no etl_dirty."""
+    where = "($since IS NULL OR run_id > $since)"
+    params: dict[str, object] = {"since": since}
+    if tables is not None:
+        where += " AND list_contains($t, table_name)"
+        params["t"] = sorted(tables)
+    try:
+        rows = con.execute(f"""
+            SELECT table_name, business_date,
+                   CASE WHEN bool_or(changed_columns IS NULL) THEN NULL
+                        ELSE list_distinct(flatten(list(changed_columns))) END
+            FROM etl_dirty WHERE {where} GROUP BY table_name, business_date""", params).fetchall()
+    except duckdb.BinderException:
+        rows = con.execute(f"SELECT DISTINCT table_name, business_date, NULL FROM etl_dirty "
+                           f"WHERE {where}", params).fetchall()
+    return [(t, d, None if cols is None else frozenset(cols)) for t, d, cols in rows]

@@ -18,20 +18,22 @@ column) and see their period only through ws and te, placing each row by one tim
 [ws, te) (`eligible`): their rows before today are then those of a period ending at today's
 start. The base is rebuilt by the first pass of a day; when the facts' SQL or the org tree
 changed; when the ETL marked dirty a date of the month before today, or of the LOOKBACK before
-it, in a table the KPI reads; and at every sweep if the KPI reads more than one table besides
+it, in a table the KPI reads, with a change of a column the KPI reads (kpis/changes.py
+dirty_dates: a call's quality check, filled two days after the call, marks the call's day but
+changes no caller or time); and at every sweep if the KPI reads more than one table besides
 the org tree (a change the dirty dates do not show, a row of a joined table, reaches the month
 there, as for stored days; the rows of a single table mark their own dates when they change).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import duckdb
 
-from kpis import day_store
+from kpis import changes, day_store
 from kpis.compile import attributed_facts
-from kpis.dependencies import tables_read
+from kpis.dependencies import columns_named, tables_read
 from kpis.periods import Period
 from kpis.spec import KpiDef
 
@@ -103,14 +105,16 @@ def _fresh(con: duckdb.DuckDBPyConnection, k: KpiDef, m: Period, upto: datetime,
             or head[:3] != (upto.date(), h, tree) or head[3] is None:
         return False
     try:
-        dirty = con.execute("""SELECT COUNT(*) FROM etl_dirty WHERE run_id > $r
-                               AND list_contains($t, table_name)
-                               AND business_date >= $lo AND business_date < $hi""",
-                            {"r": head[3], "t": sorted(tables_read(k)), "lo": (m.ws - LOOKBACK).date(),
-                             "hi": upto.date()}).fetchone()[0]
+        dirty = changes.dirty_dates(con, head[3], tables_read(k))
     except duckdb.CatalogException:
         return False
-    return dirty == 0
+    lo, hi = (m.ws - LOOKBACK).date(), upto.date()
+    return not any(d is not None and lo <= _as_date(d) < hi and changes.touches(cols, columns_named(k, t))
+                   for t, d, cols in dirty)
+
+
+def _as_date(d: object) -> date:
+    return d.date() if isinstance(d, datetime) else d   # type: ignore[return-value]
 
 
 def _build(con: duckdb.DuckDBPyConnection, k: KpiDef, m: Period, upto: datetime, h: str,

@@ -15,7 +15,7 @@ import duckdb
 from kpis import changes, day_store, distinct_month, fact_diff, retention, value_layout, wake
 from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
-from kpis.dependencies import prelude_objects, tables_read
+from kpis.dependencies import columns_named, prelude_objects, tables_read
 from kpis.periods import Period, day, days_of, hours_of, month, snapshot
 from kpis.prelude import ON_DEMAND, apply_prelude, refresh_on_demand
 from kpis.registry import Registry, day_additive
@@ -573,12 +573,12 @@ def default_periods(as_of: datetime, first_day: datetime | None = None) -> list[
     return sorted(out)
 
 
-def _dirty_dates(con: duckdb.DuckDBPyConnection, since: int | None) -> tuple[list[tuple[str, object]], int | None]:
-    """(table, business date) pairs the ETL marked since run `since`, and the newest run id."""
+def _dirty_dates(con: duckdb.DuckDBPyConnection, since: int | None
+                 ) -> tuple[list[tuple[str, object, changes.Columns]], int | None]:
+    """(table, business date, columns changed there) the ETL marked since run `since`, and the
+    newest run id."""
     try:
-        rows = con.execute(
-            "SELECT DISTINCT table_name, business_date FROM etl_dirty "
-            "WHERE $since IS NULL OR run_id > $since", {"since": since}).fetchall()
+        rows = changes.dirty_dates(con, since)
         top = con.execute("SELECT MAX(run_id) FROM etl_dirty").fetchone()[0]
     except duckdb.CatalogException:
         return [], since
@@ -620,7 +620,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 != last_eval.replace(minute=0, second=0, microsecond=0))
     sweep = new_hour or as_of - last_sweep >= SWEEP_EVERY
     dirty, top = _dirty_dates(con, state[0])
-    dirty_tables = {table for table, _ in dirty}
+    dirty_tables = {table for table, *_ in dirty}
     if sweep:   # every restatement since the last sweep, not only since the last pass
         dirty, top = _dirty_dates(con, past_run)
     # Open periods: today, this month and the running hour (with the one before it, whose last
@@ -633,8 +633,11 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     hours = hours_of(today) if sweep else [h for h in hours_of(today)
                                            if as_of - timedelta(hours=1) < h.we and h.ws <= as_of]
     base = {today, month(as_of.year, as_of.month), *hours}
-    by_table: dict[str, set[Period]] = {}
-    for table, d in dirty:
+    # per table, the past periods a dirty date opens and the columns changed on that date: a
+    # KPI reads them again only when it reads one of those columns (a call's quality check
+    # filled two days later changes no column the call counts read)
+    by_table: dict[str, list[tuple[set[Period], changes.Columns]]] = {}
+    for table, d, cols in dirty:
         if d is None:
             continue
         dd = d if not isinstance(d, datetime) else d.date()
@@ -642,7 +645,12 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
             continue
         if not sweep and (dd.year, dd.month) != (as_of.year, as_of.month):
             continue    # a closed month's dates wait for the next sweep (SWEEP_EVERY)
-        by_table.setdefault(table, set()).update({day(dd), month(dd.year, dd.month)})
+        by_table.setdefault(table, []).append(({day(dd), month(dd.year, dd.month)}, cols))
+
+    def dirty_periods(k: KpiDef, t: str) -> set[Period]:
+        named = columns_named(k, t) if t in by_table else None
+        return {p for ps, cols in by_table.get(t, ()) if changes.touches(cols, named) for p in ps}
+
     apply_prelude(con, needed=())
     always = {k.id for k in registry.kpis.values()
               if sweep or k.grain == "near-real-time"
@@ -664,10 +672,10 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
             # Only a month summed from stored days (kpis/day_store.py) needs its dirty days now.
             plan.append((k, periods_for(k, sorted(periods), as_of)))
             continue
-        for t in reads:
-            periods |= by_table.get(t, set())
-        if k.shape == "rolling" and any(t in by_table for t in reads):
-            earliest = min(p.ws for t in reads for p in by_table.get(t, ()))
+        opened = set().union(*(dirty_periods(k, t) for t in reads))
+        periods |= opened
+        if k.shape == "rolling" and opened:
+            earliest = min(p.ws for p in opened)
             periods |= set(days_of(month(earliest.year, earliest.month)))
             cur = earliest
             while cur <= as_of:

@@ -167,6 +167,36 @@ def test_changed_columns_name_what_a_merge_changed(env, settings, wh):
     assert marks(r.run_id) == ["", "*"]
 
 
+def test_dirty_dates_name_the_columns_changed_on_them(env, settings, wh):
+    """A KPI reads a past day again only when a column it reads changed on that day: each dirty
+    date carries the columns changed in the rows that carry it (old and new versions alike),
+    and NULL (any column) when one of them is new."""
+    insert(env, {"cs_work_order": [wo("W1", accept="2026-10-15 08:00:00"),
+                                   wo("W2", accept="2026-10-16 08:00:00")]})
+    run_two(settings, wh)
+
+    def dirty(run_id):
+        return q(wh, "SELECT business_date::VARCHAR, changed_columns FROM etl_dirty WHERE run_id = ? "
+                     "AND table_name = 'cs_work_order' ORDER BY 1", [run_id])
+
+    # W1 (accepted 10-15) is replied on 10-17; W2 (10-16) only changes its status; W3 is new
+    # on 10-16; accept_time is the one date column of W2 and W3, accept and reply of W1
+    insert(env, {"cs_work_order": [
+        wo("W1", accept="2026-10-15 08:00:00", upd=U1, reply_time="2026-10-17 09:00:00"),
+        wo("W2", accept="2026-10-16 08:00:00", upd=U1, status_code="05"),
+        wo("W3", accept="2026-10-16 09:00:00", upd=U1)]})
+    r = run_two(settings, wh)
+    assert dirty(r.run_id) == [("2026-10-15", ["reply_time", "updated_at"]),
+                               ("2026-10-16", None),
+                               ("2026-10-17", ["reply_time", "updated_at"])]
+    # the day of W1 moves (wo() stamps created_at with it): its old and new days carry the change
+    insert(env, {"cs_work_order": [
+        wo("W1", accept="2026-10-14 08:00:00", upd="2030-01-01 10:00:00", reply_time="2026-10-17 09:00:00")]})
+    r = run_two(settings, wh)
+    moved = ["accept_time", "created_at", "updated_at"]
+    assert dirty(r.run_id) == [("2026-10-14", moved), ("2026-10-15", moved), ("2026-10-17", moved)]
+
+
 
 def test_a_run_records_the_keys_it_merged(env, settings, wh, monkeypatch):
     """The KPI worker re-derives the rows of its kept tables (k_wo, k_bill, ...) for the keys a

@@ -122,6 +122,32 @@ def test_the_month_from_the_base_is_the_month_worked_by_hand(con) -> None:
                     ("P", True, "K100")}
 
 
+def test_a_past_day_whose_changed_columns_the_kpi_does_not_read_keeps_the_base(con) -> None:
+    """A call's quality check (qa_score, qa_time) is filled about two days after the call and
+    marks the call's day dirty; the repeat callers read neither column, so the base stays. A
+    changed caller on that day rebuilds it."""
+    k = load_registry().get(KPI)
+    con.execute("ALTER TABLE etl_dirty ADD COLUMN changed_columns VARCHAR[]")
+    t0 = datetime(2024, 7, 3, 12, 0, 5)
+    _month(con, k, AS_OF, day_store.Mode(refresh=False, computed_at=t0, run_id=1))
+    built = _head(con)
+    con.execute("UPDATE cs_call SET qa_score = 90, qa_time = '2024-07-03 11:59:00' WHERE call_id = 'c1'")
+    con.execute("INSERT INTO etl_dirty VALUES (2, 'cs', 'cs_call', DATE '2024-07-01', "
+                "['qa_score', 'qa_time', 'updated_at']), (2, 'cs', 'cs_call', DATE '2024-07-03', "
+                "['qa_score', 'qa_time', 'updated_at'])")
+    t1 = t0 + timedelta(minutes=1)
+    via = _month(con, k, AS_OF, day_store.Mode(refresh=False, computed_at=t1, run_id=2))
+    assert _head(con) == built and via == _month(con, k, AS_OF, None)
+    con.execute("UPDATE cs_call SET cons_no = 'K900' WHERE call_id = 'c1'")
+    con.execute("INSERT INTO etl_dirty VALUES (3, 'cs', 'cs_call', DATE '2024-07-01', "
+                "['cons_no', 'updated_at'])")
+    t2 = t1 + timedelta(minutes=1)
+    via = _month(con, k, AS_OF, day_store.Mode(refresh=False, computed_at=t2, run_id=3))
+    assert _head(con)[1] == t2
+    # as worked in the test below: C1's callers K900, K100, K200, K300 = 4, repeaters 1
+    assert via["C1"][:2] == (1, 4) and via == _month(con, k, AS_OF, None)
+
+
 def test_the_base_is_kept_within_the_day_and_rebuilt_when_it_may_be_stale(con) -> None:
     k = load_registry().get(KPI)
     t0 = datetime(2024, 7, 3, 12, 0, 5)

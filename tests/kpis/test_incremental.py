@@ -33,8 +33,8 @@ def insert(con: duckdb.DuckDBPyConnection, run_id: int, *apps: dict) -> None:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
                     [a["app_no"], a["busi_type_code"], a["org_no"], a["grid_no"], a["status_code"],
                      a["accept_time"], a["accept_time"], a["accept_time"]])
-        con.execute("INSERT INTO etl_dirty VALUES (?, 'mis', 'mis_app', CAST(? AS DATE))",
-                    [run_id, a["accept_time"][:10]])
+        con.execute("INSERT INTO etl_dirty (run_id, source, table_name, business_date) "
+                    "VALUES (?, 'mis', 'mis_app', CAST(? AS DATE))", [run_id, a["accept_time"][:10]])
 
 
 def value(con, grain: str, start: str, org: str = "S1") -> float | None:
@@ -108,6 +108,36 @@ def test_restatements_of_closed_months_wait_for_the_sweep_and_are_revised(con, r
     assert [(g, str(d), o, n) for g, d, o, n in revised] == [
         ("daily", "2024-06-05", 2.0, 3.0), ("daily", "2024-07-08", 0.0, 1.0),
         ("monthly", "2024-06-01", 2.0, 3.0)]
+
+
+def test_a_past_day_is_read_again_only_when_a_column_the_kpi_reads_changed_on_it(con, registry):
+    """The ETL records, per dirty date, the columns changed in the rows carrying it (a call's
+    quality check filled two days later marks the call's day). newconn.applications counts by
+    intake time, type and unit: A4 (07-08, S2) getting a status changes none of those, so 07-08
+    is not read again; A4 moving to S1 is."""
+    con.execute("ALTER TABLE etl_dirty ADD COLUMN changed_columns VARCHAR[]")
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, registry, t0).errors
+    assert value(con, "daily", "2024-07-08", org="S2") == 1
+    con.execute("UPDATE mis_app SET status_code = '05', updated_at = ? WHERE app_no = 'A4'", [t0])
+    con.execute("INSERT INTO etl_dirty VALUES (2, 'mis', 'mis_app', DATE '2024-07-08', "
+                "['status_code', 'updated_at'])")
+    quiet = evaluate_incremental(con, registry, t0 + timedelta(minutes=1))
+    assert not quiet.errors
+    assert quiet.periods == 2                                        # today and July only
+    con.execute("UPDATE mis_app SET org_no = 'S1', updated_at = ? WHERE app_no = 'A4'", [t0])
+    con.execute("INSERT INTO etl_dirty VALUES (3, 'mis', 'mis_app', DATE '2024-07-08', "
+                "['org_no', 'updated_at'])")
+    moved = evaluate_incremental(con, registry, t0 + timedelta(minutes=2))
+    assert not moved.errors
+    assert moved.periods == 3                                        # and 07-08
+    assert value(con, "daily", "2024-07-08", org="S1") == 1
+    assert value(con, "daily", "2024-07-08", org="S2") == 0
+    assert value(con, "monthly", "2024-07-01", org="S1") == 2       # A3, A4
+    # a date marked without its columns (a new row, an older ETL) counts as any column
+    insert(con, 4, app("P1", "2024-07-08 16:00:00"))
+    assert evaluate_incremental(con, registry, t0 + timedelta(minutes=3)).periods == 3
+    assert value(con, "daily", "2024-07-08", org="S1") == 2
 
 
 def test_a_past_day_waits_for_the_sweep_unless_its_month_is_summed_from_days(con):
