@@ -173,3 +173,20 @@ def test_facts_of_unknown_org_codes_are_kept_as_one_row_with_the_root_s_own(con)
     y = _rows(con, YESTERDAY)
     assert y["P"][0] == 6.0
     assert {r[3] for r in y.values()} == {first}
+
+
+def test_markers_kept_before_the_facts_digest_are_compared_row_by_row(con):
+    """A warehouse whose kept markers predate kpi_fact_seen.fact_hash (the release before) gets
+    the column with no digest: its pairs are compared row by row, so a customer booked at S1
+    since is found and only S1 and its ancestors are written (as in the first test)."""
+    first, second = datetime(2024, 7, 7, 12, 0), datetime(2024, 7, 7, 12, 1)
+    _pass(con, first, restrict=True)
+    con.execute("ALTER TABLE kpi_fact_seen DROP COLUMN fact_hash")
+    ensure_schema(con)
+    assert con.execute("SELECT COUNT(*), COUNT(fact_hash) FROM kpi_fact_seen").fetchone()[1] == 0
+    con.execute("INSERT INTO mis_customer SELECT * REPLACE ('C5' AS cons_no, 'C5' AS cons_name, "
+                "DATE '2024-07-06' AS build_date) FROM mis_customer WHERE cons_no = 'C1'")
+    _pass(con, second, restrict=True)
+    y = _rows(con, YESTERDAY)
+    assert y["S1"][0] == 3.0 and y["P"][0] == 4.0
+    assert {org for org, r in y.items() if r[3] == second} == {"S1", "K1", "C1", "P"}
