@@ -7,7 +7,9 @@ etl_dirty the tables with business dates, and etl_changed, for those, the column
 merged row differs from the version it replaced, with a marker '' when it compared them and
 '*' when a row was new or the versions were not compared. A run without the marker (a table
 without business dates, a run whose markers were dropped after CHANGED_KEEP_RUNS, a full load)
-counts as having changed every column. A warehouse without the ETL's tables (a test database
+counts as having changed every column. etl_dirty also names, per date, the columns changed in
+the rows carrying it (`dirty_dates`): an ordinary pass opens a KPI's past day only for those it
+reads (`touches`). A warehouse without the ETL's tables (a test database
 filled by hand) has no record: then nothing counts as known (`top_run` is None, `Changes.known`
 false) and whatever is kept is read again; one with dirty marks but no run log is read from the
 marks alone.
