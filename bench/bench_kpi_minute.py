@@ -132,6 +132,16 @@ class PerStatement(Timed):
               f"slowest optimizers: {', '.join(f'{k} {v:.3f}' for k, v in top)}")
 
 
+def add_statements(per: dict[str, float], statements: Sequence[tuple[float, str]]) -> None:
+    """Add each statement's seconds to `per` under its key: facts by the KPIs they name, other
+    statements by their first 100 characters."""
+    for dt, sql in statements:
+        names = _KPI.findall(sql)
+        key = (("facts of " + ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else ""))
+               if names else " ".join(sql.split())[:100])
+        per[key] = per.get(key, 0.0) + dt
+
+
 class Cycle:
     """The worker's cycle after a pass (kpis.worker.Worker.cycle): the alarm step, then the publish."""
 
@@ -341,11 +351,7 @@ def main() -> None:
         if i:
             walls.append(wall)
             cpus.append(cpu)
-            for dt, sql in timed.statements:
-                names = _KPI.findall(sql)
-                key = (("facts of " + ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else ""))
-                       if names else " ".join(sql.split())[:100])
-                per[key] = per.get(key, 0.0) + dt
+            add_statements(per, timed.statements)
         as_of += timedelta(seconds=60)
     if profile is not None:
         con.execute("PRAGMA disable_profiling")

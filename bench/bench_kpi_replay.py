@@ -1,0 +1,111 @@
+"""A real ordinary pass replayed: the KPI evaluation that followed an ETL run of the live
+simulator, evaluated again on copies of the warehouse, with its slowest statements.
+
+Usage: python bench/bench_kpi_replay.py --data-dir DIR [--run R] [--rounds 3] [--top 25]
+DIR holds a warehouse.duckdb in which ordinary passes ran after live ETL runs (as
+`bench_kpis.py --data-dir DIR --minutes N` or the worker leave it); it is only read. R is the
+ETL run whose pass is replayed (default: the newest, whose pass was the last one evaluated).
+
+bench_kpi_minute.py marks synthetic minutes on a still warehouse; a live city minute needs the
+live simulator (~2-3 minutes of wall time a simulated minute here, after its start-up). This
+takes what one live pass had to do, the dirty dates and changed columns the ETL recorded for run
+R, and evaluates it again: each round on a fresh copy, with kpi_eval_state set back to just
+before that pass (last_dirty_run_id R - 1, last_eval_at one minute before; the last sweep and
+restatement marks as they were) and as_of the pass's own. The kept state (stored days, month
+bases, fact markers, the kept prelude tables) is as that pass left it: the replay plans and reads
+what the pass read, finds its facts as kept and writes less, and the kept prelude tables are not
+re-derived (the live pass's "kept prelude tables" kind is missing here). So it is a lower bound
+of the live pass, closer than the synthetic minute; print both beside each other.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_kpi_minute import PerStatement, add_statements  # noqa: E402
+from bench_kpis import load, print_kinds  # noqa: E402
+from etl.warehouse import AUTO_CHECKPOINT  # noqa: E402
+from kpis.evaluate import ensure_schema, evaluate_incremental  # noqa: E402
+from kpis.registry import load_registry  # noqa: E402
+
+
+def dirty_of(con: duckdb.DuckDBPyConnection, run: int) -> list[tuple]:
+    try:
+        return con.execute("SELECT table_name, list(business_date ORDER BY business_date), "
+                           "bool_or(changed_columns IS NULL) FROM etl_dirty WHERE run_id = $r "
+                           "GROUP BY 1 ORDER BY 1", {"r": run}).fetchall()
+    except duckdb.BinderException:     # an etl_dirty from before session 22
+        return con.execute("SELECT table_name, list(business_date ORDER BY business_date), TRUE "
+                           "FROM etl_dirty WHERE run_id = $r GROUP BY 1 ORDER BY 1", {"r": run}).fetchall()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True, help="read only: each round gets a copy")
+    ap.add_argument("--run", type=int, help="the ETL run whose pass is replayed (default: newest)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    src = duckdb.connect(str(args.data_dir / "warehouse.duckdb"), read_only=True)
+    run = args.run or src.execute("SELECT MAX(run_id) FROM etl_pass").fetchone()[0]
+    state = src.execute("SELECT last_dirty_run_id, last_eval_at FROM kpi_eval_state").fetchone()
+    if args.run is None and state[0] != run:
+        raise SystemExit(f"the newest ETL run is {run} but the last pass evaluated up to run "
+                         f"{state[0]}: give --run and make sure its pass is the last one evaluated")
+    as_of = state[1]
+    print(f"ETL run {run}, its pass at as_of {as_of:%Y-%m-%d %H:%M:%S}; dirty dates it recorded "
+          "(* = a date with a new row or uncompared versions: any column):")
+    for table, dates, anyc in dirty_of(src, run):
+        print(f"    {table}: {', '.join(f'{d:%m-%d}' for d in dates if d is not None)}{' *' if anyc else ''}")
+    src.close()
+    registry = load_registry()
+    work = Path(tempfile.mkdtemp(prefix="kpi_replay_"))
+    walls, cpus, per = [], [], {}
+    try:
+        for i in range(args.rounds):
+            shutil.copy2(args.data_dir / "warehouse.duckdb", work / "warehouse.duckdb")
+            con = duckdb.connect(str(work / "warehouse.duckdb"),
+                                 config={"checkpoint_threshold": AUTO_CHECKPOINT})
+            con.execute("SET threads = 2")
+            con.execute("SET memory_limit = '8GB'")
+            ensure_schema(con)
+            con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $e",
+                        {"r": run - 1, "e": as_of - timedelta(seconds=60)})
+            timed = PerStatement(con)
+            start = load()
+            t, c = time.perf_counter(), time.process_time()
+            s = evaluate_incremental(timed, registry, as_of)
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            con.close()
+            print(f"round {i + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU, {s.kpis} KPIs, {s.skipped} skipped "
+                  f"by columns, {s.periods} KPI-periods, {s.rows} rows, errors {len(s.errors)}; "
+                  f"{start} at the start")
+            print_kinds(timed.kinds)
+            walls.append(wall)
+            cpus.append(cpu)
+            add_statements(per, timed.statements)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"replayed pass: median {statistics.median(walls):.2f} s wall "
+          f"({statistics.median(cpus):.2f} s CPU) over {len(walls)} rounds; {load()} at the end")
+    print("slowest statements (mean seconds per round):")
+    for key, total in sorted(per.items(), key=lambda x: -x[1])[:args.top]:
+        print(f"  {total / len(walls):.3f}  {key}")
+    print(f"reproduce: python bench/bench_kpi_replay.py --data-dir {args.data_dir} --run {run} "
+          f"--rounds {args.rounds}")
+
+
+if __name__ == "__main__":
+    main()
