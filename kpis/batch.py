@@ -104,8 +104,14 @@ def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: Bounds | None = None,
     the same values to the last bit. lo: the earliest ws and te of the loaded periods, written in
     place of periods_from() and periods_te_from(). facts: the facts to use in place of the
     definition's (its shared subqueries lifted to the statement's top, _facts_sql)."""
-    exact = _EXACT.format
-    sample = f"SUM({exact('sample')})" if "sample" in cols else f"SUM({exact('den')})"
+    integral = _INTEGRAL.get((k.id, k.values_sql), frozenset())
+
+    def total(c: str) -> str:
+        # an integer column summed as it is, the sum made DECIMAL: the same exact value, without
+        # a cast of every row (0.2 s of a real city minute's 10.6 M collection rows)
+        return f"CAST(SUM({c}) AS DECIMAL(38, 9))" if c in integral else f"SUM({_EXACT.format(c)})"
+
+    sample = total("sample") if "sample" in cols else total("den")
     pending = "BOOL_OR(pending)" if "pending" in cols else "FALSE"
     missing = "BOOL_OR(missing)" if "missing" in cols else "FALSE"
     facts = _bounded(k.values_sql if facts is None else facts, lo)
@@ -113,7 +119,7 @@ def _fr_sql(kix: int, k: KpiDef, cols: set[str], lo: Bounds | None = None,
 WITH f AS (
 {facts}
 )
-SELECT {kix} AS kix, pid, org_no, grid_no, SUM({exact('num')}) AS num, SUM({exact('den')}) AS den,
+SELECT {kix} AS kix, pid, org_no, grid_no, {total('num')} AS num, {total('den')} AS den,
        {sample} AS sample, {pending} AS pending, {missing} AS missing
 FROM f GROUP BY pid, org_no, grid_no)"""
 
@@ -344,10 +350,31 @@ def fact_columns(con: duckdb.DuckDBPyConnection, k: KpiDef) -> set[str]:
     return set(_COLUMNS[key])
 
 
+# integer-typed columns of a KPI's summed SQL (values_sql), by (id, that SQL): _fr_sql sums them
+# before making the sum DECIMAL
+_INTEGRAL: dict[tuple[str, str], frozenset[str]] = {}
+_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
+                            "UINTEGER", "UBIGINT"})
+
+
+def _note_integral(con: duckdb.DuckDBPyConnection, k: KpiDef) -> None:
+    """Record the integer columns of the KPI's summed SQL (none when it does not bind alone)."""
+    key = (k.id, k.values_sql)
+    if key in _INTEGRAL:
+        return
+    try:
+        rows = con.execute(f"DESCRIBE SELECT * FROM ({k.values_sql}) AS f").fetchall()
+        _INTEGRAL[key] = frozenset(r[0] for r in rows if r[1] in _INTEGER_TYPES)
+    except duckdb.Error:
+        _INTEGRAL[key] = frozenset()
+
+
 def _run_chunk(con: duckdb.DuckDBPyConnection, chunk: Sequence[tuple[int, KpiDef, set[str]]],
                errors: dict[str, str], lo: Bounds, cache: SharedCache) -> list[int]:
     """Insert the chunk's reduced facts and presence; a failing statement is retried KPI by KPI
     so that one broken KPI fails alone. Returns the kixs that succeeded."""
+    for _, k, _ in chunk:
+        _note_integral(con, k)
     def run(items: Sequence[tuple[int, KpiDef, set[str]]]) -> None:
         try:
             con.execute("INSERT INTO _fr " + cache.use(_facts_sql(items, lo)))
