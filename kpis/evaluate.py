@@ -573,16 +573,23 @@ def default_periods(as_of: datetime, first_day: datetime | None = None) -> list[
     return sorted(out)
 
 
+def _top_dirty_run(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The newest run with dirty marks (None: none, or no ETL record)."""
+    try:
+        return con.execute("SELECT MAX(run_id) FROM etl_dirty").fetchone()[0]
+    except duckdb.CatalogException:
+        return None
+
+
 def _dirty_dates(con: duckdb.DuckDBPyConnection, since: int | None
                  ) -> tuple[list[tuple[str, object, changes.Columns]], int | None]:
     """(table, business date, columns changed there) the ETL marked since run `since`, and the
     newest run id."""
     try:
         rows = changes.dirty_dates(con, since)
-        top = con.execute("SELECT MAX(run_id) FROM etl_dirty").fetchone()[0]
     except duckdb.CatalogException:
         return [], since
-    return rows, top or since
+    return rows, _top_dirty_run(con) or since
 
 
 def _pending(con: duckdb.DuckDBPyConnection, k: KpiDef) -> bool:
@@ -604,7 +611,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                             "WHERE cal_date <= CAST($a AS DATE)", {"a": as_of}).fetchone()[0]
         lower = datetime(as_of.year, as_of.month, 1) - timedelta(days=100)
         first_day = max(datetime.combine(first, datetime.min.time()), lower) if first else None
-        _, top = _dirty_dates(con, None)
+        top = _top_dirty_run(con)
         summary = evaluate_and_store(con, registry, default_periods(as_of, first_day), as_of,
                                      use_day_store=True)
         con.execute("DELETE FROM kpi_eval_state")
