@@ -1,6 +1,8 @@
 """What the ETL's change records cost a merge: the dirty dates with their changed columns and
 the run's changed columns (etl/load.py _flags_sql, _dirty_flagged_sql, _changed_sql), against
-the records before session 22 (dates without columns, and the markers from their own join).
+the records before session 22 (dates without columns, and the markers from their own join);
+and the row images a batch of up to IMAGE_MAX_ROWS rows keeps (etl/load.py _keep_images,
+session 23), each round a run of its own into the same image table.
 
 Usage: python bench/bench_etl_marks.py --data-dir DIR
 DIR holds a warehouse.duckdb (read only). For each case, the first N rows of a table are taken
@@ -27,7 +29,8 @@ from etl.contract import load_contract  # noqa: E402
 from etl.rules import table_rules  # noqa: E402
 
 CASES = (("meter_terminal", 100_000, "last_online_time"), ("cs_work_order", 2_000, "close_time"),
-         ("cs_work_order", 20, "close_time"), ("dist_repair_task", 20, "arrive_time"))
+         ("cs_work_order", 20, "close_time"), ("dist_repair_task", 20, "arrive_time"),
+         ("meter_collection_daily", 20, "success_time"))
 
 
 def before(rules: load.TableRules, table: load.Table) -> list[str]:
@@ -49,6 +52,20 @@ def before(rules: load.TableRules, table: load.Table) -> list[str]:
 def now(rules: load.TableRules, table: load.Table) -> list[str]:
     return [f"CREATE OR REPLACE TEMP TABLE _dflags AS {load._flags_sql(rules, table)}",
             load._dirty_flagged_sql(table), load._changed_sql(table).replace("?, ?, ?,", "")]
+
+
+def images(con: duckdb.DuckDBPyConnection, table: load.Table) -> float:
+    """The fastest of 7 batches' images, each the first batch of a new run."""
+    con.execute(f"CREATE OR REPLACE TABLE {table.name} AS SELECT * FROM w.{table.name} LIMIT 0")
+    con.execute(f"DROP TABLE IF EXISTS {load.IMAGE_PREFIX}{table.name}")
+    con.execute("CREATE OR REPLACE TABLE etl_image_run (run_id BIGINT, source VARCHAR, "
+                "table_name VARCHAR, kept BOOLEAN)")
+    times = []
+    for run in range(7):
+        t = time.perf_counter()
+        load._keep_images(con, table, run, "x", again=False)
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def fastest(con: duckdb.DuckDBPyConnection, statements: list[str]) -> float:
@@ -78,8 +95,10 @@ def main() -> None:
                     f"{col}, updated_at + INTERVAL 1 MINUTE AS updated_at) FROM _old")
         con.execute(f"INSERT INTO _chg SELECT * REPLACE ('NEW' || {key} AS {key}) FROM _old LIMIT 3")
         b, a = fastest(con, before(rules, table)), fastest(con, now(rules, table))
+        kept = (f"row images {images(con, table) * 1000:.1f} ms" if n <= load.IMAGE_MAX_ROWS
+                else "no row images (over IMAGE_MAX_ROWS)")
         print(f"{name}, {n} rows ({col} moved): before {b * 1000:.1f} ms, with columns per date "
-              f"{a * 1000:.1f} ms")
+              f"{a * 1000:.1f} ms; {kept}")
     print(f"reproduce: python bench/bench_etl_marks.py --data-dir {args.data_dir}")
 
 

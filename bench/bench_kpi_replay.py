@@ -96,7 +96,8 @@ def main() -> None:
             wall, cpu = time.perf_counter() - t, time.process_time() - c
             con.close()
             print(f"round {i + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU, {s.kpis} KPIs, {s.skipped} skipped "
-                  f"by columns, {s.periods} KPI-periods, {s.rows} rows, errors {len(s.errors)}; "
+                  f"by columns, {len(s.as_stored)} days as stored, {s.periods} KPI-periods, "
+                  f"{s.rows} rows, errors {len(s.errors)}; "
                   f"{start} at the start")
             print_kinds(timed.kinds)
             walls.append(wall)

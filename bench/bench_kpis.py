@@ -2,8 +2,9 @@
 
 Usage: python bench/bench_kpis.py --scale county|city [--days 45] [--workdir DIR] [--skip-incremental] [--skip-pandas]
        python bench/bench_kpis.py --data-dir DIR [--skip-incremental] [--skip-pandas]
-                                  [--advance-hours H] [--minutes N]
-(--skip-incremental: only (a) cold and (c); the first incremental run backfills ~100 days)
+                                  [--advance-hours H] [--minutes N] [--minutes-only]
+(--skip-incremental: only (a) cold and (c); the first incremental run backfills ~100 days;
+--minutes-only: only (b), on a DIR an earlier run left after its backfill)
 Builds (or reuses) the simulator's sources and a warehouse in DIR (default bench/out/<scale>,
 git-ignored), or works in an existing data directory (a copy: the run writes into it) holding
 source_*.db, simulator_state.json and warehouse.duckdb as `make run` / `app.py worker` leave
@@ -608,6 +609,8 @@ def main() -> None:
                          "evaluation of a running worker, whose kept tables exist")
     ap.add_argument("--skip-pandas", action="store_true", help="leave out (c); (d), the floor, still runs")
     ap.add_argument("--minutes", type=int, default=3, help="one-minute passes measured in (b)")
+    ap.add_argument("--minutes-only", action="store_true",
+                    help="only (b), on a --data-dir whose backfill (b0) an earlier run did (a copy)")
     ap.add_argument("--advance-hours", type=float, default=0,
                     help="live hours run (and loaded) before the measured minutes")
     ap.add_argument("--top", type=int, default=0,
@@ -635,6 +638,12 @@ def main() -> None:
         con = wh.cursor()
         ensure_schema(con)
         as_of = sim_clock(side) - timedelta(seconds=1)
+        if args.minutes_only:
+            done = con.execute("SELECT COUNT(*) FROM kpi_eval_state WHERE last_full_at IS NOT NULL")
+            if done.fetchone()[0] == 0:
+                sys.exit("--minutes-only needs a DIR whose backfill (b0) is done")
+            live_minutes(args, settings, wh, con, registry, side, urls, cmd)
+            return
         con.execute("DELETE FROM kpi_value")
         con.execute("DELETE FROM kpi_eval_state")   # so that (b0) below is the backfill
         wall, cpu, rows, kinds = full_evaluation(con, registry, as_of)
@@ -669,60 +678,66 @@ def main() -> None:
         wh.fold_wal(above=0)    # the minutes start as after a worker cycle that folded
         print(f"    WAL of the backfill and (a') folded before the minutes: {wal / 2**20:.1f} MB in "
               f"{time.perf_counter() - t:.2f} s")
-        from simulator import live
-        if args.advance_hours:
-            t = time.perf_counter()
-            left = args.advance_hours * 3600
-            while left > 0:
-                live.step(urls, int(min(3600, left)), side=side)
-                left -= 3600
-                run_pass(settings, wh)
-            as_of = sim_clock(side)
-            c = time.perf_counter()
-            s = evaluate_incremental(con, registry, as_of)
-            wh.fold_wal(above=0)
-            print(f"    advanced {args.advance_hours} h to {as_of} in {c - t:.0f} s; its catch-up pass "
-                  f"{time.perf_counter() - c:.1f} s ({s.kpis} KPIs; not a figure)")
-        ordinary = []
-        for i in range(args.minutes):
-            written = sum(live.step(urls, 60, side=side).values())
-            t = time.perf_counter()
-            r = run_pass(settings, wh)
-            etl = time.perf_counter() - t
-            as_of = sim_clock(side)
-            start = load()
-            timed = Timed(con)
-            t, c = time.perf_counter(), time.process_time()
-            s = evaluate_incremental(timed, registry, as_of)
-            inc, cpu = time.perf_counter() - t, time.process_time() - c
-            swept = con.execute("SELECT last_sweep_at = last_eval_at FROM kpi_eval_state").fetchone()[0]
-            if not swept:
-                ordinary.append((inc, cpu))
-            print(f"(b) minute {i + 1} ({as_of:%H:%M}, {'sweep' if swept else 'ordinary'}): live wrote "
-                  f"{written} rows, ETL pass {etl:.2f} s ok={r.ok}, "
-                  f"evaluate_incremental {inc:.2f} s wall, {cpu:.2f} s CPU ({s.kpis} KPIs, "
-                  f"{s.skipped} skipped by columns, "
-                  f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
-                  f"errors {len(s.errors)}); {start} at the start, {load()} at the end")
-            print_kinds(timed.kinds)
-            wal = wh.wal_bytes()
-            t, c = time.perf_counter(), time.process_time()
-            folded = wh.fold_wal()      # as the worker does after its publish
-            print(f"    WAL after the pass {wal / 2**20:.1f} MB; "
-                  + (f"folded (worker: after the publish) in {time.perf_counter() - t:.2f} s wall, "
-                     f"{time.process_time() - c:.2f} s CPU" if folded else "not folded (under 64 MB)"))
-        if ordinary:
-            walls = [w for w, _ in ordinary]
-            print(f"(b) ordinary passes: {len(walls)}, median {statistics.median(walls):.2f} s wall "
-                  f"({statistics.median(c for _, c in ordinary):.2f} s CPU), slowest {max(walls):.2f} s wall")
-        # what the minutes left in the WAL, folded now: its cost per minute is part of a cycle
+        live_minutes(args, settings, wh, con, registry, side, urls, cmd)
+
+
+def live_minutes(args, settings, wh, con, registry, side, urls, cmd) -> None:
+    """(b): --advance-hours, then --minutes one-minute live steps, each with its ETL pass and
+    its evaluate_incremental."""
+    from simulator import live
+    if args.advance_hours:
+        t = time.perf_counter()
+        left = args.advance_hours * 3600
+        while left > 0:
+            live.step(urls, int(min(3600, left)), side=side)
+            left -= 3600
+            run_pass(settings, wh)
+        as_of = sim_clock(side)
+        c = time.perf_counter()
+        s = evaluate_incremental(con, registry, as_of)
+        wh.fold_wal(above=0)
+        print(f"    advanced {args.advance_hours} h to {as_of} in {c - t:.0f} s; its catch-up pass "
+              f"{time.perf_counter() - c:.1f} s ({s.kpis} KPIs; not a figure)")
+    ordinary = []
+    for i in range(args.minutes):
+        written = sum(live.step(urls, 60, side=side).values())
+        t = time.perf_counter()
+        r = run_pass(settings, wh)
+        etl = time.perf_counter() - t
+        as_of = sim_clock(side)
+        start = load()
+        timed = Timed(con)
+        t, c = time.perf_counter(), time.process_time()
+        s = evaluate_incremental(timed, registry, as_of)
+        inc, cpu = time.perf_counter() - t, time.process_time() - c
+        swept = con.execute("SELECT last_sweep_at = last_eval_at FROM kpi_eval_state").fetchone()[0]
+        if not swept:
+            ordinary.append((inc, cpu))
+        print(f"(b) minute {i + 1} ({as_of:%H:%M}, {'sweep' if swept else 'ordinary'}): live wrote "
+              f"{written} rows, ETL pass {etl:.2f} s ok={r.ok}, "
+              f"evaluate_incremental {inc:.2f} s wall, {cpu:.2f} s CPU ({s.kpis} KPIs, "
+              f"{s.skipped} skipped by columns, {len(s.as_stored)} days as stored, "
+              f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
+              f"errors {len(s.errors)}); {start} at the start, {load()} at the end")
+        print_kinds(timed.kinds)
         wal = wh.wal_bytes()
         t, c = time.perf_counter(), time.process_time()
-        wh.fold_wal(above=0)
-        print(f"(b') folding the WAL the {args.minutes} minutes left ({wal / 2**20:.1f} MB): "
-              f"{time.perf_counter() - t:.2f} s wall, {time.process_time() - c:.2f} s CPU "
-              "(the worker does it after a publish once the WAL passes 64 MB)")
-        print(f"    reproduce: {cmd}")
+        folded = wh.fold_wal()      # as the worker does after its publish
+        print(f"    WAL after the pass {wal / 2**20:.1f} MB; "
+              + (f"folded (worker: after the publish) in {time.perf_counter() - t:.2f} s wall, "
+                 f"{time.process_time() - c:.2f} s CPU" if folded else "not folded (under 64 MB)"))
+    if ordinary:
+        walls = [w for w, _ in ordinary]
+        print(f"(b) ordinary passes: {len(walls)}, median {statistics.median(walls):.2f} s wall "
+              f"({statistics.median(c for _, c in ordinary):.2f} s CPU), slowest {max(walls):.2f} s wall")
+    # what the minutes left in the WAL, folded now: its cost per minute is part of a cycle
+    wal = wh.wal_bytes()
+    t, c = time.perf_counter(), time.process_time()
+    wh.fold_wal(above=0)
+    print(f"(b') folding the WAL the {args.minutes} minutes left ({wal / 2**20:.1f} MB): "
+          f"{time.perf_counter() - t:.2f} s wall, {time.process_time() - c:.2f} s CPU "
+          "(the worker does it after a publish once the WAL passes 64 MB)")
+    print(f"    reproduce: {cmd}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ class RuleInputs:
     orgs_read: bool = False
     open_rejects: dict[str, int] | None = None
     open_flags: dict[str, int] | None = None
+    # tables whose images a batch of this transaction kept: a later batch of the same run meets
+    # them (etl/load.py _keep_images)
+    imaged: set[str] = field(default_factory=set)
 
     def forget_after(self, table: Table) -> None:
         """A merge of a code table or of mis_org changes what later tables are checked against."""
@@ -288,6 +291,12 @@ TRACK_MAX_ROWS = 200_000
 # Above this many merged rows a run records no keys of the table (etl_keys holds one NULL key):
 # readers of etl_keys fall back to the rows' updated_at. A minute pass merges tens of rows.
 KEYS_MAX_ROWS = 20_000
+# Up to this many merged rows a batch of a dated table keeps their images (etl_image__<table>:
+# the versions it replaced and the versions it merged); above it (a night's batch of readings,
+# 100 k terminal heartbeats at city) none, and a KPI pass reads the dates in place. Either way
+# etl_image_run says so. A minute's retries of collection readings are tens of rows.
+IMAGE_MAX_ROWS = 20_000
+IMAGE_PREFIX = "etl_image__"
 # etl_changed markers: TRACKED is written for every dirty table of a run (so that "no column
 # changed" differs from "not tracked"), ANY when rows were added or not compared.
 TRACKED, ANY = "", "*"
@@ -326,6 +335,36 @@ def _changed_sql(table: Table) -> str:
     return f"SELECT ?, ?, ?, unnest({marks}) FROM (SELECT bool_or(n) AS n{flags} FROM _dflags)"
 
 
+def _keep_images(cur: duckdb.DuckDBPyConnection, table: Table, run_id: int, src: str,
+                 again: bool = True) -> None:
+    """The run's images of the table: the versions it replaces (_old, _after false) and the
+    versions it merges (_chg, _after true), with the run in etl_image_run. A KPI pass compares a
+    past day's facts over the versions before and after its runs (kpis/images.py): a collection
+    reading retried after 09:00 of the next day leaves its day's success rate as it was, and
+    re-reading the day's 3.5 M readings to find that out was 1.7 s of a real city minute."""
+    names = ", ".join(q(c.name) for c in table.columns)
+    image = q(IMAGE_PREFIX + table.name)
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {image} AS SELECT CAST(NULL AS BIGINT) AS _run_id, "
+                f"CAST(NULL AS BOOLEAN) AS _after, {names} FROM {q(table.name)} LIMIT 0")
+    if not again:     # the run's first batch of the table (5.1 -> 2.6 ms for 20 readings)
+        cur.execute(f"INSERT INTO {image} SELECT ?, FALSE, {names} FROM _old "
+                    f"UNION ALL SELECT ?, TRUE, {names} FROM _chg", [run_id, run_id])
+        cur.execute("INSERT INTO etl_image_run VALUES (?, ?, ?, TRUE)", [run_id, src, table.name])
+        return
+    # A nightly table is merged in several batches a run, and a key may come in two of them
+    # (again: an earlier batch of this run kept images of the table): the run keeps one image
+    # a side per key, the version before its first batch (none when that batch added the key)
+    # and the version after its last.
+    mine = f"(SELECT * FROM {image} WHERE _run_id = ?) i"
+    cur.execute(f"INSERT INTO {image} SELECT ?, FALSE, {names} FROM _old o "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {mine} WHERE {_key_join(table, 'i', 'o')})",
+                [run_id, run_id])
+    cur.execute(f"DELETE FROM {image} t USING _chg c WHERE t._run_id = ? AND t._after "
+                f"AND {_key_join(table, 't', 'c')}", [run_id])
+    cur.execute(f"INSERT INTO {image} SELECT ?, TRUE, {names} FROM _chg", [run_id])
+    cur.execute("INSERT INTO etl_image_run VALUES (?, ?, ?, TRUE)", [run_id, src, table.name])
+
+
 def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules, res: TableResult,
                 run_id: int, now: datetime, inputs: RuleInputs, code_lists: dict[str, list[str]],
                 org_list: list[str] | None, target_had_rows: bool) -> None:
@@ -360,11 +399,17 @@ def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
             cur.execute(f"{dirty} SELECT ?, ?, ?, * FROM ({_dirty_flagged_sql(table)})",
                         [run_id, src, tname])
             cur.execute(f"INSERT INTO etl_changed {_changed_sql(table)}", [run_id, src, tname])
+            if res.rows_merged <= IMAGE_MAX_ROWS:
+                _keep_images(cur, table, run_id, src, again=tname in inputs.imaged)
+                inputs.imaged.add(tname)
+            else:
+                cur.execute("INSERT INTO etl_image_run VALUES (?, ?, ?, FALSE)", [run_id, src, tname])
         else:   # a first load adds every row; a huge restatement is not compared
             cur.execute(f"{dirty} SELECT ?, ?, ?, * FROM ({_dirty_sql(rules, old)})",
                         [run_id, src, tname])
             cur.execute("INSERT INTO etl_changed SELECT ?, ?, ?, unnest([?, ?])",
                         [run_id, src, tname, TRACKED, ANY])
+            cur.execute("INSERT INTO etl_image_run VALUES (?, ?, ?, FALSE)", [run_id, src, tname])
     if len(table.key) == 1:
         if res.rows_merged <= KEYS_MAX_ROWS:
             cur.execute(f"INSERT INTO etl_keys SELECT ?, ?, ?, CAST({q(table.key[0])} AS VARCHAR) "

@@ -23,9 +23,10 @@ from etl import dims
 from etl.contract import Contract, Table, load_contract
 from etl.errors import SchemaDrift, SourceUnavailable
 from etl.extensions import load_scanner
-from etl.load import (RuleInputs, TableResult, advance_watermarks, insert_run_row, insert_run_rows,
-                      held_counts, merge_batch, open_counts, probe_window, read_rereads, read_sweeps,
-                      read_watermarks, record_rereads, record_sweeps, stage_full, stage_window)
+from etl.load import (IMAGE_PREFIX, RuleInputs, TableResult, advance_watermarks, held_counts,
+                      insert_run_row, insert_run_rows, merge_batch, open_counts, probe_window,
+                      read_rereads, read_sweeps, read_watermarks, record_rereads, record_sweeps,
+                      stage_full, stage_window)
 from etl.rules import table_rules
 from etl.schema import quote_ident as q
 from etl.settings import SOURCE_NAMES, Settings
@@ -81,6 +82,10 @@ def is_nightly(table: Table) -> bool:
 # worker reads those of the runs since its last pass, and treats a run without them as "any
 # column changed" and "keys unknown".
 CHANGED_KEEP_RUNS = 1440
+# Row images (etl/load.py _keep_images) are kept for this many runs: an ordinary KPI pass reads
+# those of the runs since its last pass (a few); one that finds a run without them reads the
+# dates in place.
+IMAGE_KEEP_RUNS = 60
 
 
 def new_run_id(warehouse: Warehouse, now: datetime) -> int:
@@ -90,7 +95,18 @@ def new_run_id(warehouse: Warehouse, now: datetime) -> int:
         cur.execute("INSERT INTO etl_pass VALUES (?, ?, NULL, NULL)", [run_id, now])
         cur.execute("DELETE FROM etl_changed WHERE run_id <= ?", [run_id - CHANGED_KEEP_RUNS])
         cur.execute("DELETE FROM etl_keys WHERE run_id <= ?", [run_id - CHANGED_KEEP_RUNS])
+        drop_images(cur, run_id - IMAGE_KEEP_RUNS)
     return int(run_id)
+
+
+def drop_images(cur: duckdb.DuckDBPyConnection, upto: int) -> None:
+    """Forget the row images of runs up to `upto` (their etl_image_run rows first: a run is
+    either recorded with all its images or not at all)."""
+    tables = [t for (t,) in cur.execute("SELECT DISTINCT table_name FROM etl_image_run "
+                                        "WHERE run_id <= ? AND kept", [upto]).fetchall()]
+    cur.execute("DELETE FROM etl_image_run WHERE run_id <= ?", [upto])
+    for t in tables:
+        cur.execute(f"DELETE FROM {q(IMAGE_PREFIX + t)} WHERE _run_id <= ?", [upto])
 
 
 def _code_lists(cur: duckdb.DuckDBPyConnection, contract: Contract, system: str) -> dict[str, list[str]]:

@@ -40,6 +40,13 @@ BOOKKEEPING = [
     # rows of its kept prelude tables for these keys (kpis/prelude.py)
     """CREATE TABLE IF NOT EXISTS etl_keys (run_id BIGINT, source VARCHAR, table_name VARCHAR,
        key VARCHAR)""",
+    # per batch of a dated table a run merged: whether it kept the batch's images (etl/load.py
+    # IMAGE_MAX_ROWS), every version replaced and every version merged, in etl_image__<table>
+    # (_run_id, _after, the table's columns); an ordinary KPI pass compares a past day's facts
+    # over both and leaves the day alone when they agree (kpis/images.py). A nightly table is
+    # merged in several batches a run: the run's images are whole only when every one kept them.
+    """CREATE TABLE IF NOT EXISTS etl_image_run (run_id BIGINT, source VARCHAR, table_name VARCHAR,
+       kept BOOLEAN)""",
     # per nightly metering table: the window high of its last full re-read of the long overlap
     """CREATE TABLE IF NOT EXISTS etl_reread (source VARCHAR, table_name VARCHAR, high TIMESTAMP)""",
     # per nightly metering table: how far the sweep in progress has re-read the long overlap

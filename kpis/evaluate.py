@@ -7,12 +7,12 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import duckdb
 
-from kpis import changes, day_store, distinct_month, fact_diff, retention, value_layout, wake
+from kpis import changes, day_store, distinct_month, fact_diff, images, retention, value_layout, wake
 from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import columns_named, prelude_objects, tables_read
@@ -71,6 +71,8 @@ class EvalSummary:
     changed: list[tuple[str, str, str, datetime]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     skipped: int = 0      # woken by a table whose columns they read did not change (kpis/wake.py)
+    # past (KPI id, day) pairs opened by dirty dates and found as stored (kpis/images.py)
+    as_stored: list[tuple[str, date]] = field(default_factory=list)
     # (KPI id, period) evaluated; with kpis.fact_diff only the rows of changed units are written
     evaluated: list[tuple[str, Period]] = field(default_factory=list)
 
@@ -668,7 +670,12 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     same = wake.untouched(con, [(k, t) for k, t in woken if t], state[0])
     more, fingerprints = wake.unchanged(con, [(k, t) for k, t in woken if t and k.id not in same])
     same |= more
-    plan = []
+    wanted: list[tuple[KpiDef, set[Period]]] = []
+    # (KPI, the one table that opened a past day, the day): the day may be left as stored when
+    # the table's changed rows give the same facts before and after (kpis/images.py)
+    judged: list[tuple[KpiDef, str, date]] = []
+    imaged = (images.covered(con, state[0], top, dirty_tables)
+              if not sweep and state[0] is not None and top is not None else set())
     for k in registry.kpis.values():
         reads = tables_read(k)
         if k.id not in always and (not reads & dirty_tables or k.id in same):
@@ -677,10 +684,16 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         if not sweep and not day_additive(k):
             # A past day is closed: its restatement waits for the sweep like a closed month's.
             # Only a month summed from stored days (kpis/day_store.py) needs its dirty days now.
-            plan.append((k, periods_for(k, sorted(periods), as_of)))
+            wanted.append((k, periods))
             continue
-        opened = set().union(*(dirty_periods(k, t) for t in reads))
+        opened_by = {t: dirty_periods(k, t) for t in reads}
+        opened = set().union(*opened_by.values())
         periods |= opened
+        for p in opened - base:
+            if p.grain == "daily":
+                tables = [t for t, ps in opened_by.items() if p in ps]
+                if len(tables) == 1 and tables[0] in imaged and images.eligible(k, tables[0]):
+                    judged.append((k, tables[0], p.ws.date()))
         if k.shape == "rolling" and opened:
             earliest = min(p.ws for p in opened)
             periods |= set(days_of(month(earliest.year, earliest.month)))
@@ -688,7 +701,12 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
             while cur <= as_of:
                 periods.add(day(cur.date()))
                 cur += timedelta(days=1)
-        plan.append((k, periods_for(k, sorted(periods), as_of)))
+        wanted.append((k, periods))
+    same_days = images.unchanged(con, judged, state[0], top, as_of) if judged else set()
+    plan = [(k, periods_for(k, sorted(p for p in periods
+                                      if p.grain != "daily" or (k.id, p.ws.date()) not in same_days),
+                            as_of))
+            for k, periods in wanted]
     # kept between passes: only the keys whose inputs this pass's ETL merged are re-derived
     refresh_on_demand(con, on_demand_tables(k for k, _ in plan))
     # The sweep re-reads the days of the months it evaluates whose inputs changed (kpis/changes.py):
@@ -708,6 +726,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                                                                   run_id=changes.top_run(con)), diff)
     wake.record(con, [k for k, _ in plan], summary.errors, fingerprints)
     summary.skipped = len(same)
+    summary.as_stored = sorted(same_days)
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "
                 "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END, "
                 "last_past_run_id = CASE WHEN $sweep THEN $r "

@@ -232,6 +232,64 @@ def test_changed_columns_are_kept_for_a_day_of_runs(env, settings, wh, monkeypat
                  "ORDER BY 1") == [(runs[1],), (runs[2],)]
 
 
+def test_a_run_keeps_the_images_of_the_rows_it_replaced_and_merged(env, settings, wh, monkeypatch):
+    """A KPI pass judges a past day from the versions a run replaced and merged
+    (kpis/images.py): each run up to IMAGE_MAX_ROWS merged rows of a dated table keeps both,
+    and says so in etl_image_run; a first load (nothing replaced) and a larger batch keep none,
+    and images are dropped after IMAGE_KEEP_RUNS runs."""
+    from etl import load, pipeline
+    insert(env, {"cs_work_order": [wo("W1"), wo("W2")]})
+    first = run_two(settings, wh)
+
+    def images(run_id):
+        return q(wh, "SELECT _after, wo_no, status_code FROM etl_image__cs_work_order "
+                     "WHERE _run_id = ? ORDER BY ALL", [run_id])
+
+    def kept(run_id):
+        return q(wh, "SELECT table_name, kept FROM etl_image_run WHERE run_id = ? "
+                     "AND table_name = 'cs_work_order'", [run_id])
+
+    assert kept(first.run_id) == [("cs_work_order", False)]     # the first load: nothing replaced
+    # W1's status moves on; W3 is new: replaced W1 before, W1 and W3 after
+    insert(env, {"cs_work_order": [wo("W1", upd=U1, status_code="05"), wo("W3", upd=U1)]})
+    second = run_two(settings, wh).run_id
+    assert kept(second) == [("cs_work_order", True)]
+    assert images(second) == [(False, "W1", wo("W1")["status_code"]), (True, "W1", "05"),
+                              (True, "W3", wo("W3")["status_code"])]
+    monkeypatch.setattr(load, "IMAGE_MAX_ROWS", 1)
+    insert(env, {"cs_work_order": [wo("W2", upd="2030-01-01 10:00:00", status_code="05"),
+                                   wo("W3", upd="2030-01-01 10:00:00", status_code="05")]})
+    third = run_two(settings, wh).run_id
+    assert kept(third) == [("cs_work_order", False)] and images(third) == []
+    assert kept(second) == [("cs_work_order", True)]
+    monkeypatch.setattr(pipeline, "IMAGE_KEEP_RUNS", 1)
+    run_two(settings, wh)
+    assert q(wh, "SELECT count(*) FROM etl_image_run") == [(0,)]
+    assert q(wh, "SELECT count(*) FROM etl_image__cs_work_order") == [(0,)]
+
+
+def test_a_key_merged_in_two_batches_of_a_run_keeps_one_image_a_side(wh):
+    """A nightly table is merged in several batches a run: a key merged in two keeps the version
+    before the first (none when the first added it) and the version after the last."""
+    from etl.contract import load_contract
+    from etl.load import _keep_images
+    table = load_contract().tables["cs_work_order"]
+    cur = wh.cursor()
+
+    def batch(old, new, again):
+        for name, rows in (("_old", old), ("_chg", new)):
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM cs_work_order LIMIT 0")
+            for no, status in rows:
+                cur.execute(f"INSERT INTO {name} BY NAME SELECT ? AS wo_no, ? AS status_code", [no, status])
+        _keep_images(cur, table, 7, "cs", again=again)
+
+    batch([("W2", "01")], [("W1", "01"), ("W2", "02")], again=False)    # W1 added, W2 changed
+    batch([("W1", "01"), ("W2", "02")], [("W1", "05"), ("W2", "05")], again=True)
+    assert q(wh, "SELECT wo_no, _after, status_code FROM etl_image__cs_work_order "
+                 "WHERE _run_id = 7 ORDER BY ALL") == [("W1", True, "05"), ("W2", False, "01"),
+                                                        ("W2", True, "05")]
+
+
 def test_dimensions_follow_the_parent_tree_and_calendar(env, settings, wh):
     insert(env, {"mis_work_calendar": [
         {"cal_date": "2026-10-09", "work_flag": 1, "day_type": "01"},

@@ -338,6 +338,34 @@ def _stored(con: duckdb.DuckDBPyConnection, evaluated: list[tuple[str, Period]])
                         "s": [k[2] for k in keys]}).fetchall()
 
 
+def change_collection(root, at: datetime, retried: date, corrected: date | None) -> None:
+    """Collection readings edited at the meter source: a reading of `retried` that had failed is
+    collected late (a retry at `at`, after 09:00 of the next day: its day's success rate stays
+    as it was), and, when given, a reading of `corrected` that counted is corrected to a
+    failure (its day's rate falls)."""
+    import sqlite3
+    from contextlib import closing
+
+    stamp = at.strftime("%Y-%m-%d %H:%M:%S")
+    scope = ("data_date = ? AND meter_asset_no IN (SELECT meter_asset_no FROM meter_coll_obj "
+             "WHERE is_deleted = 0 AND coll_flag = 1) AND is_deleted = 0")
+    with closing(sqlite3.connect(root / "source_meter.db", isolation_level=None)) as db:
+        meter = db.execute(f"SELECT min(meter_asset_no) FROM meter_collection_daily WHERE {scope} "
+                           "AND coll_status IN ('02', '03')", [str(retried)]).fetchone()[0]
+        assert meter is not None, f"no failed reading on {retried}"
+        db.execute("UPDATE meter_collection_daily SET coll_status = '01', success_time = ?, "
+                   "try_count = try_count + 1, data_src = '02', updated_at = ? "
+                   "WHERE meter_asset_no = ? AND data_date = ?", [stamp, stamp, meter, str(retried)])
+        if corrected is None:
+            return
+        meter = db.execute(f"SELECT min(meter_asset_no) FROM meter_collection_daily WHERE {scope} "
+                           "AND coll_status = '01' AND success_time IS NOT NULL",
+                           [str(corrected)]).fetchone()[0]
+        db.execute("UPDATE meter_collection_daily SET coll_status = '02', success_time = NULL, "
+                   "fail_reason = '02', updated_at = ? WHERE meter_asset_no = ? AND data_date = ?",
+                   [stamp, meter, str(corrected)])
+
+
 def test_worker_passes_equal_direct_evaluation_bit_for_bit(tmp_path, monkeypatch) -> None:
     """Backfill, then ETL passes after simulated live minutes, with random edits of the kept
     prelude tables' inputs besides (test_prelude_follow): every value a pass stores equals the
@@ -350,7 +378,13 @@ def test_worker_passes_equal_direct_evaluation_bit_for_bit(tmp_path, monkeypatch
     tasks edited, whose dates the ETL marks dirty; the second skips the KPIs that terminal
     heartbeats wake by table only, kpis/wake.py) and +16 min (a sweep again, with customers,
     台区 and metering points edited too: a joined row's change reaches stored days at the sweep,
-    kpis/day_store.py, so an ordinary pass may still show the day as stored)."""
+    kpis/day_store.py, so an ordinary pass may still show the day as stored).
+
+    The ordinary passes also see collection readings of settled June days edited: a late retry
+    (+6 min, on 06-01), which the row images show leaves the day's collection rates as stored
+    (kpis/images.py: the day is not read, and its stored values still equal the direct
+    evaluation), and a late retry beside a correction (+8 min, on 06-01 and 06-02), which
+    changes 06-02's rates: that day is read again."""
     pytest.importorskip("simulator")
     from simulator import live, state
 
@@ -400,11 +434,33 @@ def test_worker_passes_equal_direct_evaluation_bit_for_bit(tmp_path, monkeypatch
         for step, seconds in enumerate((180, 180, 120, 480)):
             live.step(urls, seconds, side=side)
             change_sources(tmp_path, rng, clock(), joined=step == 3)
+            if step in (1, 2):
+                change_collection(tmp_path, clock(), date(2026, 6, 1),
+                                  date(2026, 6, 2) if step == 2 else None)
             assert run_pass(settings, wh).ok
             as_of = clock()
             stamp["at"] = as_of
             summary = evaluate_incremental(con, registry, as_of)
             assert not summary.errors and summary.kpis > 0
+            collection = {p.ws.date() for kid, p in summary.evaluated
+                          if kid == "metering.daily_collect_success_rate" and p.grain == "daily"}
+            if step in (1, 2):
+                rates = ("metering.collect_success_rate_special", "metering.daily_collect_success_rate")
+                assert [(kid, d) for kid, d in summary.as_stored if d == date(2026, 6, 1)] == \
+                    [(kid, date(2026, 6, 1)) for kid in rates], summary.as_stored
+                assert date(2026, 6, 1) not in collection
+                assert (date(2026, 6, 2) in collection) == (step == 2), collection
+                # the days left as stored hold what a direct evaluation gives now
+                kept_plan = [(registry.get(kid), [day(d)]) for kid, d in summary.as_stored]
+                ref = wh.cursor()
+                apply_prelude(ref, temp=True)
+                errors: dict[str, str] = {}
+                evaluate.apply_baselines(ref, compute_plan(ref, kept_plan, as_of, errors))
+                again = ref.execute(f"SELECT kpi_id, grain, period_start, {VALUE_COLUMNS} FROM _result "
+                                    "ORDER BY ALL").fetchall()
+                ref.close()
+                kept = _stored(con, [(k.id, ps[0]) for k, ps in kept_plan])
+                assert errors == {} and again and kept == again
             plan_of: dict[str, list] = {}
             for kid, p in summary.evaluated:
                 plan_of.setdefault(kid, []).append(p)

@@ -1,0 +1,185 @@
+"""Past days a change did not alter, found from the ETL's row images instead of the day's rows.
+
+An ordinary pass reads a past day of a day-additive KPI again when the ETL marked it dirty in a
+column the KPI reads (kpis/evaluate.py). At city the night's collection retries change
+`coll_status` and `success_time` of tens of readings a minute, spread over the last three or
+four data dates: both collection success rates read those days' 3.5 M readings each again,
+every minute (1.7 s of a real city minute pass), to find the rates as they were, since a
+reading retried after 09:00 of the next day does not count on its day.
+
+The ETL keeps, per run and dated table up to etl/load.py IMAGE_MAX_ROWS merged rows, the
+versions the run replaced and the versions it merged (etl_image__<table>, listed in
+etl_image_run). For a day that only one such table opened, the KPI's own reduced facts
+(kpis/batch.py _fr_sql) are computed twice over those rows alone: once over each changed row's
+version before the first of the pass's runs, once over its version after the last. The rows
+that did not change contribute to both alike, so when the two agree, per (org, grid), in every
+sum and flag, the day's facts are those stored, and the day is not read. The other tables the
+KPI joins are read as they are now on both sides: a change of theirs reaches the day as before
+(its own dirty dates, or the sweep).
+
+Only where that argument holds (`eligible`): a day-additive KPI (each fact placed by one time,
+summed), reading the table once, by name in its own SQL (not through a prelude object, whose
+rows would not follow the images), with no on-demand prelude table (not built yet when the pass
+plans), no presence query over the table, no pending items or restatement query; a day opened
+by that table alone; the day stored complete and settled with the KPI's current SQL; every run
+since the last pass with images of the table. Anything else is read as before.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timedelta
+
+import duckdb
+
+from etl.contract import load_contract
+from etl.schema import quote_ident as q
+from kpis.periods import Period, day
+from kpis.spec import KpiDef
+
+IMAGE_PREFIX = "etl_image__"      # etl/load.py IMAGE_PREFIX (the KPI side reads, never writes)
+
+_COMMENT_OR_STRING = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
+
+
+def _code(sql: str) -> str:
+    """The SQL without comments and string literals."""
+    return _COMMENT_OR_STRING.sub(" ", sql)
+
+
+def _word(table: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w.]){re.escape(table)}(?!\w)", re.IGNORECASE)
+
+
+def _rename(sql: str, table: str, to: str) -> str:
+    """The SQL reading `to` wherever it names `table`, string literals left as they are."""
+    out, last = [], 0
+    for m in _COMMENT_OR_STRING.finditer(sql):
+        out += [_word(table).sub(to, sql[last:m.start()]), m[0]]
+        last = m.end()
+    return "".join(out) + _word(table).sub(to, sql[last:])
+
+
+def eligible(k: KpiDef, table: str) -> bool:
+    """Whether the KPI's day can be judged from the table's images (module docstring)."""
+    from kpis.dependencies import _prelude_tables, prelude_objects  # noqa: PLC0415
+    from kpis.prelude import ON_DEMAND  # noqa: PLC0415
+    from kpis.registry import day_additive  # noqa: PLC0415
+
+    if (not day_additive(k) or k.settles_when_none_pending or k.restated_by
+            or k.resolved_or_due):
+        return False
+    if k.presence and _word(table).search(_code(k.presence)):
+        return False
+    objects = prelude_objects(k)
+    if objects & ON_DEMAND:
+        return False
+    through = _prelude_tables()
+    if any(table in through.get(o, ()) for o in objects):
+        return False
+    return len(_word(table).findall(_code(k.values_sql))) == 1
+
+
+def covered(con: duckdb.DuckDBPyConnection, since: int, top: int, tables: Iterable[str]) -> set[str]:
+    """Of `tables`, those whose every batch merged by a run in (since, top] that marked dates of
+    them kept its images (none when the warehouse has no image record)."""
+    names = sorted(set(tables))
+    if not names:
+        return set()
+    try:
+        rows = con.execute("""
+            SELECT d.table_name
+            FROM (SELECT DISTINCT run_id, table_name FROM etl_dirty
+                  WHERE run_id > $since AND run_id <= $top AND list_contains($t, table_name)) d
+            LEFT JOIN (SELECT run_id, table_name, bool_and(kept) AS kept FROM etl_image_run
+                       GROUP BY run_id, table_name) i
+                   ON i.run_id = d.run_id AND i.table_name = d.table_name
+            GROUP BY d.table_name HAVING bool_and(COALESCE(i.kept, FALSE))""",
+                           {"since": since, "top": top, "t": names}).fetchall()
+    except duckdb.CatalogException:    # a warehouse from before the images
+        return set()
+    return {t for (t,) in rows}
+
+
+def _stored_final(con: duckdb.DuckDBPyConnection, cands: Sequence[tuple[KpiDef, date]],
+                  as_of: datetime) -> set[tuple[str, date]]:
+    """The (KPI, day) pairs stored complete, kept (not pending) and settled, with the KPI's
+    current SQL: what the day's value and the months built from it were computed from."""
+    from kpis.day_store import facts_hash  # noqa: PLC0415
+
+    ids = sorted({k.id for k, _ in cands})
+    days = sorted({d for _, d in cands})
+    rows = con.execute("""SELECT kpi_id, day, te, facts_hash, as_of FROM kpi_day
+                          WHERE kpi_id IN (SELECT unnest($ids)) AND day IN (SELECT unnest($days))
+                            AND pending IS FALSE""", {"ids": ids, "days": days}).fetchall()
+    stored = {(kid, d): (te, h, at) for kid, d, te, h, at in rows}
+    out = set()
+    for k, d in cands:
+        got = stored.get((k.id, d))
+        if got is None:
+            continue
+        te, h, at = got
+        p = day(d)
+        settle = k.settles or timedelta(0)
+        if (te == p.we and h == facts_hash(k) and at is not None and at >= p.we + settle
+                and as_of >= p.we + settle):
+            out.add((k.id, d))
+    return out
+
+
+def _versions(con: duckdb.DuckDBPyConnection, table: str, since: int, top: int) -> None:
+    """_img_after: each changed row's version after the last run in (since, top]; _img_before:
+    its version before the first, where it had one (a row the first run added has none)."""
+
+    key = ", ".join(q(c) for c in load_contract().tables[table].key)
+    image = q(IMAGE_PREFIX + table)
+    rng = "_run_id > $since AND _run_id <= $top"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_after AS
+                    SELECT * EXCLUDE (_run_id, _after) FROM {image} WHERE _after AND {rng}
+                    QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _run_id DESC) = 1""",
+                {"since": since, "top": top})
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_before AS
+                    SELECT * EXCLUDE (_run_id, _after, _first) FROM (
+                        SELECT *, min(_run_id) OVER (PARTITION BY {key}) AS _first
+                        FROM {image} WHERE {rng})
+                    WHERE NOT _after AND _run_id = _first""",
+                {"since": since, "top": top})
+
+
+def unchanged(con: duckdb.DuckDBPyConnection, cands: Sequence[tuple[KpiDef, str, date]],
+              since: int, top: int, as_of: datetime) -> set[tuple[str, date]]:
+    """Of the candidates (KPI, the one table that opened the day, day), the (KPI id, day) pairs
+    whose facts over the table's changed rows are the same before and after the runs in
+    (since, top]: the day is as stored. The caller checked `eligible` and `covered`."""
+    from kpis.batch import Bounds, _facts_sql, _note_integral, fact_columns, load_periods  # noqa: PLC0415
+
+    final = _stored_final(con, [(k, d) for k, _, d in cands], as_of)
+    cands = [(k, t, d) for k, t, d in cands if (k.id, d) in final]
+    out: set[tuple[str, date]] = set()
+    for table in sorted({t for _, t, _ in cands}):
+        mine = [(k, d) for k, t, d in cands if t == table]
+        kpis = sorted({k.id: k for k, _ in mine}.values(), key=lambda k: k.id)
+        days = sorted({d for _, d in mine})
+        periods: list[Period] = [day(d) for d in days]
+        pid_of = {d: i for i, d in enumerate(days)}
+        load_periods(con, "_periods", list(range(len(periods))), periods, as_of)
+        _versions(con, table, since, top)
+        items = []
+        for kix, k in enumerate(kpis):
+            _note_integral(con, k)
+            items.append((kix, k, fact_columns(con, k)))
+        lo = Bounds(min(p.ws for p in periods), min(p.te(as_of) for p in periods))
+        facts = _facts_sql(items, lo)
+        sides = {side: _rename(facts, table, f"_img_{side}") for side in ("after", "before")}
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_facts AS
+                        SELECT TRUE AS after, * FROM ({sides['after']})
+                        UNION ALL
+                        SELECT FALSE AS after, * FROM ({sides['before']})""")
+        differ = {(kix, pid) for kix, pid in con.execute("""
+            WITH a AS (SELECT * EXCLUDE (after) FROM _img_facts WHERE after),
+                 b AS (SELECT * EXCLUDE (after) FROM _img_facts WHERE NOT after)
+            SELECT DISTINCT kix, pid FROM ((SELECT * FROM a EXCEPT SELECT * FROM b)
+                                           UNION ALL (SELECT * FROM b EXCEPT SELECT * FROM a))""").fetchall()}
+        kix_of = {k.id: kix for kix, k in enumerate(kpis)}
+        out |= {(k.id, d) for k, d in mine if (kix_of[k.id], pid_of[d]) not in differ}
+    return out

@@ -1,0 +1,60 @@
+"""kpis/images.py: which past days may be judged from the ETL's row images. The judgement itself
+(a late retry leaves a settled day as stored, a correction reads it again, bit for bit against
+the direct evaluation) is in tests/kpis/test_incremental.py
+test_worker_passes_equal_direct_evaluation_bit_for_bit."""
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from kpis import images
+from kpis.registry import load_registry
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry()
+
+
+def test_the_collection_rates_are_judged_by_their_readings(registry) -> None:
+    for kid in ("metering.daily_collect_success_rate", "metering.collect_success_rate_special"):
+        assert images.eligible(registry.get(kid), "meter_collection_daily"), kid
+
+
+def test_what_the_images_cannot_judge(registry) -> None:
+    # the orders reach these KPIs through the kept prelude table k_wo, whose rows do not follow
+    # the images
+    assert not images.eligible(registry.get("order.total"), "cs_work_order")
+    # pending items and restatement queries have rules of their own (kpis/day_store.py)
+    urge = registry.get("order.urge_rate")
+    assert urge.restated_by and not images.eligible(urge, "cs_urge")
+    # not day-additive: a stock at the period's end
+    assert not images.eligible(registry.get("metering.collect_coverage_rate"), "meter_coll_obj")
+
+
+def test_a_table_renamed_in_code_not_in_strings() -> None:
+    sql = ("SELECT m.x FROM meter_collection_daily m -- meter_collection_daily\n"
+           "WHERE 'meter_collection_daily' <> m.t AND x.meter_collection_daily_n = 1")
+    assert images._rename(sql, "meter_collection_daily", "_img_after") == (
+        "SELECT m.x FROM _img_after m -- meter_collection_daily\n"
+        "WHERE 'meter_collection_daily' <> m.t AND x.meter_collection_daily_n = 1")
+
+
+def test_a_table_is_covered_only_when_every_run_since_kept_its_images() -> None:
+    con = duckdb.connect()
+    assert images.covered(con, 0, 9, ["t"]) == set()     # no ETL record: nothing is judged
+    con.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+                "business_date DATE, changed_columns VARCHAR[])")
+    con.execute("CREATE TABLE etl_image_run (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+                "kept BOOLEAN)")
+    for run, table in ((4, "a"), (5, "a"), (5, "b"), (6, "b"), (7, "c")):
+        con.execute("INSERT INTO etl_dirty VALUES (?, 's', ?, DATE '2026-06-01', ['x'])", [run, table])
+    # a: both runs kept images of each batch; b: run 6 has no record, and of run 5's two
+    # batches one was over IMAGE_MAX_ROWS (a nightly table is merged in several); c: after `top`
+    for run, table, kept in ((4, "a", True), (5, "a", True), (5, "a", True), (5, "b", True),
+                             (5, "b", False)):
+        con.execute("INSERT INTO etl_image_run VALUES (?, 's', ?, ?)", [run, table, kept])
+    assert images.covered(con, 3, 6, ["a", "b", "c"]) == {"a"}
+    assert images.covered(con, 4, 5, ["a", "b"]) == {"a"}
+    con.execute("DELETE FROM etl_image_run WHERE table_name = 'b' AND NOT kept")
+    assert images.covered(con, 4, 5, ["a", "b"]) == {"a", "b"}
