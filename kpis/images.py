@@ -19,10 +19,12 @@ KPI joins are read as they are now on both sides: a change of theirs reaches the
 
 Only where that argument holds (`eligible`): a day-additive KPI (each fact placed by one time,
 summed), reading the table once, by name in its own SQL (not through a prelude object, whose
-rows would not follow the images), with no on-demand prelude table (not built yet when the pass
-plans), no presence query over the table, no pending items or restatement query; a day opened
-by that table alone; the day stored complete and settled with the KPI's current SQL; every run
-since the last pass with images of the table. Anything else is read as before.
+rows would not follow the images), each fact row from one row of each table (`row_local`: no
+window, grouping, aggregate, set operation or subquery test, which would make a fact of an
+unchanged row depend on a changed one), with no on-demand prelude table (not built yet when the
+pass plans), no presence query over the table, no pending items or restatement query; a day
+opened by that table alone; the day stored complete and settled with the KPI's current SQL;
+every run since the last pass with images of the table. Anything else is read as before.
 """
 from __future__ import annotations
 
@@ -60,6 +62,26 @@ def _rename(sql: str, table: str, to: str) -> str:
     return "".join(out) + _word(table).sub(to, sql[last:])
 
 
+# What lets one fact row depend on more than one row of the table, or on the absence of one: a
+# window (call.fcr_rate counts a caller's later calls), a grouping, a distinct or aggregate, a
+# set operation or a subquery test. Over the changed rows alone such facts are not the changed
+# rows' share of the day's. Any of them in the KPI's SQL (conservative: also where it reads only
+# another table) keeps the KPI out.
+_NOT_ROW_LOCAL = re.compile(
+    r"\bover\s*\(|\bgroup\s+by\b|\bdistinct\b|\bqualify\b|\bunion\b|\bexcept\b|"
+    r"\bintersect\b|\bexists\b|\bin\s*\(\s*select\b|\blateral\b|\brecursive\b|"
+    r"\b(?:count|sum|min|max|avg|bool_or|bool_and|list|array_agg|string_agg|arg_min|arg_max|"
+    r"any_value|first|last|median|quantile\w*|mode|stddev\w*|var_\w+|variance|bit_or|bit_and|"
+    r"bit_xor|histogram|approx_\w+)\s*\(",
+    re.IGNORECASE)
+
+
+def row_local(sql: str) -> bool:
+    """Whether each fact row of the SQL comes from one row of each table it reads (as far as the
+    text shows: _NOT_ROW_LOCAL)."""
+    return not _NOT_ROW_LOCAL.search(_code(sql))
+
+
 def eligible(k: KpiDef, table: str) -> bool:
     """Whether the KPI's day can be judged from the table's images (module docstring)."""
     from kpis.dependencies import _prelude_tables, prelude_objects  # noqa: PLC0415
@@ -77,7 +99,7 @@ def eligible(k: KpiDef, table: str) -> bool:
     through = _prelude_tables()
     if any(table in through.get(o, ()) for o in objects):
         return False
-    return len(_word(table).findall(_code(k.values_sql))) == 1
+    return len(_word(table).findall(_code(k.values_sql))) == 1 and row_local(k.values_sql)
 
 
 def covered(con: duckdb.DuckDBPyConnection, since: int, top: int, tables: Iterable[str]) -> set[str]:

@@ -8,6 +8,7 @@ import duckdb
 import pytest
 
 from kpis import images
+from kpis.registry import day_additive
 from kpis.registry import load_registry
 
 
@@ -30,6 +31,19 @@ def test_what_the_images_cannot_judge(registry) -> None:
     assert urge.restated_by and not images.eligible(urge, "cs_urge")
     # not day-additive: a stock at the period's end
     assert not images.eligible(registry.get("metering.collect_coverage_rate"), "meter_coll_obj")
+    # a call's first-contact fact counts the caller's later calls (a window): an unchanged
+    # call's fact depends on a changed one
+    fcr = registry.get("call.fcr_rate")
+    assert day_additive(fcr) and not images.eligible(fcr, "cs_call")
+    assert images.eligible(registry.get("call.aht_seconds"), "cs_call")
+
+
+def test_row_local_facts() -> None:
+    assert images.row_local("SELECT p.pid, x.a FROM t x JOIN _periods p ON x.d >= p.ws -- count(*)")
+    for sql in ("SELECT COUNT(*) OVER (PARTITION BY k) FROM t", "SELECT k, SUM(a) FROM t GROUP BY k",
+                "SELECT * FROM t WHERE NOT EXISTS (SELECT 1 FROM u)", "SELECT DISTINCT k FROM t",
+                "SELECT * FROM t WHERE k IN (SELECT k FROM u)", "SELECT max(a) FROM t"):
+        assert not images.row_local(sql), sql
 
 
 def test_a_table_renamed_in_code_not_in_strings() -> None:
