@@ -702,13 +702,14 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 periods.add(day(cur.date()))
                 cur += timedelta(days=1)
         wanted.append((k, periods))
+    # kept between passes: only the keys whose inputs this pass's ETL merged are re-derived
+    # (before the judgement below, whose facts read them as the pass does)
+    refresh_on_demand(con, on_demand_tables(k for k, _ in wanted))
     same_days = images.unchanged(con, judged, state[0], top, as_of) if judged else set()
     plan = [(k, periods_for(k, sorted(p for p in periods
                                       if p.grain != "daily" or (k.id, p.ws.date()) not in same_days),
                             as_of))
             for k, periods in wanted]
-    # kept between passes: only the keys whose inputs this pass's ETL merged are re-derived
-    refresh_on_demand(con, on_demand_tables(k for k, _ in plan))
     # The sweep re-reads the days of the months it evaluates whose inputs changed (kpis/changes.py):
     # a change the dirty dates do not show (a row of a joined table) reaches the stored days at
     # most SWEEP_EVERY late.

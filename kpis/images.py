@@ -19,12 +19,14 @@ KPI joins are read as they are now on both sides: a change of theirs reaches the
 
 Only where that argument holds (`eligible`): a day-additive KPI (each fact placed by one time,
 summed), reading the table once, by name in its own SQL (not through a prelude object, whose
-rows would not follow the images), each fact row from one row of each table (`row_local`: no
-window, grouping, aggregate, set operation or subquery test, which would make a fact of an
-unchanged row depend on a changed one), with no on-demand prelude table (not built yet when the
-pass plans), no presence query over the table, no pending items or restatement query; a day
-opened by that table alone; the day stored complete and settled with the KPI's current SQL;
-every run since the last pass with images of the table. Anything else is read as before.
+rows would not follow the images; docs/decisions.md, session 23, on k_wo), each fact row from one
+row of each table (`row_local`: no window, grouping, aggregate, set operation or subquery test,
+which would make a fact of an unchanged row depend on a changed one), a presence query over the
+table only one that asks for a row of it (compared the same way: presence is an OR over rows),
+no pending items or restatement query; a day opened by that table alone; the day stored
+complete and settled with the KPI's current SQL; every run since the last pass with images of
+the table. Anything else is read as before. The pass refreshes its on-demand prelude tables
+before it judges, so that the other tables a KPI reads are those the day would be read with.
 """
 from __future__ import annotations
 
@@ -76,6 +78,13 @@ _NOT_ROW_LOCAL = re.compile(
     re.IGNORECASE)
 
 
+# A presence query says whether any row of the period exists: over a table split into changed
+# and unchanged rows it is the OR of the two parts, so the changed rows' presence before and after
+# can be compared like the facts, as long as it asks for a row (EXISTS), not for its absence.
+_NOT_ROW_PRESENCE = re.compile(_NOT_ROW_LOCAL.pattern.replace(r"\bexists\b|", "")
+                               + r"|\bnot\s+exists\b", re.IGNORECASE)
+
+
 def row_local(sql: str) -> bool:
     """Whether each fact row of the SQL comes from one row of each table it reads (as far as the
     text shows: _NOT_ROW_LOCAL)."""
@@ -84,22 +93,23 @@ def row_local(sql: str) -> bool:
 
 def eligible(k: KpiDef, table: str) -> bool:
     """Whether the KPI's day can be judged from the table's images (module docstring)."""
-    from kpis.dependencies import _prelude_tables, prelude_objects  # noqa: PLC0415
-    from kpis.prelude import ON_DEMAND  # noqa: PLC0415
+    from kpis.dependencies import (_prelude_objects, _prelude_tables, _tables_read,  # noqa: PLC0415
+                                   prelude_objects)
     from kpis.registry import day_additive  # noqa: PLC0415
 
     if (not day_additive(k) or k.settles_when_none_pending or k.restated_by
-            or k.resolved_or_due):
-        return False
-    if k.presence and _word(table).search(_code(k.presence)):
-        return False
-    objects = prelude_objects(k)
-    if objects & ON_DEMAND:
+            or k.resolved_or_due or not row_local(k.values_sql)):
         return False
     through = _prelude_tables()
-    if any(table in through.get(o, ()) for o in objects):
+    if k.presence and table in _tables_read(k.presence):
+        # read by name once, for a row (_NOT_ROW_PRESENCE), not through a prelude object
+        code = _code(k.presence)
+        if (len(_word(table).findall(code)) != 1 or _NOT_ROW_PRESENCE.search(code)
+                or any(table in through.get(o, ()) for o in _prelude_objects(k.presence))):
+            return False
+    if any(table in through.get(o, ()) for o in prelude_objects(k)):
         return False
-    return len(_word(table).findall(_code(k.values_sql))) == 1 and row_local(k.values_sql)
+    return len(_word(table).findall(_code(k.values_sql))) == 1
 
 
 def covered(con: duckdb.DuckDBPyConnection, since: int, top: int, tables: Iterable[str]) -> set[str]:
@@ -173,7 +183,8 @@ def unchanged(con: duckdb.DuckDBPyConnection, cands: Sequence[tuple[KpiDef, str,
     """Of the candidates (KPI, the one table that opened the day, day), the (KPI id, day) pairs
     whose facts over the table's changed rows are the same before and after the runs in
     (since, top]: the day is as stored. The caller checked `eligible` and `covered`."""
-    from kpis.batch import Bounds, _facts_sql, _note_integral, fact_columns, load_periods  # noqa: PLC0415
+    from kpis.batch import (Bounds, _bounded, _facts_sql, _note_integral, _presence_union,  # noqa: PLC0415
+                            fact_columns, load_periods)
 
     final = _stored_final(con, [(k, d) for k, _, d in cands], as_of)
     cands = [(k, t, d) for k, t, d in cands if (k.id, d) in final]
@@ -192,16 +203,19 @@ def unchanged(con: duckdb.DuckDBPyConnection, cands: Sequence[tuple[KpiDef, str,
             items.append((kix, k, fact_columns(con, k)))
         lo = Bounds(min(p.ws for p in periods), min(p.te(as_of) for p in periods))
         facts = _facts_sql(items, lo)
-        sides = {side: _rename(facts, table, f"_img_{side}") for side in ("after", "before")}
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_facts AS
-                        SELECT TRUE AS after, * FROM ({sides['after']})
-                        UNION ALL
-                        SELECT FALSE AS after, * FROM ({sides['before']})""")
-        differ = {(kix, pid) for kix, pid in con.execute("""
-            WITH a AS (SELECT * EXCLUDE (after) FROM _img_facts WHERE after),
-                 b AS (SELECT * EXCLUDE (after) FROM _img_facts WHERE NOT after)
-            SELECT DISTINCT kix, pid FROM ((SELECT * FROM a EXCEPT SELECT * FROM b)
-                                           UNION ALL (SELECT * FROM b EXCEPT SELECT * FROM a))""").fetchall()}
+        presence = _bounded(_presence_union(items), lo)
+
+        differ = set()
+        for what, sql in (("facts", facts), ("presence", presence)):
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_{what} AS
+                            SELECT TRUE AS after, * FROM ({_rename(sql, table, '_img_after')})
+                            UNION ALL
+                            SELECT FALSE AS after, * FROM ({_rename(sql, table, '_img_before')})""")
+            differ |= set(con.execute(f"""
+                WITH a AS (SELECT * EXCLUDE (after) FROM _img_{what} WHERE after),
+                     b AS (SELECT * EXCLUDE (after) FROM _img_{what} WHERE NOT after)
+                SELECT DISTINCT kix, pid FROM ((SELECT * FROM a EXCEPT SELECT * FROM b)
+                                               UNION ALL (SELECT * FROM b EXCEPT SELECT * FROM a))""").fetchall())
         kix_of = {k.id: kix for kix, k in enumerate(kpis)}
         out |= {(k.id, d) for k, d in mine if (kix_of[k.id], pid_of[d]) not in differ}
     return out

@@ -22,6 +22,13 @@ def test_the_collection_rates_are_judged_by_their_readings(registry) -> None:
         assert images.eligible(registry.get(kid), "meter_collection_daily"), kid
 
 
+def test_a_presence_asking_for_a_row_is_judged_too(registry) -> None:
+    """newconn.applications is present on a day with any application: the changed rows'
+    presence before and after is compared like their facts (an OR over rows)."""
+    apps = registry.get("newconn.applications")
+    assert apps.presence and "EXISTS" in apps.presence and images.eligible(apps, "mis_app")
+
+
 def test_what_the_images_cannot_judge(registry) -> None:
     # the orders reach these KPIs through the kept prelude table k_wo, whose rows do not follow
     # the images
@@ -36,6 +43,15 @@ def test_what_the_images_cannot_judge(registry) -> None:
     fcr = registry.get("call.fcr_rate")
     assert day_additive(fcr) and not images.eligible(fcr, "cs_call")
     assert images.eligible(registry.get("call.aht_seconds"), "cs_call")
+
+
+def test_a_table_read_twice_is_not_judged(registry) -> None:
+    """A self-join pairs a changed row with an unchanged one, which the images do not hold."""
+    aht = registry.get("call.aht_seconds")
+    twice = aht.model_copy(update={"facts": aht.facts.replace(
+        "FROM cs_call x", "FROM cs_call x JOIN cs_call y ON y.caller_no = x.caller_no")})
+    assert twice.facts.count("cs_call") == 2
+    assert images.eligible(aht, "cs_call") and not images.eligible(twice, "cs_call")
 
 
 def test_row_local_facts() -> None:
