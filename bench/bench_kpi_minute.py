@@ -341,7 +341,7 @@ def main() -> None:
             wal0 = data_dir_wal(args.data_dir)
         label = "warm-up (not counted)" if i == 0 else f"minute {i}"
         print(f"{label} as_of {as_of:%H:%M}: {wall:.2f} s wall, {cpu:.2f} s CPU, {s.kpis} KPIs, "
-              f"{s.skipped} skipped by columns, {len(s.as_stored)} days as stored, {s.rows} rows, "
+              f"{s.skipped} skipped by columns, {len(getattr(s, 'as_stored', ()))} days as stored, {s.rows} rows, "
               f"errors {len(s.errors)}; "
               f"{start} at the start")
         print_kinds(timed.kinds)

@@ -716,7 +716,7 @@ def live_minutes(args, settings, wh, con, registry, side, urls, cmd) -> None:
         print(f"(b) minute {i + 1} ({as_of:%H:%M}, {'sweep' if swept else 'ordinary'}): live wrote "
               f"{written} rows, ETL pass {etl:.2f} s ok={r.ok}, "
               f"evaluate_incremental {inc:.2f} s wall, {cpu:.2f} s CPU ({s.kpis} KPIs, "
-              f"{s.skipped} skipped by columns, {len(s.as_stored)} days as stored, "
+              f"{s.skipped} skipped by columns, {len(getattr(s, 'as_stored', ()))} days as stored, "
               f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
               f"errors {len(s.errors)}); {start} at the start, {load()} at the end")
         print_kinds(timed.kinds)
