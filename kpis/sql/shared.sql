@@ -96,7 +96,10 @@ SELECT p.pid, m.org_no, t.grid_no, m.terminal_id,
             THEN 1 ELSE 0 END AS num
 FROM meter_collection_daily m
 JOIN _periods p ON CAST(m.data_date AS TIMESTAMP) >= p.ws AND CAST(m.data_date AS TIMESTAMP) < p.te
-JOIN meter_coll_obj o ON o.meter_asset_no = m.meter_asset_no AND o.is_deleted = 0 AND o.coll_flag = 1
+-- a semi join (meter_asset_no is meter_coll_obj's key, so it keeps the same rows): as an inner
+-- join DuckDB built its hash table on the 3.5 M collection objects even when no reading falls in
+-- the periods (today's readings come the next night), 0.14-0.3 s of every minute pass
+SEMI JOIN meter_coll_obj o ON o.meter_asset_no = m.meter_asset_no AND o.is_deleted = 0 AND o.coll_flag = 1
 LEFT JOIN dist_tg t ON t.tg_no = m.tg_no AND t.is_deleted = 0
 -- (periods_from(): the row groups of older days skipped, kpi-definitions.md)
 WHERE m.is_deleted = 0 AND m.coll_status <> '04'
