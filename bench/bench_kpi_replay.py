@@ -14,8 +14,9 @@ before that pass (last_dirty_run_id R - 1, last_eval_at one minute before; the l
 restatement marks as they were) and as_of the pass's own, the engine's per-process caches of
 the KPIs' column lists warmed first (as in a worker past its first pass). The kept state (stored days, month
 bases, fact markers, the kept prelude tables) is as that pass left it: the replay plans and reads
-what the pass read, finds its facts as kept and writes less, and the kept prelude tables are not
-re-derived (the live pass's "kept prelude tables" kind is missing here). So it is a lower bound
+what the pass read, finds its facts as kept and writes less; the kept prelude tables' build state
+is set back to run R - 1, so the pass re-derives the keys run R merged as the live pass did
+(before session 23 it did not: that kind was missing here). So it is a lower bound
 of the live pass, closer than the synthetic minute; print both beside each other.
 A live bench's backfill leaves ~23 M rows of kpi_value unsorted, which the store's lookups scan
 (0.2-0.3 s of a replayed city pass); the worker's nightly job sorts them (kpis/value_layout.py).
@@ -104,6 +105,8 @@ def main() -> None:
             ensure_schema(con)
             con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $e",
                         {"r": run - 1, "e": as_of - timedelta(seconds=60)})
+            # the kept prelude tables as before run R: the pass re-derives the keys R merged
+            con.execute("UPDATE kpi_prelude_state SET run_id = $r WHERE run_id > $r", {"r": run - 1})
             if i == 0:
                 warm(con, registry)
             timed = PerStatement(con)

@@ -159,6 +159,39 @@ def _stored_final(con: duckdb.DuckDBPyConnection, cands: Sequence[tuple[KpiDef, 
     return out
 
 
+def merged_rows(con: duckdb.DuckDBPyConnection, table: str, since: int, top: int,
+                into: str) -> bool:
+    """The rows that the runs in (since, top] merged into the table, each as the last of them
+    left it, into temp table `into` (the table's columns), when every batch of those runs kept
+    its images; False (nothing made) when one did not or there is no image record. The kept
+    prelude table k_clock_off (kpis/prelude.py _marked) re-derives its rows from them instead of
+    scanning the readings updated within a day (3.5 M after the night's collection, 0.23 s)."""
+    try:
+        whole = con.execute("""
+            SELECT COALESCE(bool_and(COALESCE(i.kept, FALSE)), FALSE)
+            FROM (SELECT run_id FROM etl_run WHERE run_id > $since AND run_id <= $top
+                    AND rows_merged > 0 AND table_name = $t
+                  UNION SELECT run_id FROM etl_dirty WHERE run_id > $since AND run_id <= $top
+                    AND table_name = $t) r
+            LEFT JOIN (SELECT run_id, bool_and(kept) AS kept FROM etl_image_run
+                       WHERE table_name = $t GROUP BY run_id) i ON i.run_id = r.run_id""",
+                            {"since": since, "top": top, "t": table}).fetchone()[0]
+    except duckdb.CatalogException:     # no image record (a warehouse from before them)
+        return False
+    if not whole:
+        return False
+    key = ", ".join(q(c) for c in load_contract().tables[table].key)
+    try:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE {into} AS
+                        SELECT * EXCLUDE (_run_id, _after) FROM {q(IMAGE_PREFIX + table)}
+                        WHERE _after AND _run_id > $since AND _run_id <= $top
+                        QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _run_id DESC) = 1""",
+                    {"since": since, "top": top})
+    except duckdb.CatalogException:     # every batch kept its images, but of no row
+        return False
+    return True
+
+
 def _versions(con: duckdb.DuckDBPyConnection, table: str, since: int, top: int) -> None:
     """_img_after: each changed row's version after the last run in (since, top]; _img_before:
     its version before the first, where it had one (a row the first run added has none)."""

@@ -262,8 +262,9 @@ def _fresh_differs(con: duckdb.DuckDBPyConnection, name: str) -> int:
 
 def _pass(sim: Sim, keys_lost: bool = False) -> dict[str, str]:
     assert run_pass(sim.settings, sim.wh).ok
-    if keys_lost:   # as after an ETL that recorded no keys (older, or a batch too large)
-        sim.con.execute("DELETE FROM etl_keys")
+    if keys_lost:   # as after an ETL that recorded no keys nor row images (older, or a batch
+        sim.con.execute("DELETE FROM etl_keys")      # too large)
+        sim.con.execute("DELETE FROM etl_image_run")
     apply_prelude(sim.con, needed=())
     return refresh_on_demand(sim.con, ON_DEMAND)
 
@@ -271,7 +272,8 @@ def _pass(sim: Sim, keys_lost: bool = False) -> dict[str, str]:
 @pytest.mark.parametrize("seed, keys", [(1, "recorded"), (2, "recorded"), (3, "recorded"),
                                         (4, "lost")])
 def test_kept_tables_equal_a_fresh_build_after_random_changes(sim, seed, keys) -> None:
-    """With the keys each ETL run merged (etl_keys) and, where they are lost, by the rows'
+    """With the keys each ETL run merged (etl_keys) and its row images (k_clock_off from the
+    readings' images, kpis/images.py merged_rows) and, where they are lost, by the rows'
     updated_at a day wide."""
     rng = random.Random(seed)
     for step in range(1, 4):
