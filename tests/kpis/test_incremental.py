@@ -140,7 +140,7 @@ def test_a_past_day_is_read_again_only_when_a_column_the_kpi_reads_changed_on_it
     assert value(con, "daily", "2024-07-08", org="S1") == 2
 
 
-def test_a_past_day_is_judged_from_the_changed_rows_images(con, registry):
+def test_a_past_day_is_judged_from_the_changed_rows_images(con, registry, monkeypatch):
     """With the ETL's row images (kpis/images.py) a past day that a changed column of the KPI's
     opened is read again only when the changed rows' facts or presence differ before and after.
     newconn.applications counts types 101-103, 111, 112 by intake day and unit, present on a day
@@ -183,6 +183,17 @@ def test_a_past_day_is_judged_from_the_changed_rows_images(con, registry):
     moved = evaluate_incremental(con, registry, t0 + timedelta(minutes=3))
     assert not moved.errors and moved.as_stored == [] and moved.periods == 4
     assert value(con, "daily", "2024-07-08", org="S2") is None      # no application: no_data
+    assert value(con, "daily", "2024-07-09", org="S2") == 0
+    # a judgement that fails (a KPI's SQL, a lost image table) leaves the days to be read
+    from kpis import images
+
+    def broken(*_args):
+        raise duckdb.CatalogException("etl_image__mis_app is gone")
+
+    monkeypatch.setattr(images, "_judge", broken)
+    change(5, "busi_type_code = '301'", ("2024-07-09",))
+    failed = evaluate_incremental(con, registry, t0 + timedelta(minutes=4))
+    assert not failed.errors and failed.as_stored == [] and failed.periods == 3
     assert value(con, "daily", "2024-07-09", org="S2") == 0
 
 
