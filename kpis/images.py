@@ -94,8 +94,19 @@ def row_local(sql: str) -> bool:
     return not _NOT_ROW_LOCAL.search(_code(sql))
 
 
+_ELIGIBLE: dict[tuple[str, str, str], bool] = {}
+
+
 def eligible(k: KpiDef, table: str) -> bool:
-    """Whether the KPI's day can be judged from the table's images (module docstring)."""
+    """Whether the KPI's day can be judged from the table's images (module docstring). Kept by
+    (id, SQL, table): a minute pass asks it for every woken KPI and opened past day."""
+    key = (k.id, k.sql_text, table)
+    if key not in _ELIGIBLE:
+        _ELIGIBLE[key] = _eligible(k, table)
+    return _ELIGIBLE[key]
+
+
+def _eligible(k: KpiDef, table: str) -> bool:
     from kpis.dependencies import (_prelude_objects, _prelude_tables, _tables_read,  # noqa: PLC0415
                                    prelude_objects)
     from kpis.registry import day_additive  # noqa: PLC0415
@@ -116,24 +127,36 @@ def eligible(k: KpiDef, table: str) -> bool:
 
 
 def covered(con: duckdb.DuckDBPyConnection, since: int, top: int, tables: Iterable[str]) -> set[str]:
-    """Of `tables`, those whose every batch merged by a run in (since, top] that marked dates of
-    them kept its images (none when the warehouse has no image record)."""
+    """Of `tables`, those whose every batch merged by a run in (since, top] (etl_run, or its
+    dirty marks) kept its images (none when the warehouse has no image record)."""
     names = sorted(set(tables))
     if not names:
         return set()
-    try:
-        rows = con.execute("""
-            SELECT d.table_name
-            FROM (SELECT DISTINCT run_id, table_name FROM etl_dirty
-                  WHERE run_id > $since AND run_id <= $top AND list_contains($t, table_name)) d
-            LEFT JOIN (SELECT run_id, table_name, bool_and(kept) AS kept FROM etl_image_run
-                       GROUP BY run_id, table_name) i
-                   ON i.run_id = d.run_id AND i.table_name = d.table_name
-            GROUP BY d.table_name HAVING bool_and(COALESCE(i.kept, FALSE))""",
-                           {"since": since, "top": top, "t": names}).fetchall()
-    except duckdb.CatalogException:    # a warehouse from before the images
-        return set()
-    return {t for (t,) in rows}
+    merged = """SELECT run_id, table_name FROM etl_run WHERE run_id > $since AND run_id <= $top
+                  AND rows_merged > 0 AND list_contains($t, table_name) UNION """
+    for runs in (merged, ""):
+        try:
+            rows = con.execute(f"""
+                SELECT d.table_name
+                FROM ({runs}SELECT run_id, table_name FROM etl_dirty
+                      WHERE run_id > $since AND run_id <= $top AND list_contains($t, table_name)) d
+                LEFT JOIN (SELECT run_id, table_name, bool_and(kept) AS kept FROM etl_image_run
+                           GROUP BY run_id, table_name) i
+                       ON i.run_id = d.run_id AND i.table_name = d.table_name
+                GROUP BY d.table_name HAVING bool_and(COALESCE(i.kept, FALSE))""",
+                               {"since": since, "top": top, "t": names}).fetchall()
+            return {t for (t,) in rows}
+        except duckdb.CatalogException:    # no run log (a test filled by hand) / no images
+            continue
+    return set()
+
+
+def _after_sql(table: str) -> str:
+    """Each key's version after the last run in ($since, $top] that merged it."""
+    key = ", ".join(q(c) for c in load_contract().tables[table].key)
+    return f"""SELECT * EXCLUDE (_run_id, _after) FROM {q(IMAGE_PREFIX + table)}
+               WHERE _after AND _run_id > $since AND _run_id <= $top
+               QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _run_id DESC) = 1"""
 
 
 def _stored_final(con: duckdb.DuckDBPyConnection, cands: Sequence[tuple[KpiDef, date]],
@@ -169,29 +192,10 @@ def merged_rows(con: duckdb.DuckDBPyConnection, table: str, since: int, top: int
     its images; False (nothing made) when one did not or there is no image record. The kept
     prelude table k_clock_off (kpis/prelude.py _marked) re-derives its rows from them instead of
     scanning the readings updated within a day (3.5 M after the night's collection, 0.23 s)."""
-    try:
-        whole = con.execute("""
-            SELECT COALESCE(bool_and(COALESCE(i.kept, FALSE)), FALSE)
-            FROM (SELECT run_id FROM etl_run WHERE run_id > $since AND run_id <= $top
-                    AND rows_merged > 0 AND table_name = $t
-                  UNION SELECT run_id FROM etl_dirty WHERE run_id > $since AND run_id <= $top
-                    AND table_name = $t) r
-            LEFT JOIN (SELECT run_id, bool_and(kept) AS kept FROM etl_image_run
-                       WHERE table_name = $t GROUP BY run_id) i ON i.run_id = r.run_id""",
-                            {"since": since, "top": top, "t": table}).fetchone()[0]
-    except duckdb.CatalogException:     # no image record (a warehouse from before them)
+    if table not in covered(con, since, top, [table]):
         return False
-    if not whole:
-        return False
-    key = ", ".join(q(c) for c in load_contract().tables[table].key)
-    try:
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE {into} AS
-                        SELECT * EXCLUDE (_run_id, _after) FROM {q(IMAGE_PREFIX + table)}
-                        WHERE _after AND _run_id > $since AND _run_id <= $top
-                        QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _run_id DESC) = 1""",
-                    {"since": since, "top": top})
-    except duckdb.CatalogException:     # every batch kept its images, but of no row
-        return False
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {_after_sql(table)}",
+                {"since": since, "top": top})
     return True
 
 
@@ -201,9 +205,7 @@ def _versions(con: duckdb.DuckDBPyConnection, table: str, since: int, top: int) 
     key = ", ".join(q(c) for c in load_contract().tables[table].key)
     image = q(IMAGE_PREFIX + table)
     rng = "_run_id > $since AND _run_id <= $top"
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_after AS
-                    SELECT * EXCLUDE (_run_id, _after) FROM {image} WHERE _after AND {rng}
-                    QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _run_id DESC) = 1""",
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _img_after AS {_after_sql(table)}",
                 {"since": since, "top": top})
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _img_before AS
                     SELECT * EXCLUDE (_run_id, _after, _first) FROM (
