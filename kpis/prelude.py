@@ -28,6 +28,21 @@ ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_r
 
 
 @dataclass(frozen=True)
+class Reverse:
+    """A table whose rows point at base rows, over one key or several (mis_meter -> point,
+    collection object -> meter -> point): `to_base` selects the base_to_key values the rows of
+    `table` with the keys of `{keys}` (a subquery) reach, through the tables' current rows.
+    Exact while none of `moved_by` changed: they are the columns on the way up from a row of
+    `table` to the base that are not keys of the tables on it, and a row whose `moved_by` changed
+    leaves the base rows it reached before stale (then the kept table is rebuilt whole). New rows
+    reach their base rows like any other."""
+    table: str
+    key: str
+    to_base: str
+    moved_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Follow:
     """How a kept on-demand table follows its inputs between the worker's passes.
 
@@ -44,9 +59,15 @@ class Follow:
     kept_base_key: str
     links: tuple[tuple[str, str, str], ...] = ()    # (table, its key, column of base naming it)
     whole: frozenset[str] = frozenset()
+    reverse: tuple[Reverse, ...] = ()
+    # one kept row per base row (the joins on keys keep them): a count that differs after a
+    # refresh means a key vanished or a join key duplicated, and the table is rebuilt whole;
+    # False for a table that filters its base rows
+    row_per_base: bool = True
 
     def tables(self) -> frozenset[str]:
-        return frozenset({self.base, *self.whole, *(t for t, _, _ in self.links)})
+        return frozenset({self.base, *self.whole, *(t for t, _, _ in self.links),
+                          *(r.table for r in self.reverse)})
 
 
 FOLLOW = {
@@ -56,6 +77,22 @@ FOLLOW = {
     "k_task": Follow("task_id", "dist_repair_task", "task_id", "task_id", "task_id",
                      links=(("cs_work_order", "wo_no", "wo_no"), ("dist_tg", "tg_no", "tg_no"))),
     "k_settle_tg": Follow("cons_no", "mis_metering_point", "mp_no", "cons_no", "mp_no"),
+    # a point's running meters, their collection objects and terminals reach it over two keys
+    # (terminal -> collection object -> meter -> point); the terminals' heartbeat
+    # (last_online_time, every terminal each minute) is a column it does not read. Rebuilt whole
+    # (GATED) it was ~3.4 s of each city minute in which a customer, point or meter was added.
+    "k_settle_mp": Follow(
+        "mp_no", "mis_metering_point", "mp_no", "mp_no", "mp_no",
+        links=(("mis_customer", "cons_no", "cons_no"),),
+        reverse=(Reverse("mis_meter", "meter_asset_no",
+                         "SELECT mp_no FROM mis_meter WHERE meter_asset_no IN ({keys})", ("mp_no",)),
+                 # a collection object's key is its meter's
+                 Reverse("meter_coll_obj", "meter_asset_no",
+                         "SELECT mp_no FROM mis_meter WHERE meter_asset_no IN ({keys})"),
+                 Reverse("meter_terminal", "terminal_id",
+                         "SELECT mp_no FROM mis_meter WHERE meter_asset_no IN (SELECT meter_asset_no "
+                         "FROM meter_coll_obj WHERE terminal_id IN ({keys}))")),
+        row_per_base=False),
     "k_bill": Follow("bill_id", "mis_bill", "bill_id", "bill_id", "bill_id",
                      links=(("mis_customer", "cons_no", "cons_no"),)),
     "k_payment": Follow("charge_id", "mis_payment", "charge_id", "charge_id", "charge_id",
@@ -66,17 +103,13 @@ FOLLOW = {
 
 # The primary key of each table the kept tables follow (what etl_keys records of it).
 _KEYS = {t: k for f in FOLLOW.values()
-         for t, k in ((f.base, f.base_key), *((t, k) for t, k, _ in f.links))}
+         for t, k in ((f.base, f.base_key), *((t, k) for t, k, _ in f.links),
+                      *((r.table, r.key) for r in f.reverse))}
 
 # On-demand tables kept between passes but not re-derived per key (no FOLLOW): rebuilt whole by
 # a pass that needs them when a column they read changed since their build (kpis/changes.py),
 # and why. tests/kpis/test_dependencies.py wants every ON_DEMAND table in FOLLOW or GATED.
 GATED = {
-    # a collection object or terminal reaches its point over two keys (terminal -> collection
-    # object -> meter -> point), which FOLLOW's one-key links cannot express; the columns it
-    # reads (not the terminals' heartbeat) change seldom, and the city build (3.5 M points) was
-    # ~3 s of every sweep when each pass that read it rebuilt it as a TEMP table
-    "k_settle_mp": "inputs reach the point over more than one key",
     # counts, not rows: a changed customer moves a count from one group to another, and its floor
     # day moves with the newest build date; FOLLOW re-derives rows by a key. Customers' dates,
     # status and attribution change seldom (a new connection, a cancellation), and grouping the
@@ -157,6 +190,9 @@ MARKED = {
 # on text: a same-day stamp written another way ('T' separator, a zone offset) can pass the text
 # filter with an earlier typed value, so changed rows are looked for from a day before the low.
 SLACK = timedelta(days=1)
+# Above this many keys to re-derive, a kept table is rebuilt whole: the refresh reads the base
+# by an IN list of them and deletes them from the kept table, slower than a rebuild by then.
+AFFECTED_MAX = 200_000
 STATE_DDL = ("CREATE TABLE IF NOT EXISTS kpi_prelude_state (name VARCHAR, sql_hash VARCHAR, "
              "run_id BIGINT, built_at TIMESTAMP)")
 # Part of every hash: a change of how kept rows are maintained rebuilds them.
@@ -440,6 +476,32 @@ def _keyed(con: duckdb.DuckDBPyConnection, tables: Collection[str], since: int,
     return {t: k for t, k in keys.items() if t not in missing}
 
 
+def _read_changed(con: duckdb.DuckDBPyConnection, name: str,
+                  changed: dict[str, datetime | None], since: int) -> dict[str, datetime | None]:
+    """`changed` without the tables whose runs after `since` changed no column the statement
+    reads (kpis/changes.py): the terminals' heartbeat stamps last_online_time of every terminal
+    each minute, which k_settle_mp does not read."""
+    from kpis.dependencies import prelude_columns  # noqa: PLC0415  (dependencies imports this module)
+    reads = prelude_columns(name)
+    record = changes.Changes(con, since, changed.keys())
+    return {t: low for t, low in changed.items()
+            if record.last_touch({t: reads.get(t)}) is not None}
+
+
+def _moved(con: duckdb.DuckDBPyConnection, r: Reverse, since: int) -> bool:
+    """Whether a run after `since` changed a `moved_by` column of r.table, or merged its rows
+    without comparing their versions (no '' marker: a table without business dates or an older
+    ETL). A '*' marker of a run whose keys were recorded means new rows only: a batch too large
+    to compare (etl/load.py TRACK_MAX_ROWS) is above KEYS_MAX_ROWS too."""
+    rows = con.execute("""
+        SELECT r.run_id, list(c.column_name) FILTER (WHERE c.column_name IS NOT NULL)
+        FROM (SELECT DISTINCT run_id FROM etl_run
+              WHERE run_id > $since AND rows_merged > 0 AND table_name = $t) r
+        LEFT JOIN etl_changed c ON c.run_id = r.run_id AND c.table_name = $t
+        GROUP BY r.run_id""", {"since": since, "t": r.table}).fetchall()
+    return any("" not in (marks or ()) or set(marks) & set(r.moved_by) for _, marks in rows)
+
+
 def _in_affected(col: str, nullable: bool) -> str:
     # a NULL key is a key too where it can be one (k_settle_tg groups the points without a customer)
     if not nullable:
@@ -452,6 +514,8 @@ def _refresh(con: duckdb.DuckDBPyConnection, name: str, stmt: str, since: int, t
     caller's transaction."""
     f = FOLLOW[name]
     changed = _changes(con, f.tables(), since, top)
+    if changed:
+        changed = _read_changed(con, name, changed, since)
     if not changed:
         if top != since:
             _record(con, name, stmt, top)
@@ -460,6 +524,9 @@ def _refresh(con: duckdb.DuckDBPyConnection, name: str, stmt: str, since: int, t
         return _full(con, name, stmt, top)
     since_of = {t: low - SLACK for t, low in changed.items()}
     keyed = _keyed(con, changed.keys(), since, top)
+    if any(r.table in changed and r.moved_by and (r.table not in keyed or _moved(con, r, since))
+           for r in f.reverse):
+        return _full(con, name, stmt, top)
     params: dict[str, object] = {}
 
     def recent(table: str, column: str) -> str:
@@ -483,14 +550,23 @@ def _refresh(con: duckdb.DuckDBPyConnection, name: str, stmt: str, since: int, t
     for table, key, column in f.links:
         if table in changed:
             parts.append(f"SELECT {f.base_to_key} FROM {f.base} WHERE {column} IN ({recent(table, key)})")
+    for r in f.reverse:
+        if r.table in changed:
+            parts.append(r.to_base.format(keys=recent(r.table, r.key)))
     body = re.sub(r"^\s*AS\s", "", stmt[_CREATE.match(stmt).end():])
     nullable = f.base_to_key != f.base_key      # a primary key is never NULL
     con.execute("CREATE OR REPLACE TEMP TABLE _k_aff AS SELECT DISTINCT k FROM ("
                 + " UNION ALL ".join(parts) + ") a(k)", params)
+    if con.execute("SELECT COUNT(*) FROM _k_aff").fetchone()[0] > AFFECTED_MAX:
+        return _full(con, name, stmt, top)
     con.execute(f"DELETE FROM {name} WHERE {_in_affected(f.key, nullable)}")
-    con.execute(f"INSERT INTO {name} WITH {f.base} AS (SELECT * FROM main.{f.base} "
-                f"WHERE {_in_affected(f.base_to_key, nullable)}) {body}")
-    if f.key == f.base_key == f.base_to_key and con.execute(
+    narrowed = (f"{f.base} AS (SELECT * FROM main.{f.base} "
+                f"WHERE {_in_affected(f.base_to_key, nullable)})")
+    # the statement's own CTEs follow the narrowed base's (one WITH)
+    with_body = re.match(r"WITH\s+(?!RECURSIVE)", body)
+    con.execute(f"INSERT INTO {name} WITH {narrowed}, {body[with_body.end():]}" if with_body
+                else f"INSERT INTO {name} WITH {narrowed} {body}")
+    if f.row_per_base and f.key == f.base_key == f.base_to_key and con.execute(
             f"SELECT (SELECT COUNT(*) FROM {name}) <> (SELECT COUNT(*) FROM {f.base})").fetchone()[0]:
         # one row per base row is what the joins on keys give: a key that vanished from the
         # base (never by the ETL) or a duplicated join key breaks it; rebuild whole

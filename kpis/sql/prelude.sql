@@ -4,7 +4,8 @@
 -- tables (k_settle_tg, k_bill, k_wo, k_task) are kept between the worker's passes and
 -- re-derived per key (kpis/prelude.py FOLLOW): the rows of a key come from the rows of one base
 -- table with that key, joined to other tables by their keys; keep it so when editing them.
--- k_settle_mp is rebuilt whole when a column it reads changed (kpis/prelude.py GATED).
+-- k_settle_mp follows its points, and its meters, collection objects and terminals over their keys
+-- (kpis/prelude.py Reverse).
 
 -- Org units: every non-deleted org and grid, with its level. The tree comes from
 -- parent_org_no (never code prefixes); a grid's parent is mis_grid.org_no.
