@@ -719,6 +719,8 @@ def live_minutes(args, settings, wh, con, registry, side, urls, cmd) -> None:
               f"{s.skipped} skipped by columns, {len(getattr(s, 'as_stored', ()))} days as stored, "
               f"{s.periods} KPI-periods, {s.rows} rows, {len(s.changed)} changed, "
               f"errors {len(s.errors)}); {start} at the start, {load()} at the end")
+        rebuilt = sorted(n for n, how in getattr(s, "kept", {}).items() if how == "full")
+        print(f"    kept tables: {len(getattr(s, 'kept', {}))} read, rebuilt whole: {', '.join(rebuilt) or 'none'}")
         print_kinds(timed.kinds)
         wal = wh.wal_bytes()
         t, c = time.perf_counter(), time.process_time()

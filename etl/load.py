@@ -365,6 +365,26 @@ def _keep_images(cur: duckdb.DuckDBPyConnection, table: Table, run_id: int, src:
     cur.execute("INSERT INTO etl_image_run VALUES (?, ?, ?, TRUE)", [run_id, src, table.name])
 
 
+def _record_added(cur: duckdb.DuckDBPyConnection, table: Table, run_id: int, src: str,
+                  compared: bool) -> None:
+    """The keys a batch too large for etl_keys added (no stored version in _old), in
+    etl_added_keys; one NULL key when they are unknown (the versions not compared) or more than
+    KEYS_MAX_ROWS. A city minute merges ~90 k terminal heartbeats, a column no kept table reads:
+    a terminal new among them made the KPI worker rebuild k_settle_mp whole (kpis/prelude.py),
+    ~6 s one city minute in four, where its key alone says which points to re-derive."""
+    if not compared:
+        cur.execute("INSERT INTO etl_added_keys VALUES (?, ?, ?, NULL)", [run_id, src, table.name])
+        return
+    key = q(table.key[0])
+    added = cur.execute(f"SELECT CAST(c.{key} AS VARCHAR) FROM _chg c ANTI JOIN _old o ON o.{key} = c.{key} "
+                        f"LIMIT {KEYS_MAX_ROWS + 1}").fetchall()
+    if len(added) > KEYS_MAX_ROWS:
+        cur.execute("INSERT INTO etl_added_keys VALUES (?, ?, ?, NULL)", [run_id, src, table.name])
+    elif added:
+        cur.execute("INSERT INTO etl_added_keys SELECT ?, ?, ?, unnest(?)",
+                    [run_id, src, table.name, [k for (k,) in added]])
+
+
 def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules, res: TableResult,
                 run_id: int, now: datetime, inputs: RuleInputs, code_lists: dict[str, list[str]],
                 org_list: list[str] | None, target_had_rows: bool) -> None:
@@ -416,6 +436,7 @@ def merge_batch(cur: duckdb.DuckDBPyConnection, table: Table, rules: TableRules,
                         "FROM _chg", [run_id, src, tname])
         else:
             cur.execute("INSERT INTO etl_keys VALUES (?, ?, ?, NULL)", [run_id, src, tname])
+            _record_added(cur, table, run_id, src, compared=old == "_old" if rules.business_dates else False)
     names = ", ".join(q(c.name) for c in table.columns)
     tgt = q(table.name)
     if target_had_rows:

@@ -78,7 +78,7 @@ def is_nightly(table: Table) -> bool:
     return table.system == "meter" and any(k in ("data_date", "data_time") for k in table.key)
 
 
-# etl_changed and etl_keys rows are kept for this many runs (a day of minute passes): the KPI
+# etl_changed, etl_keys and etl_added_keys rows are kept for this many runs (a day of minute passes): the KPI
 # worker reads those of the runs since its last pass, and treats a run without them as "any
 # column changed" and "keys unknown".
 CHANGED_KEEP_RUNS = 1440
@@ -95,6 +95,7 @@ def new_run_id(warehouse: Warehouse, now: datetime) -> int:
         cur.execute("INSERT INTO etl_pass VALUES (?, ?, NULL, NULL)", [run_id, now])
         cur.execute("DELETE FROM etl_changed WHERE run_id <= ?", [run_id - CHANGED_KEEP_RUNS])
         cur.execute("DELETE FROM etl_keys WHERE run_id <= ?", [run_id - CHANGED_KEEP_RUNS])
+        cur.execute("DELETE FROM etl_added_keys WHERE run_id <= ?", [run_id - CHANGED_KEEP_RUNS])
         drop_images(cur, run_id - IMAGE_KEEP_RUNS)
     return int(run_id)
 

@@ -40,6 +40,12 @@ BOOKKEEPING = [
     # rows of its kept prelude tables for these keys (kpis/prelude.py)
     """CREATE TABLE IF NOT EXISTS etl_keys (run_id BIGINT, source VARCHAR, table_name VARCHAR,
        key VARCHAR)""",
+    # per merged table with a one-column key whose batch was over KEYS_MAX_ROWS (etl_keys holds
+    # its NULL key): the keys the batch added, or one NULL key when they are unknown or as many
+    # (etl/load.py _record_added); a kept table that reads none of the columns the run changed
+    # re-derives the added keys alone (kpis/prelude.py)
+    """CREATE TABLE IF NOT EXISTS etl_added_keys (run_id BIGINT, source VARCHAR, table_name VARCHAR,
+       key VARCHAR)""",
     # per batch of a dated table a run merged: whether it kept the batch's images (etl/load.py
     # IMAGE_MAX_ROWS), every version replaced and every version merged, in etl_image__<table>
     # (_run_id, _after, the table's columns); an ordinary KPI pass compares a past day's facts

@@ -66,21 +66,40 @@ def prelude_tables(name: str) -> frozenset[str]:
     return _prelude_tables().get(name, frozenset())
 
 
-def prelude_columns(name: str) -> dict[str, frozenset[str] | None]:
+def prelude_columns(name: str, beside: str | None = None) -> dict[str, frozenset[str] | None]:
     """Per contract table a prelude object reads, the columns its rows can depend on: the
     table's column names written as words in its statement or in those of the prelude objects
     it reads that read the table (an over-approximation); None when one of them could read
-    columns it does not name (a star, NATURAL, COLUMNS())."""
-    return dict(_prelude_columns(name))
+    columns it does not name (a star, NATURAL, COLUMNS()). beside: leave out what it reads
+    through that prelude object alone (k_settle_grp beside k_settle_mp, which it groups)."""
+    return dict(_prelude_columns(name, beside))
+
+
+def _refs_beside(name: str, beside: str | None) -> frozenset[str]:
+    """The prelude objects `name` reads, itself included, not reading through `beside`."""
+    if beside is None:
+        return _prelude_refs().get(name, frozenset())
+    bodies = _prelude_bodies()
+
+    def resolve(o: str, seen: frozenset[str]) -> frozenset[str]:
+        out = {o}
+        for w in bodies[o]:
+            if w in bodies and w not in seen:
+                out |= resolve(w, seen | {w})
+        return frozenset(out)
+
+    return resolve(name, frozenset({name, beside}))
 
 
 @lru_cache(maxsize=32)
-def _prelude_columns(name: str) -> tuple[tuple[str, frozenset[str] | None], ...]:
-    texts = _prelude_texts()
+def _prelude_columns(name: str, beside: str | None = None) -> tuple[tuple[str, frozenset[str] | None], ...]:
+    texts, bodies, contract = _prelude_texts(), _prelude_bodies(), _contract_tables()
+    refs = _refs_beside(name, beside)
+    reads = {o: frozenset(w for r in _refs_beside(o, beside) for w in bodies[r] if w in contract)
+             for o in refs}
     out = []
-    for table in sorted(prelude_tables(name)):
-        own = [texts[o] for o in sorted(_prelude_refs().get(name, ()))
-               if o in texts and table in _prelude_tables().get(o, ())]
+    for table in sorted(set().union(*reads.values())):
+        own = [texts[o] for o in sorted(refs) if o in texts and table in reads[o]]
         if any(_reads_whole_rows(t) for t in own):
             out.append((table, None))
             continue

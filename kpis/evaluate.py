@@ -73,6 +73,9 @@ class EvalSummary:
     skipped: int = 0      # woken by a table whose columns they read did not change (kpis/wake.py)
     # past (KPI id, day) pairs opened by dirty dates and found as stored (kpis/images.py)
     as_stored: list[tuple[str, date]] = field(default_factory=list)
+    # how each kept prelude table the pass read was brought up to date ('full', 'delta',
+    # 'unchanged'; kpis/prelude.py refresh_on_demand): a 'full' one is a rebuild, the costliest
+    kept: dict[str, str] = field(default_factory=dict)
     # (KPI id, period) evaluated; with kpis.fact_diff only the rows of changed units are written
     evaluated: list[tuple[str, Period]] = field(default_factory=list)
 
@@ -704,7 +707,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         wanted.append((k, periods))
     # kept between passes: only the keys whose inputs this pass's ETL merged are re-derived
     # (before the judgement below, whose facts read them as the pass does)
-    refresh_on_demand(con, on_demand_tables(k for k, _ in wanted))
+    kept = refresh_on_demand(con, on_demand_tables(k for k, _ in wanted))
     same_days = images.unchanged(con, judged, state[0], top, as_of) if judged else set()
     plan = [(k, periods_for(k, sorted(p for p in periods
                                       if p.grain != "daily" or (k.id, p.ws.date()) not in same_days),
@@ -728,6 +731,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     wake.record(con, [k for k, _ in plan], summary.errors, fingerprints)
     summary.skipped = len(same)
     summary.as_stored = sorted(same_days)
+    summary.kept = kept
     con.execute("UPDATE kpi_eval_state SET last_dirty_run_id = $r, last_eval_at = $a, "
                 "last_sweep_at = CASE WHEN $sweep THEN $a ELSE last_sweep_at END, "
                 "last_past_run_id = CASE WHEN $sweep THEN $r "

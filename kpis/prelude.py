@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -138,6 +138,14 @@ GATED = {
 }
 
 
+# GATED tables that aggregate a FOLLOW table: rebuilt when the kept table's rows changed (its
+# refresh compares the rows it re-derived with those it replaced) or a column they read beside
+# it changed, not on every change of the kept table's inputs. A terminal added among a city
+# minute's heartbeats re-derives no point of k_settle_mp, and the 3.5 M points were grouped
+# again (~1 s) because meter_terminal had a new row.
+OVER_KEPT = {"k_settle_grp": "k_settle_mp"}
+
+
 @dataclass(frozen=True)
 class Marked:
     """A kept table of the rows of `base` that pass `keep`, of every `key` value that has such a
@@ -195,6 +203,10 @@ SLACK = timedelta(days=1)
 AFFECTED_MAX = 200_000
 STATE_DDL = ("CREATE TABLE IF NOT EXISTS kpi_prelude_state (name VARCHAR, sql_hash VARCHAR, "
              "run_id BIGINT, built_at TIMESTAMP)")
+STATE_CHANGED_DDL = "ALTER TABLE kpi_prelude_state ADD COLUMN IF NOT EXISTS changed_run BIGINT"
+# etl_changed's markers (etl/load.py TRACKED, ANY): columns compared; a row added (or, in a run
+# without recorded keys, the versions not compared)
+TRACKED, ADDED = "", "*"
 # Part of every hash: a change of how kept rows are maintained rebuilds them.
 FORMAT = "kept 1"
 
@@ -287,7 +299,7 @@ def _record_whole(con: duckdb.DuckDBPyConnection, top: int | None) -> None:
     con.execute(STATE_DDL)
     con.execute("DELETE FROM kpi_prelude_state WHERE name = $n", {"n": WHOLE})
     if top is not None:
-        con.execute("INSERT INTO kpi_prelude_state VALUES ($n, $h, $r, $at)",
+        con.execute("INSERT INTO kpi_prelude_state (name, sql_hash, run_id, built_at) VALUES ($n, $h, $r, $at)",
                     {"n": WHOLE, "h": _whole_hash(), "r": top,
                      "at": datetime.now().replace(microsecond=0)})
 
@@ -375,20 +387,29 @@ def _top_run(con: duckdb.DuckDBPyConnection) -> int | None:
 
 def _states(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, int]]:
     try:
-        rows = con.execute("SELECT name, sql_hash, run_id FROM kpi_prelude_state").fetchall()
+        rows = con.execute("SELECT name, sql_hash, run_id, changed_run FROM kpi_prelude_state").fetchall()
     except duckdb.CatalogException:
         return {}
-    return {name: (h, run) for name, h, run in rows}
+    except duckdb.BinderException:     # a state table from before changed_run
+        rows = [(*r, None) for r in con.execute("SELECT name, sql_hash, run_id FROM kpi_prelude_state").fetchall()]
+    return {name: (h, run, changed) for name, h, run, changed in rows}
 
 
-def _record(con: duckdb.DuckDBPyConnection, name: str, stmt: str | None, top: int | None) -> None:
-    """The build state of a kept table: its SQL and the ETL run its rows are up to (no row: not
-    kept, the next refresh rebuilds it)."""
+def _record(con: duckdb.DuckDBPyConnection, name: str, stmt: str | None, top: int | None,
+            same: bool = False) -> None:
+    """The build state of a kept table: its SQL, the ETL run its rows are up to (no row: not
+    kept, the next refresh rebuilds it) and the run at which its rows last changed (same: they
+    did not change now; that run stays, or is unknown without one)."""
     con.execute(STATE_DDL)
+    con.execute(STATE_CHANGED_DDL)
+    before = con.execute("SELECT changed_run FROM kpi_prelude_state WHERE name = $n",
+                         {"n": name}).fetchone() if same else None
     con.execute("DELETE FROM kpi_prelude_state WHERE name = $n", {"n": name})
     if stmt is not None and top is not None:
-        con.execute("INSERT INTO kpi_prelude_state VALUES ($n, $h, $r, $at)",
-                    {"n": name, "h": _hash(stmt), "r": top, "at": datetime.now().replace(microsecond=0)})
+        con.execute("INSERT INTO kpi_prelude_state (name, sql_hash, run_id, built_at, changed_run) "
+                    "VALUES ($n, $h, $r, $at, $c)",
+                    {"n": name, "h": _hash(stmt), "r": top, "at": datetime.now().replace(microsecond=0),
+                     "c": (before[0] if before else None) if same else top})
 
 
 def _build(con: duckdb.DuckDBPyConnection, name: str, stmt: str, full: bool) -> None:
@@ -433,10 +454,19 @@ def _gated(con: duckdb.DuckDBPyConnection, name: str, stmt: str,
     if top is None or state is None or state[0] != _hash(stmt):
         return _full(con, name, stmt, top)
     if top != state[1]:
-        reads = prelude_columns(name)
+        kept = OVER_KEPT.get(name)
+        over = _states(con).get(kept) if kept else None
+        if over is not None and over[1] == _top_run(con) and over[2] is not None:
+            # the kept table it reads is up to date: rebuilt when its rows changed after this
+            # table's build, or a column read beside it changed
+            reads = prelude_columns(name, beside=kept)
+            if over[2] > state[1]:
+                return _full(con, name, stmt, top)
+        else:
+            reads = prelude_columns(name)
         if changes.Changes(con, state[1], reads).last_touch(reads) is not None:
             return _full(con, name, stmt, top)
-        _record(con, name, stmt, top)
+        _record(con, name, stmt, top, same=True)
     return "unchanged"
 
 
@@ -452,27 +482,44 @@ def _changes(con: duckdb.DuckDBPyConnection, tables: frozenset[str], since: int,
     return {t: (None if whole else low) for t, low, whole in rows}
 
 
-def _keyed(con: duckdb.DuckDBPyConnection, tables: Collection[str], since: int,
-           top: int) -> dict[str, str]:
-    """Of `tables`, those whose merged keys every run after `since` recorded (etl_keys), with
-    their key column: no run merged rows into them without recording its keys."""
+def _keyed(con: duckdb.DuckDBPyConnection, tables: Collection[str], since: int, top: int,
+           reads: Mapping[str, frozenset[str] | None] | None = None) -> dict[str, str]:
+    """Of `tables`, those whose changed keys every run after `since` recorded, with their key
+    column: every run that merged rows into them recorded its keys (etl_keys), or, where a batch
+    was too large for that, changed no column the kept table `reads` and recorded the keys it
+    added (etl_added_keys): the ~90 k terminal heartbeats of a city minute with a new terminal."""
     keys = {t: k for t, k in _KEYS.items() if t in tables}
     if not keys:
         return {}
     try:
-        missing = {r[0] for r in con.execute("""
-            SELECT r.table_name FROM etl_run r
-            WHERE r.run_id > $since AND r.run_id <= $top AND r.rows_merged > 0
-              AND list_contains($tables, r.table_name)
-              AND NOT EXISTS (SELECT 1 FROM etl_keys k WHERE k.run_id = r.run_id
-                              AND k.table_name = r.table_name AND k.key IS NOT NULL)
-            UNION ALL
-            SELECT table_name FROM etl_keys
-            WHERE run_id > $since AND run_id <= $top AND key IS NULL
-              AND list_contains($tables, table_name)""",
-            {"since": since, "top": top, "tables": sorted(keys)}).fetchall()}
-    except duckdb.CatalogException:    # a warehouse from before etl_keys
+        rows = con.execute("""
+            WITH r AS (SELECT DISTINCT run_id, table_name FROM etl_run
+                       WHERE run_id > $since AND run_id <= $top AND rows_merged > 0
+                         AND list_contains($tables, table_name)),
+            k AS (SELECT run_id, table_name, bool_or(key IS NULL) AS over, bool_or(key IS NOT NULL) AS some
+                  FROM etl_keys WHERE run_id > $since AND run_id <= $top GROUP BY ALL),
+            c AS (SELECT run_id, table_name, list(column_name) AS marks
+                  FROM etl_changed WHERE run_id > $since AND run_id <= $top GROUP BY ALL),
+            a AS (SELECT run_id, table_name, bool_or(key IS NULL) AS unknown
+                  FROM etl_added_keys WHERE run_id > $since AND run_id <= $top GROUP BY ALL)
+            SELECT r.table_name, COALESCE(k.over, FALSE), COALESCE(k.some, FALSE), c.marks, a.unknown
+            FROM r LEFT JOIN k USING (run_id, table_name) LEFT JOIN c USING (run_id, table_name)
+                   LEFT JOIN a USING (run_id, table_name)""",
+            {"since": since, "top": top, "tables": sorted(keys)}).fetchall()
+    except duckdb.CatalogException:    # a warehouse from before etl_keys or etl_added_keys
         return {}
+    reads = reads or {}
+
+    def recorded(table: str, over: bool, some: bool, marks: list[str] | None,
+                 unknown: bool | None) -> bool:
+        if not over:
+            return some
+        read = reads.get(table)
+        if marks is None or TRACKED not in marks or read is None or (set(marks) - {TRACKED, ADDED}) & read:
+            return False
+        return ADDED not in marks or unknown is False
+
+    missing = {t for t, *run in rows if not recorded(t, *run)}
     return {t: k for t, k in keys.items() if t not in missing}
 
 
@@ -518,12 +565,13 @@ def _refresh(con: duckdb.DuckDBPyConnection, name: str, stmt: str, since: int, t
         changed = _read_changed(con, name, changed, since)
     if not changed:
         if top != since:
-            _record(con, name, stmt, top)
+            _record(con, name, stmt, top, same=True)
         return "unchanged"
     if any(low is None for low in changed.values()) or changed.keys() & f.whole:
         return _full(con, name, stmt, top)
+    from kpis.dependencies import prelude_columns  # noqa: PLC0415  (dependencies imports this module)
     since_of = {t: low - SLACK for t, low in changed.items()}
-    keyed = _keyed(con, changed.keys(), since, top)
+    keyed = _keyed(con, changed.keys(), since, top, prelude_columns(name))
     if any(r.table in changed and r.moved_by and (r.table not in keyed or _moved(con, r, since))
            for r in f.reverse):
         return _full(con, name, stmt, top)
@@ -535,9 +583,10 @@ def _refresh(con: duckdb.DuckDBPyConnection, name: str, stmt: str, since: int, t
         if table in keyed:
             key = keyed[table]
             params.update(since=since, top=top)
+            runs = f"table_name = '{table}' AND run_id > $since AND run_id <= $top AND key IS NOT NULL"
             return (f"SELECT {column} FROM {table} WHERE CAST({key} AS VARCHAR) IN ("
-                    f"SELECT key FROM etl_keys WHERE table_name = '{table}' "
-                    "AND run_id > $since AND run_id <= $top)")
+                    f"SELECT key FROM etl_keys WHERE {runs} "
+                    f"UNION ALL SELECT key FROM etl_added_keys WHERE {runs})")
         params[table] = since_of[table]
         return f"SELECT {column} FROM {table} WHERE updated_at >= ${table} OR updated_at IS NULL"
 
@@ -559,6 +608,10 @@ def _refresh(con: duckdb.DuckDBPyConnection, name: str, stmt: str, since: int, t
                 + " UNION ALL ".join(parts) + ") a(k)", params)
     if con.execute("SELECT COUNT(*) FROM _k_aff").fetchone()[0] > AFFECTED_MAX:
         return _full(con, name, stmt, top)
+    watched = name in OVER_KEPT.values()
+    if watched:    # the rows before, to tell whether the refresh changed any
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _k_before AS SELECT * FROM {name} "
+                    f"WHERE {_in_affected(f.key, nullable)}")
     con.execute(f"DELETE FROM {name} WHERE {_in_affected(f.key, nullable)}")
     narrowed = (f"{f.base} AS (SELECT * FROM main.{f.base} "
                 f"WHERE {_in_affected(f.base_to_key, nullable)})")
@@ -571,7 +624,11 @@ def _refresh(con: duckdb.DuckDBPyConnection, name: str, stmt: str, since: int, t
         # one row per base row is what the joins on keys give: a key that vanished from the
         # base (never by the ETL) or a duplicated join key breaks it; rebuild whole
         return _full(con, name, stmt, top)
-    _record(con, name, stmt, top)
+    same = watched and not con.execute(
+        f"SELECT EXISTS (SELECT * FROM _k_before EXCEPT ALL SELECT * FROM {name} "
+        f"WHERE {_in_affected(f.key, nullable)}) OR EXISTS (SELECT * FROM {name} "
+        f"WHERE {_in_affected(f.key, nullable)} EXCEPT ALL SELECT * FROM _k_before)").fetchone()[0]
+    _record(con, name, stmt, top, same=same)
     return "delta"
 
 
@@ -587,7 +644,7 @@ def _marked(con: duckdb.DuckDBPyConnection, name: str, stmt: str,
     changed = _changes(con, frozenset({m.base}), state[1], top)
     if not changed:
         if top != state[1]:
-            _record(con, name, stmt, top)
+            _record(con, name, stmt, top, same=True)
         return "unchanged"
     low = changed[m.base]
     if low is None:

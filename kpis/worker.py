@@ -97,9 +97,11 @@ class Worker:
                 summary = evaluate_incremental(con, self.registry(), now)
             finally:
                 con.close()
-            log.info("evaluated %s rows in %s KPIs, %s changed, %s KPIs failed%s", summary.rows,
+            rebuilt = sorted(n for n, how in summary.kept.items() if how == "full")
+            log.info("evaluated %s rows in %s KPIs, %s changed, %s KPIs failed%s%s", summary.rows,
                      summary.kpis, len(summary.changed), len(summary.errors),
-                     f": {sorted(summary.errors)}" if summary.errors else "")
+                     f": {sorted(summary.errors)}" if summary.errors else "",
+                     f"; kept tables rebuilt whole: {', '.join(rebuilt)}" if rebuilt else "")
             with self.warehouse.transaction() as tx:
                 process(tx, self.registry(), None, now, self.settings)
             self.publish()

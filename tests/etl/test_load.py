@@ -201,7 +201,7 @@ def test_dirty_dates_name_the_columns_changed_on_them(env, settings, wh):
 def test_a_run_records_the_keys_it_merged(env, settings, wh, monkeypatch):
     """The KPI worker re-derives the rows of its kept tables (k_wo, k_bill, ...) for the keys a
     run merged: recorded per table with a one-column key, or one NULL key (not recorded) when a
-    run merged more than KEYS_MAX_ROWS rows of it."""
+    run merged more than KEYS_MAX_ROWS rows of it, and then the keys it added beside."""
     from etl import load
     insert(env, {"cs_work_order": [wo("W1"), wo("W2")]})
     first = run_two(settings, wh)
@@ -217,7 +217,19 @@ def test_a_run_records_the_keys_it_merged(env, settings, wh, monkeypatch):
     monkeypatch.setattr(load, "KEYS_MAX_ROWS", 1)
     insert(env, {"cs_work_order": [wo("W2", upd="2030-01-01 10:00:00", status_code="05"),
                                    wo("W3", upd="2030-01-01 10:00:00")]})
-    assert keys(run_two(settings, wh).run_id) == [None]
+    big = run_two(settings, wh)
+    assert keys(big.run_id) == [None]
+    # over the limit, the keys it added (W3, not W2) are recorded beside (etl_added_keys)
+    assert q(wh, "SELECT key FROM etl_added_keys WHERE run_id = ?", [big.run_id]) == [("W3",)]
+    # none added: nothing; more added than the limit: one NULL key
+    insert(env, {"cs_work_order": [wo(w, upd="2030-01-02 10:00:00", status_code="06") for w in ("W1", "W2")]})
+    assert q(wh, "SELECT COUNT(*) FROM etl_added_keys WHERE run_id = ?", [run_two(settings, wh).run_id]) == [(0,)]
+    insert(env, {"cs_work_order": [wo(w, upd="2030-01-03 10:00:00") for w in ("W4", "W5")]})
+    assert q(wh, "SELECT key FROM etl_added_keys WHERE run_id = ?", [run_two(settings, wh).run_id]) == [(None,)]
+    # the versions not compared (a batch over TRACK_MAX_ROWS): which keys are new is unknown
+    monkeypatch.setattr(load, "TRACK_MAX_ROWS", 1)
+    insert(env, {"cs_work_order": [wo(w, upd="2030-01-04 10:00:00", status_code="07") for w in ("W1", "W2")]})
+    assert q(wh, "SELECT key FROM etl_added_keys WHERE run_id = ?", [run_two(settings, wh).run_id]) == [(None,)]
 
 
 def test_changed_columns_are_kept_for_a_day_of_runs(env, settings, wh, monkeypatch):
@@ -230,6 +242,10 @@ def test_changed_columns_are_kept_for_a_day_of_runs(env, settings, wh, monkeypat
     assert q(wh, "SELECT DISTINCT run_id FROM etl_changed ORDER BY 1") == [(runs[1],), (runs[2],)]
     assert q(wh, "SELECT DISTINCT run_id FROM etl_keys WHERE table_name = 'cs_work_order' "
                  "ORDER BY 1") == [(runs[1],), (runs[2],)]
+    wh.cursor().execute("INSERT INTO etl_added_keys VALUES (?, 'cs', 'cs_work_order', 'W0')", [runs[0]])
+    insert(env, {"cs_work_order": [wo("W9", upd="2030-01-02 10:00:00")]})
+    runs.append(run_two(settings, wh).run_id)
+    assert q(wh, "SELECT COUNT(*) FROM etl_added_keys") == [(0,)]
 
 
 def test_a_run_keeps_the_images_of_the_rows_it_replaced_and_merged(env, settings, wh, monkeypatch):

@@ -499,6 +499,11 @@ def test_worker_passes_equal_direct_evaluation_bit_for_bit(tmp_path, monkeypatch
             stamp["at"] = as_of
             summary = evaluate_incremental(con, registry, as_of)
             assert not summary.errors and summary.kpis > 0
+            # the pass says how it brought its kept tables up to date: the edited work orders
+            # re-derived in k_wo, the meters, terminals and points (+16 min) in k_settle_mp
+            assert summary.kept.get("k_wo") == "delta", (step, summary.kept)
+            if step == 3:
+                assert summary.kept.get("k_settle_mp") == "delta", summary.kept
             collection = {p.ws.date() for kid, p in summary.evaluated
                           if kid == "metering.daily_collect_success_rate" and p.grain == "daily"}
             if step in (1, 2):

@@ -477,6 +477,53 @@ def test_k_settle_mp_follows_only_the_columns_it_reads(sim) -> None:
     assert sim.con.execute("SELECT COUNT(*) FILTER (WHERE covered) FROM k_settle_mp").fetchone()[0] < covered
 
 
+def test_a_terminal_added_among_heartbeats_too_many_for_their_keys(sim, monkeypatch) -> None:
+    """A batch of terminals over etl_keys' limit (the ~90 k heartbeats of a city minute) with a
+    new terminal among them: the ETL records the key it added (etl_added_keys), and k_settle_mp,
+    which reads none of the other columns the batch changed, re-derives the one point that
+    terminal reaches, not every point of the terminals the batch touched (by updated_at) nor
+    the whole table. The point's collection object named the terminal before it existed: not
+    covered (no terminal joins), then covered. A new terminal that no collection object names
+    re-derives no point, and leaves the point groups as they are."""
+    from etl import load
+    con = sim.con
+    mp, meter = con.execute(
+        "SELECT m.mp_no, MIN(m.meter_asset_no) FROM mis_meter m JOIN k_settle_mp s ON s.mp_no = m.mp_no "
+        "JOIN meter_coll_obj o ON o.meter_asset_no = m.meter_asset_no AND o.coll_flag = 1 "
+        "AND o.status_code = '01' AND o.is_deleted = 0 "
+        "WHERE s.covered AND m.is_deleted = 0 AND m.status_code = '01' GROUP BY m.mp_no "
+        "HAVING COUNT(*) = 1 ORDER BY 1 LIMIT 1").fetchone()
+    with _source(sim, "meter") as db:
+        _set(db, "meter_coll_obj", "meter_asset_no", meter, END + timedelta(minutes=1), terminal_id="TNEW0001")
+    assert _pass(sim)["k_settle_mp"] == "delta"
+    covered = "SELECT covered FROM k_settle_mp WHERE mp_no = $p"
+    assert con.execute(covered, {"p": mp}).fetchone()[0] is False
+    monkeypatch.setattr(load, "KEYS_MAX_ROWS", 2)
+    for step, terminal in enumerate(("TNEW0000", "TNEW0001"), start=2):
+        at = END + timedelta(minutes=step)
+        with _source(sim, "meter") as db:
+            beats = [r[0] for r in db.execute("SELECT terminal_id FROM meter_terminal ORDER BY 1 LIMIT 4")]
+            for t in beats:
+                _set(db, "meter_terminal", "terminal_id", t, at, last_online_time=_stamp(at))
+            _copy_row(db, "meter_terminal", "terminal_id = ?", [beats[0]], terminal_id=terminal,
+                      run_status="01", is_deleted=0, created_at=_stamp(at), updated_at=_stamp(at))
+        how = _pass(sim)
+        if terminal == "TNEW0000":
+            # a terminal no collection object names: no point re-derived, and the point groups
+            # (GATED over k_settle_mp, OVER_KEPT) stay as they are, its rows being the same
+            assert (how["k_settle_mp"], how["k_settle_grp"]) == ("delta", "unchanged"), how
+            assert con.execute("SELECT COUNT(*) FROM _k_aff").fetchone()[0] == 0
+    assert (how["k_settle_mp"], how["k_settle_grp"]) == ("delta", "full"), how
+    assert _fresh_differs(con, "k_settle_grp") == 0
+    assert con.execute("SELECT key FROM etl_keys WHERE table_name = 'meter_terminal' AND run_id = "
+                       "(SELECT MAX(run_id) FROM etl_run)").fetchall() == [(None,)]
+    assert con.execute("SELECT key FROM etl_added_keys WHERE table_name = 'meter_terminal' "
+                       "ORDER BY run_id").fetchall() == [("TNEW0000",), ("TNEW0001",)]
+    assert con.execute("SELECT k FROM _k_aff").fetchall() == [(mp,)]
+    assert con.execute(covered, {"p": mp}).fetchone()[0] is True
+    assert _fresh_differs(con, "k_settle_mp") == 0
+
+
 def test_a_meter_moved_to_another_point_rebuilds_k_settle_mp(sim) -> None:
     """A meter's mp_no changed (Reverse.moved_by): the point it left is stale, so the kept table
     is rebuilt whole: the point it left (its only running meter) has none any more, the one it

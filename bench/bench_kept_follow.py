@@ -1,0 +1,107 @@
+"""What keeping k_settle_mp per key costs a pass (kpis/prelude.py FOLLOW with Reverse links,
+session 24) against rebuilding it whole (GATED, sessions 10-23), when an ETL run changed a few
+meters and terminals: a meter failed or set running again (mis_meter.status_code), a terminal
+stopped or started (meter_terminal.run_status), the columns `run_meter` and `covered` read.
+
+Usage: python bench/bench_kept_follow.py --data-dir DIR [--meters 20] [--terminals 2] [--rounds 3]
+DIR holds a warehouse.duckdb as the worker leaves it (read only: the bench works on a copy in
+DIR, removed at the end). Each round changes the rows in the copy and writes the ETL's record of
+a run that merged them (etl_run, etl_keys, etl_changed: what etl/load.py writes), then times
+refresh_on_demand for k_settle_mp (the per-key refresh) and a whole build of the same table;
+the refreshed table is checked equal to the whole build (multiset) every round.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kpis import prelude  # noqa: E402
+
+
+def record_run(con: duckdb.DuckDBPyConnection, run: int, source: str, table: str, keys: list[str],
+               column: str, at: datetime) -> None:
+    con.execute("INSERT INTO etl_run (run_id, source, table_name, window_low, window_high, rows_read, "
+                "rows_merged, rows_rejected, status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'ok', ?)",
+                [run, source, table, at - timedelta(minutes=1), at, len(keys), len(keys), at])
+    con.execute("INSERT INTO etl_keys SELECT ?, ?, ?, unnest(?)", [run, source, table, keys])
+    con.execute("INSERT INTO etl_changed SELECT ?, ?, ?, unnest(['', ?])", [run, source, table, column])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--meters", type=int, default=20)
+    ap.add_argument("--terminals", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    copy = args.data_dir / "warehouse.bench_kept_follow.duckdb"
+    shutil.copy(args.data_dir / "warehouse.duckdb", copy)
+    wal = args.data_dir / "warehouse.duckdb.wal"
+    if wal.exists():
+        shutil.copy(wal, copy.with_name(copy.name + ".wal"))
+    rng = random.Random(1)
+    try:
+        con = duckdb.connect(str(copy), config={"threads": 2, "memory_limit": "4GB"})
+        prelude.apply_prelude(con, needed=())
+        t = time.perf_counter()
+        how = prelude.refresh_on_demand(con, ["k_settle_mp"])
+        print(f"k_settle_mp brought up to date first: {how['k_settle_mp']} in {time.perf_counter() - t:.2f} s "
+              f"({con.execute('SELECT COUNT(*) FROM k_settle_mp').fetchone()[0]} points)")
+        stmt = next(s for s in prelude.statements() if s.startswith("CREATE OR REPLACE TABLE k_settle_mp "))
+        for r in range(args.rounds):
+            run = con.execute("SELECT MAX(run_id) + 1 FROM etl_run").fetchone()[0]
+            at = datetime(2030, 1, 1) + timedelta(minutes=r)
+            meters = [m for (m,) in con.execute(
+                "SELECT meter_asset_no FROM mis_meter WHERE is_deleted = 0 AND mp_no LIKE 'MP%' "
+                "AND status_code IN ('01', '04') USING SAMPLE reservoir(200 ROWS) REPEATABLE (?)",
+                [r + 1]).fetchall()][:args.meters]
+            terms = [t for (t,) in con.execute("SELECT terminal_id FROM meter_terminal ORDER BY 1").fetchall()]
+            terms = rng.sample(terms, args.terminals)
+            con.execute("BEGIN")
+            con.execute("UPDATE mis_meter SET status_code = CASE status_code WHEN '01' THEN '04' ELSE '01' END, "
+                        "updated_at = ? WHERE list_contains(?, meter_asset_no)", [at, meters])
+            con.execute("UPDATE meter_terminal SET run_status = CASE run_status WHEN '01' THEN '02' ELSE '01' END, "
+                        "updated_at = ? WHERE list_contains(?, terminal_id)", [at, terms])
+            record_run(con, run, "mis", "mis_meter", meters, "status_code", at)
+            record_run(con, run, "meter", "meter_terminal", terms, "run_status", at)
+            con.execute("COMMIT")
+            affected = con.execute(
+                "SELECT COUNT(DISTINCT mp_no) FROM mis_meter WHERE list_contains(?, meter_asset_no) OR "
+                "meter_asset_no IN (SELECT meter_asset_no FROM meter_coll_obj WHERE list_contains(?, terminal_id))",
+                [meters, terms]).fetchone()[0]
+            t = time.perf_counter()
+            how = prelude.refresh_on_demand(con, ["k_settle_mp"])["k_settle_mp"]
+            refresh = time.perf_counter() - t
+            con.execute("BEGIN")
+            t = time.perf_counter()
+            con.execute("SET force_compression = 'uncompressed'")     # as kpis/prelude.py _full
+            con.execute(stmt.replace("CREATE OR REPLACE TABLE k_settle_mp ",
+                                     "CREATE OR REPLACE TABLE _whole ", 1))
+            con.execute("RESET force_compression")
+            whole = time.perf_counter() - t
+            differ = con.execute("SELECT (SELECT COUNT(*) FROM (SELECT * FROM k_settle_mp EXCEPT ALL "
+                                 "SELECT * FROM _whole)) + (SELECT COUNT(*) FROM (SELECT * FROM _whole "
+                                 "EXCEPT ALL SELECT * FROM k_settle_mp))").fetchone()[0]
+            con.execute("ROLLBACK")
+            print(f"round {r + 1}: {len(meters)} meters, {len(terms)} terminals changed ({affected} points): "
+                  f"refresh ({how}) {refresh:.3f} s, whole build {whole:.3f} s; rows that differ: {differ}")
+        con.close()
+    finally:
+        copy.unlink(missing_ok=True)
+        copy.with_name(copy.name + ".wal").unlink(missing_ok=True)
+    print(f"reproduce: python bench/bench_kept_follow.py --data-dir {args.data_dir} --meters {args.meters} "
+          f"--terminals {args.terminals} --rounds {args.rounds}")
+
+
+if __name__ == "__main__":
+    main()
