@@ -8,7 +8,9 @@ DIR holds a warehouse.duckdb as the worker leaves it (read only: the bench works
 DIR, removed at the end). Each round changes the rows in the copy and writes the ETL's record of
 a run that merged them (etl_run, etl_keys, etl_changed: what etl/load.py writes), then times
 refresh_on_demand for k_settle_mp (the per-key refresh) and a whole build of the same table;
-the refreshed table is checked equal to the whole build (multiset) every round.
+the refreshed table is checked equal to the whole build (multiset) every round. Last, a
+minute's heartbeats of every terminal with a new terminal among them, as a city minute merges
+them now and then: the refresh of k_settle_mp and k_settle_grp against their two whole builds.
 """
 from __future__ import annotations
 
@@ -37,6 +39,41 @@ def record_run(con: duckdb.DuckDBPyConnection, run: int, source: str, table: str
     con.execute("INSERT INTO etl_changed SELECT ?, ?, ?, unnest(['', ?])", [run, source, table, column])
 
 
+def heartbeats(con: duckdb.DuckDBPyConnection, stmt: str) -> None:
+    """A minute's heartbeats of every terminal with a new terminal among them (over etl_keys'
+    limit: one NULL key, and the added key in etl_added_keys), as the ETL records them: the
+    refresh of k_settle_mp and k_settle_grp against the whole builds that the GATED rule did."""
+    run = con.execute("SELECT MAX(run_id) + 1 FROM etl_run").fetchone()[0]
+    at = datetime(2030, 1, 2)
+    con.execute("BEGIN")
+    n = con.execute("UPDATE meter_terminal SET last_online_time = ?, updated_at = ?", [at, at]).fetchone()[0]
+    con.execute("INSERT INTO meter_terminal SELECT * REPLACE ('TNEWBENCH' AS terminal_id, ? AS created_at, "
+                "? AS updated_at) FROM meter_terminal ORDER BY terminal_id LIMIT 1", [at, at])
+    con.execute("INSERT INTO etl_run (run_id, source, table_name, window_low, window_high, rows_read, "
+                "rows_merged, rows_rejected, status, started_at) VALUES (?, 'meter', 'meter_terminal', ?, ?, "
+                "?, ?, 0, 'ok', ?)", [run, at - timedelta(minutes=1), at, n + 1, n + 1, at])
+    con.execute("INSERT INTO etl_keys VALUES (?, 'meter', 'meter_terminal', NULL)", [run])
+    con.execute("INSERT INTO etl_added_keys VALUES (?, 'meter', 'meter_terminal', 'TNEWBENCH')", [run])
+    con.execute("INSERT INTO etl_changed SELECT ?, 'meter', 'meter_terminal', unnest(['', '*', "
+                "'last_online_time', 'updated_at'])", [run])
+    con.execute("COMMIT")
+    t = time.perf_counter()
+    how = prelude.refresh_on_demand(con, ["k_settle_mp", "k_settle_grp"])
+    refresh = time.perf_counter() - t
+    grp = next(s for s in prelude.statements() if s.startswith("CREATE OR REPLACE TABLE k_settle_grp "))
+    con.execute("BEGIN")
+    t = time.perf_counter()
+    con.execute("SET force_compression = 'uncompressed'")
+    con.execute(stmt)
+    con.execute(grp)
+    con.execute("RESET force_compression")
+    whole = time.perf_counter() - t
+    con.execute("ROLLBACK")
+    print(f"{n} terminals' heartbeats with a new terminal: refresh of k_settle_mp ({how['k_settle_mp']}) and "
+          f"k_settle_grp ({how['k_settle_grp']}) {refresh:.3f} s; the two whole builds (the GATED rule) "
+          f"{whole:.3f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", type=Path, required=True)
@@ -63,8 +100,8 @@ def main() -> None:
             at = datetime(2030, 1, 1) + timedelta(minutes=r)
             meters = [m for (m,) in con.execute(
                 "SELECT meter_asset_no FROM mis_meter WHERE is_deleted = 0 AND mp_no LIKE 'MP%' "
-                "AND status_code IN ('01', '04') USING SAMPLE reservoir(200 ROWS) REPEATABLE (?)",
-                [r + 1]).fetchall()][:args.meters]
+                f"AND status_code IN ('01', '04') USING SAMPLE reservoir(200 ROWS) REPEATABLE ({r + 1})"
+            ).fetchall()][:args.meters]
             terms = [t for (t,) in con.execute("SELECT terminal_id FROM meter_terminal ORDER BY 1").fetchall()]
             terms = rng.sample(terms, args.terminals)
             con.execute("BEGIN")
@@ -82,6 +119,8 @@ def main() -> None:
             t = time.perf_counter()
             how = prelude.refresh_on_demand(con, ["k_settle_mp"])["k_settle_mp"]
             refresh = time.perf_counter() - t
+            # as a pass that reads both does: the point groups follow the points' rows
+            prelude.refresh_on_demand(con, ["k_settle_grp"])
             con.execute("BEGIN")
             t = time.perf_counter()
             con.execute("SET force_compression = 'uncompressed'")     # as kpis/prelude.py _full
@@ -95,6 +134,7 @@ def main() -> None:
             con.execute("ROLLBACK")
             print(f"round {r + 1}: {len(meters)} meters, {len(terms)} terminals changed ({affected} points): "
                   f"refresh ({how}) {refresh:.3f} s, whole build {whole:.3f} s; rows that differ: {differ}")
+        heartbeats(con, stmt)
         con.close()
     finally:
         copy.unlink(missing_ok=True)

@@ -38,19 +38,20 @@ def _prelude_bodies() -> dict[str, frozenset[str]]:
     return bodies
 
 
+def _resolve(name: str, seen: frozenset[str]) -> frozenset[str]:
+    """`name` and the prelude objects it reads, transitively, not reading through `seen`."""
+    bodies = _prelude_bodies()
+    out = {name}
+    for w in bodies[name]:
+        if w in bodies and w not in seen:
+            out |= _resolve(w, seen | {w})
+    return frozenset(out)
+
+
 @lru_cache(maxsize=1)
 def _prelude_refs() -> dict[str, frozenset[str]]:
     """Prelude object -> the prelude objects it reads, transitively, itself included."""
-    bodies = _prelude_bodies()
-
-    def resolve(name: str, seen: frozenset[str]) -> frozenset[str]:
-        out = {name}
-        for w in bodies[name]:
-            if w in bodies and w not in seen:
-                out |= resolve(w, seen | {w})
-        return frozenset(out)
-
-    return {name: resolve(name, frozenset({name})) for name in bodies}
+    return {name: _resolve(name, frozenset({name})) for name in _prelude_bodies()}
 
 
 @lru_cache(maxsize=1)
@@ -79,16 +80,7 @@ def _refs_beside(name: str, beside: str | None) -> frozenset[str]:
     """The prelude objects `name` reads, itself included, not reading through `beside`."""
     if beside is None:
         return _prelude_refs().get(name, frozenset())
-    bodies = _prelude_bodies()
-
-    def resolve(o: str, seen: frozenset[str]) -> frozenset[str]:
-        out = {o}
-        for w in bodies[o]:
-            if w in bodies and w not in seen:
-                out |= resolve(w, seen | {w})
-        return frozenset(out)
-
-    return resolve(name, frozenset({name, beside}))
+    return _resolve(name, frozenset({name, beside}))
 
 
 @lru_cache(maxsize=32)

@@ -97,6 +97,20 @@ def test_k_settle_mp_readers_are_not_woken_by_heartbeats(registry):
         "cust_floor_day"}
 
 
+def test_what_a_kept_aggregate_reads_beside_the_kept_table_it_groups():
+    """k_settle_grp (OVER_KEPT) groups k_settle_mp: beside it, the floor day of the customers'
+    build dates (cust_floor_day: build_date, created_at, is_deleted) and nothing of the meters,
+    collection objects or terminals that k_settle_mp reads."""
+    from kpis.dependencies import prelude_columns
+    from kpis.prelude import GATED, OVER_KEPT
+    assert set(OVER_KEPT) <= set(GATED)
+    beside = prelude_columns("k_settle_grp", beside="k_settle_mp")
+    assert set(beside) == {"mis_customer"}
+    assert {"build_date", "created_at", "is_deleted"} <= beside["mis_customer"]
+    assert set(prelude_columns("k_settle_grp")) == {"mis_customer", "mis_metering_point", "mis_meter",
+                                                     "meter_coll_obj", "meter_terminal"}
+
+
 @pytest.mark.parametrize("sql, whole", [
     # a star over a derived table or a CTE passes on columns the text names
     ("select * from (select cons_no, grid_no from mis_customer) as x", False),
