@@ -189,6 +189,79 @@ class Worker:
             log.exception("could not record job event")
 
 
+class SignalStop:
+    """SIGTERM and SIGINT stop the scheduler from a thread of their own, never from the handler.
+
+    A Python signal handler runs in the main thread between two of its bytecodes. The scheduler's
+    main loop hands jobs to its thread pool under the pool's lock (`ThreadPoolExecutor.submit`);
+    a handler that called `shutdown` there waited for that same lock in the same thread, and the
+    worker never stopped (CI, session 24: SIGTERM while a job was being handed over). The
+    handler here does nothing; Python's C-level handler writes the signal's number to a pipe
+    (`signal.set_wakeup_fd`) and this class's thread, blocked on that pipe, calls `stop` once the
+    main thread has let go of whatever it held.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, stop: Any) -> None:
+        self._stop = stop
+        self._read_fd = self._write_fd = -1
+        self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
+        self._thread: threading.Thread | None = None
+        self.received: int | None = None
+
+    def install(self) -> None:
+        """Call from the main thread (signal handlers and the wakeup fd are the main thread's)."""
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)   # the C handler must never block
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, _ignore_signal)
+        self._thread = threading.Thread(target=self._watch, name="signal-stop", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        wanted = {int(s) for s in self.SIGNALS}
+        while self.received is None:
+            try:
+                data = os.read(self._read_fd, 64)
+            except OSError:          # uninstalled: the pipe is closed
+                return
+            if not data:
+                return
+            hits = [b for b in data if b in wanted]
+            if hits:
+                self.received = hits[0]
+        log.info("signal %s: stopping the scheduler", self.received)
+        from apscheduler.schedulers import SchedulerNotRunningError
+        while True:
+            try:
+                self._stop(wait=False)
+                return
+            except SchedulerNotRunningError:   # the signal came before the scheduler started
+                if self._read_fd < 0:
+                    return
+                time.sleep(0.1)
+
+    def uninstall(self) -> None:
+        """Give back the handlers and the wakeup fd this class took (main thread)."""
+        if self._read_fd < 0:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        read_fd, self._read_fd = self._read_fd, -1
+        os.close(self._write_fd)        # the watcher's read returns b"" and it ends
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        os.close(read_fd)
+
+
+def _ignore_signal(_signum: int, _frame: object) -> None:
+    """The Python-level handler: the work is done by SignalStop's thread (see there)."""
+
+
 def build_scheduler(worker: Worker, settings: Settings) -> BlockingScheduler:
     """The worker's single scheduler, jobs defined in code (memory store)."""
     sched = BlockingScheduler(timezone=settings.timezone)
@@ -228,15 +301,14 @@ def run_worker(settings: Settings, once: bool = False) -> int:
             return 0
         sched = build_scheduler(worker, settings)
 
-        def stop(signum: int, _frame: object) -> None:
-            log.info("signal %s: stopping the scheduler", signum)
-            sched.shutdown(wait=False)
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        log.info("worker running: cycle every %s s, dispatch every %s s",
-                 settings.etl_interval_s, DISPATCH_INTERVAL_S)
-        sched.start()
+        stopper = SignalStop(sched.shutdown)
+        stopper.install()
+        try:
+            log.info("worker running: cycle every %s s, dispatch every %s s",
+                     settings.etl_interval_s, DISPATCH_INTERVAL_S)
+            sched.start()
+        finally:
+            stopper.uninstall()
         return 0
     finally:
         # A cycle still running holds DuckDB; waiting for it could take minutes at county scale.

@@ -3,12 +3,16 @@ worker running after SIGTERM: the stop held the cycle lock, the job waited for i
 interpreter's exit waited for the job's thread), and the jobs' effects on the serving snapshot."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from etl.settings import load_settings
 from etl.warehouse import Warehouse
-from kpis.worker import Worker
+from kpis.worker import SignalStop, Worker
 
 
 def _worker(tmp_path: Path) -> tuple[Worker, Warehouse]:
@@ -112,3 +116,67 @@ def test_the_stop_closes_the_warehouse_only_after_a_running_dispatch(tmp_path: P
         assert events[-1] == "closed"
     finally:
         wh.close()
+
+
+def _wait_for(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_sigterm_while_the_main_thread_holds_the_schedulers_pool_lock_still_stops_it() -> None:
+    # CI after session 24: SIGTERM came while the scheduler's main loop handed a job to its pool
+    # (ThreadPoolExecutor.submit holds the pool's lock); the handler, run in that same thread,
+    # called shutdown, which waited for that lock: the worker never stopped. `pool_lock` stands
+    # for the pool's lock; the stop must run once the main thread lets go of it.
+    pool_lock = threading.Lock()
+    calls: list[tuple[str, bool]] = []
+
+    def shutdown(wait: bool) -> None:
+        on_main = threading.current_thread() is threading.main_thread()
+        if pool_lock.acquire(timeout=2):
+            calls.append(("stopped", on_main))
+            pool_lock.release()
+        else:
+            calls.append(("waited for a lock its own thread held", on_main))
+
+    before = signal.getsignal(signal.SIGTERM)
+    stopper = SignalStop(shutdown)
+    stopper.install()
+    try:
+        with pool_lock:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)              # the Python-level handler runs in here, on this thread
+            assert calls == []
+        assert _wait_for(lambda: calls, 10)
+        assert calls == [("stopped", False)]
+        assert stopper.received == signal.SIGTERM
+    finally:
+        stopper.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is before    # the handlers are given back
+
+
+def test_sigint_before_the_scheduler_runs_stops_it_once_it_does() -> None:
+    from apscheduler.schedulers import SchedulerNotRunningError
+    running = threading.Event()
+    calls: list[bool] = []
+
+    def shutdown(wait: bool) -> None:
+        if not running.is_set():
+            raise SchedulerNotRunningError
+        calls.append(wait)
+
+    stopper = SignalStop(shutdown)
+    stopper.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)   # no KeyboardInterrupt: the stop is the thread's
+        time.sleep(0.5)
+        assert calls == [] and stopper.received == signal.SIGINT
+        running.set()
+        assert _wait_for(lambda: calls, 10)
+        assert calls == [False]
+    finally:
+        stopper.uninstall()
