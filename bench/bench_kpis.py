@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 from etl.pipeline import run_pass  # noqa: E402
 from etl.settings import SOURCE_NAMES, load_settings  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402
-from kpis import batch  # noqa: E402
+from kpis import batch, value_layout  # noqa: E402
 from kpis.batch import compute_plan  # noqa: E402
 from kpis.evaluate import (apply_baselines, ensure_schema, evaluate_and_store,  # noqa: E402
                            evaluate_incremental, periods_for)
@@ -614,7 +614,7 @@ def main() -> None:
     ap.add_argument("--advance-hours", type=float, default=0,
                     help="live hours run (and loaded) before the measured minutes")
     ap.add_argument("--top", type=int, default=0,
-                    help="list the N slowest statements of each full evaluation")
+                    help="list the N slowest statements of each full evaluation and live minute")
     ap.add_argument("--per-kpi", action="store_true",
                     help="facts KPI by KPI (kpis.batch.CHUNK = 1: more statements, a larger total)")
     args = ap.parse_args()
@@ -669,6 +669,10 @@ def main() -> None:
         n_hist = con.execute("SELECT COUNT(*) FROM kpi_value").fetchone()[0]
         print(f"(b0) evaluate_incremental first run (backfill, not the figure): {time.perf_counter() - t:.1f} s, "
               f"{s.periods} KPI-periods, kpi_value now {n_hist} rows, errors {len(s.errors)}")
+        t = time.perf_counter()
+        moved = value_layout.sort_after_large_pass(con, s.rows)   # as the worker's cycle does
+        print(f"(b0') {moved} rows re-appended in period order after the backfill (the worker's "
+              f"cycle, kpis/value_layout.py): {time.perf_counter() - t:.1f} s")
         wall, cpu, rows, kinds = full_evaluation(con, registry, as_of)
         print(f"(a') full evaluation, warm (kpi_value holding {n_hist} rows): {wall:.2f} s wall, "
               f"{cpu:.2f} s CPU; {load()}")
@@ -722,6 +726,8 @@ def live_minutes(args, settings, wh, con, registry, side, urls, cmd) -> None:
         rebuilt = sorted(n for n, how in getattr(s, "kept", {}).items() if how == "full")
         print(f"    kept tables: {len(getattr(s, 'kept', {}))} read, rebuilt whole: {', '.join(rebuilt) or 'none'}")
         print_kinds(timed.kinds)
+        for sec, text in sorted(timed.statements, key=lambda x: -x[0])[:TOP]:
+            print(f"      {sec:.3f}  {text}")
         wal = wh.wal_bytes()
         t, c = time.perf_counter(), time.process_time()
         folded = wh.fold_wal()      # as the worker does after its publish

@@ -27,7 +27,7 @@ from kpis.evaluate import ensure_schema, evaluate_incremental, fine_snapshots, w
 from kpis.publish import publish
 from kpis.registry import load_registry
 from kpis.retention import thin_history
-from kpis.value_layout import sort_recent
+from kpis.value_layout import sort_after_large_pass, sort_recent
 
 log = logging.getLogger(__name__)
 DISPATCH_INTERVAL_S = 15
@@ -105,8 +105,22 @@ class Worker:
             with self.warehouse.transaction() as tx:
                 process(tx, self.registry(), None, now, self.settings)
             self.publish()
+            self.sort_after(summary.rows)
             if self.warehouse.fold_wal():   # after the publish: readers have the cycle already
                 log.info("WAL folded into the warehouse file")
+
+    def sort_after(self, rows: int) -> None:
+        """After a pass that wrote millions of rows (the first one: the backfill), re-append them
+        in period order at once rather than at 02:30 (kpis/value_layout.py)."""
+        con = self._cursor()
+        try:
+            t = time.perf_counter()
+            moved = sort_after_large_pass(con, rows)
+            if moved:
+                log.info("layout: %s kpi_value rows re-appended in period order after a pass of "
+                         "%s rows, in %.1f s", moved, rows, time.perf_counter() - t)
+        finally:
+            con.close()
 
     def publish(self) -> None:
         con = self._cursor()

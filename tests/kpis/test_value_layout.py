@@ -61,3 +61,17 @@ def test_the_store_names_its_periods_as_literals() -> None:
     assert value_layout.among("v", []) == ""
     many = [DAY + timedelta(hours=h) for h in range(value_layout.MAX_LISTED + 1)]
     assert value_layout.among("v", many) == ""          # a backfill: the join alone
+
+
+def test_a_pass_of_millions_of_rows_is_sorted_at_once_and_a_minute_is_not(con, monkeypatch) -> None:
+    # the worker's first pass (its backfill: 23 M rows at city for 10 days) is sorted after it,
+    # not at 02:30: until then every minute's lookups would read those rows unsorted
+    before = physical(con)
+    con.execute(value_layout.STATE_DDL)
+    monkeypatch.setattr(value_layout, "SORT_AFTER_ROWS", 9)
+    assert value_layout.sort_after_large_pass(con, 8) == 0          # a minute's pass
+    assert physical(con) == before
+    assert con.execute("SELECT COUNT(*) FROM kpi_value_sorted").fetchone()[0] == 0
+    assert value_layout.sort_after_large_pass(con, 9) == 9
+    assert physical(con) == sorted(before)
+    assert con.execute("SELECT upto FROM kpi_value_sorted").fetchone()[0] == DAY + timedelta(hours=9, minutes=2)

@@ -83,6 +83,37 @@ def test_the_nightly_job_publishes_a_snapshot_rebuilt_from_scratch(tmp_path: Pat
         wh.close()
 
 
+def test_the_workers_first_pass_over_a_source_leaves_kpi_value_sorted(tmp_path: Path,
+                                                                      monkeypatch: Any) -> None:
+    # its first cycle evaluates the sources' history (a backfill); the rows are re-appended in
+    # period order right after it, a later minute's few are not
+    from datetime import date
+
+    import simulator
+    from kpis import value_layout
+    from simulator.config import SYSTEMS
+    data = tmp_path / "data"
+    data.mkdir()
+    simulator.build({s: f"sqlite:///{data / f'source_{s}.db'}" for s in SYSTEMS}, scale="small",
+                    seed=3, days=2, start=date(2026, 9, 1))
+    settings = load_settings({"DATA_DIR": str(data), "SIMULATE": "0"})
+    wh = Warehouse(settings.warehouse_path, threads=1, memory_limit="1GB")
+    worker = Worker(settings, wh)
+    worker.setup()
+    monkeypatch.setattr(value_layout, "SORT_AFTER_ROWS", 1000)
+    try:
+        worker.cycle()
+        con = wh.cursor()
+        rows, newest = con.execute("SELECT COUNT(*), MAX(computed_at) FROM kpi_value").fetchone()
+        assert rows > 1000
+        assert con.execute("SELECT upto FROM kpi_value_sorted").fetchall() == [(newest,)]
+        order = con.execute(f"SELECT {value_layout.ORDER} FROM kpi_value ORDER BY rowid").fetchall()
+        assert order == sorted(order, key=lambda r: (r[0], r[1], r[2], r[3]))
+        con.close()
+    finally:
+        wh.close()
+
+
 def test_the_stop_closes_the_warehouse_only_after_a_running_dispatch(tmp_path: Path) -> None:
     # the dispatcher's job runs beside the cycle, on its own cursor: closing the warehouse under
     # it could leave its thread (and the interpreter's exit, which joins it) hanging
