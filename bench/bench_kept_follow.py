@@ -7,8 +7,9 @@ Usage: python bench/bench_kept_follow.py --data-dir DIR [--meters 20] [--termina
 DIR holds a warehouse.duckdb as the worker leaves it (read only: the bench works on a copy in
 DIR, removed at the end). Each round changes the rows in the copy and writes the ETL's record of
 a run that merged them (etl_run, etl_keys, etl_changed: what etl/load.py writes), then times
-refresh_on_demand for k_settle_mp (the per-key refresh) and a whole build of the same table;
-the refreshed table is checked equal to the whole build (multiset) every round. Last, a
+refresh_on_demand for k_settle_mp (the per-key refresh) with k_settle_grp (its groups by
+difference, session 25) against whole builds of the two tables; both refreshed tables are checked
+equal to their whole builds (multiset) every round. Last, a
 minute's heartbeats of every terminal with a new terminal among them, as a city minute merges
 them now and then: the refresh of k_settle_mp and k_settle_grp against their two whole builds.
 """
@@ -95,6 +96,18 @@ def main() -> None:
         print(f"k_settle_mp brought up to date first: {how['k_settle_mp']} in {time.perf_counter() - t:.2f} s "
               f"({con.execute('SELECT COUNT(*) FROM k_settle_mp').fetchone()[0]} points)")
         stmt = next(s for s in prelude.statements() if s.startswith("CREATE OR REPLACE TABLE k_settle_mp "))
+        grp = next(s for s in prelude.statements() if s.startswith("CREATE OR REPLACE TABLE k_settle_grp "))
+        prelude.refresh_on_demand(con, ["k_settle_mp", "k_settle_grp"])
+        grp_delta: list[float] = []
+        over_delta = prelude._over_delta
+
+        def timed_delta(*a: object) -> bool:
+            t = time.perf_counter()
+            try:
+                return over_delta(*a)
+            finally:
+                grp_delta.append(time.perf_counter() - t)
+        prelude._over_delta = timed_delta
         for r in range(args.rounds):
             run = con.execute("SELECT MAX(run_id) + 1 FROM etl_run").fetchone()[0]
             at = datetime(2030, 1, 1) + timedelta(minutes=r)
@@ -116,11 +129,11 @@ def main() -> None:
                 "SELECT COUNT(DISTINCT mp_no) FROM mis_meter WHERE list_contains(?, meter_asset_no) OR "
                 "meter_asset_no IN (SELECT meter_asset_no FROM meter_coll_obj WHERE list_contains(?, terminal_id))",
                 [meters, terms]).fetchone()[0]
-            t = time.perf_counter()
-            how = prelude.refresh_on_demand(con, ["k_settle_mp"])["k_settle_mp"]
-            refresh = time.perf_counter() - t
             # as a pass that reads both does: the point groups follow the points' rows
-            prelude.refresh_on_demand(con, ["k_settle_grp"])
+            grp_delta.clear()
+            t = time.perf_counter()
+            how = prelude.refresh_on_demand(con, ["k_settle_mp", "k_settle_grp"])
+            refresh = time.perf_counter() - t
             con.execute("BEGIN")
             t = time.perf_counter()
             con.execute("SET force_compression = 'uncompressed'")     # as kpis/prelude.py _full
@@ -128,12 +141,19 @@ def main() -> None:
                                      "CREATE OR REPLACE TABLE _whole ", 1))
             con.execute("RESET force_compression")
             whole = time.perf_counter() - t
-            differ = con.execute("SELECT (SELECT COUNT(*) FROM (SELECT * FROM k_settle_mp EXCEPT ALL "
-                                 "SELECT * FROM _whole)) + (SELECT COUNT(*) FROM (SELECT * FROM _whole "
-                                 "EXCEPT ALL SELECT * FROM k_settle_mp))").fetchone()[0]
+            t = time.perf_counter()
+            con.execute(grp.replace("CREATE OR REPLACE TABLE k_settle_grp ",
+                                    "CREATE OR REPLACE TABLE _whole_grp ", 1))
+            whole_grp = time.perf_counter() - t
+            differ = [con.execute(f"SELECT (SELECT COUNT(*) FROM (SELECT * FROM {a} EXCEPT ALL "
+                                  f"SELECT * FROM {b})) + (SELECT COUNT(*) FROM (SELECT * FROM {b} "
+                                  f"EXCEPT ALL SELECT * FROM {a}))").fetchone()[0]
+                      for a, b in (("k_settle_mp", "_whole"), ("k_settle_grp", "_whole_grp"))]
             con.execute("ROLLBACK")
             print(f"round {r + 1}: {len(meters)} meters, {len(terms)} terminals changed ({affected} points): "
-                  f"refresh ({how}) {refresh:.3f} s, whole build {whole:.3f} s; rows that differ: {differ}")
+                  f"refresh of k_settle_mp ({how['k_settle_mp']}) and k_settle_grp ({how['k_settle_grp']}) "
+                  f"{refresh:.3f} s, of which the groups' difference {sum(grp_delta):.3f} s; whole builds "
+                  f"{whole:.3f} s and {whole_grp:.3f} s; rows that differ: {differ[0]} and {differ[1]}")
         heartbeats(con, stmt)
         con.close()
     finally:
