@@ -9,6 +9,7 @@ also reads the org tree (attribution and roll-up) and so depends on mis_org and 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from functools import lru_cache
 
 from etl.contract import load_contract
@@ -296,12 +297,17 @@ _ANY_COLUMN_IN_PRELUDE = re.compile(r"\bdistinct\s+(?:\w+\.)?\*|\bnatural\b|\bco
                                     r"\bby\s+all\b|\bby\s+name\b")
 _TOKEN = re.compile(r"'(?:[^']|'')*'|[()]|,|\b(?:select|from)\b")
 _PASSED = re.compile(r"(?:\w+\.)?\w+")
+_ALIASED = re.compile(r"(.+?)\s+as\s+(\w+)", re.S)
 
 
-def _without_passed_columns(text: str) -> str:
+def _without_passed_columns(text: str, named: Collection[str] | None = None) -> str:
     """The statement without the plain `alias.column` items of its outer select list: such a
     column only passes through under its own name, and counts for a KPI that names it. Items
-    with an expression or an alias stay, as does every other clause (joins, filters, groups)."""
+    with an expression stay, as does every other clause (joins, filters, groups); with `named`
+    (the words of the SQL that reads the statement's object), an item `expr AS name` whose name
+    is not among them, nor written elsewhere in the statement (a filter on it), goes too: the
+    visit KPIs read k_wo's attribution, not its `vwo` (status_code), so a work order's status
+    changed on a past day no longer re-reads that day's visits."""
     depth, start, end, commas = 0, None, None, []
     for m in _TOKEN.finditer(text):
         tok = m.group(0)
@@ -321,7 +327,12 @@ def _without_passed_columns(text: str) -> str:
     items = [text[a:b - 1] for a, b in zip(bounds, bounds[1:])]
     if items[0].lstrip().startswith("distinct"):
         return text
-    kept = [it for it in items if not _PASSED.fullmatch(it.strip())]
+
+    def unread(item: str) -> bool:
+        m = _ALIASED.fullmatch(item.strip())
+        return (named is not None and m is not None and m.group(2) not in named
+                and len(re.findall(rf"\b{m.group(2)}\b", text)) == 1)
+    kept = [it for it in items if not _PASSED.fullmatch(it.strip()) and not unread(it)]
     return text[:start] + " " + ", ".join(kept) + " " + text[end:]
 
 
@@ -343,10 +354,15 @@ def _columns_named(facts: str, presence: str, table: str) -> frozenset[str] | No
     if _reads_whole_rows(code):
         return None
     objects = {o for w in _WORD.findall(code) for o in _prelude_refs().get(w, ())}
-    texts = [_prelude_texts()[o] for o in sorted(objects)
-             if table in _prelude_tables().get(o, ()) and o in _prelude_texts()]
-    if any(_ANY_COLUMN_IN_PRELUDE.search(t) for t in texts):
+    all_texts = _prelude_texts()
+    reading = [o for o in sorted(objects) if table in _prelude_tables().get(o, ()) and o in all_texts]
+    if any(_ANY_COLUMN_IN_PRELUDE.search(all_texts[o]) for o in reading):
         return None
     columns = {c.name for c in load_contract().tables[table].columns}
-    return frozenset(w for t in [code, *map(_without_passed_columns, texts)]
+
+    def named(obj: str) -> set[str]:
+        # the words of what reads the object: the KPI, and the other objects it reads
+        return {w for t in [code, *(all_texts[o] for o in objects if o != obj and o in all_texts)]
+                for w in _WORD.findall(t)}
+    return frozenset(w for t in [code, *(_without_passed_columns(all_texts[o], named(o)) for o in reading)]
                      for w in _WORD.findall(t) if w in columns)

@@ -302,9 +302,11 @@ def test_columns_named_through_a_star_of_the_prelude():
     from kpis.dependencies import columns_named
     full = load_registry()
     cols = columns_named(full.get("order.total"), "cs_work_order")
-    assert cols is not None and {"accept_time", "busi_type_code", "org_no", "status_code",
+    assert cols is not None and {"accept_time", "org_no", "status_code",
                                  "merged_into_wo_no", "is_deleted", "cons_no", "tg_no"} <= cols
-    assert not cols & {"reply_time", "close_time", "urgency", "updated_at"}
+    # every type of request counts: the type is read by k_wo's vcomp, which order.total does
+    # not name
+    assert not cols & {"reply_time", "close_time", "urgency", "updated_at", "busi_type_code"}
     assert columns_named(full.get(KPI), "mis_org") is None
     # k_bill names its bill columns one by one (b.invoice_time, ...): sales read the energy and
     # the billing month, not the invoice; the e-invoice rate reads the invoice type
@@ -312,6 +314,36 @@ def test_columns_named_through_a_star_of_the_prelude():
     assert {"t_pq", "rcvbl_ym", "amt_type", "is_deleted", "cons_no"} <= sales
     assert not sales & {"invoice_time", "invoice_type", "due_date", "rcvbl_amt"}
     assert "invoice_type" in columns_named(full.get("billing.einvoice_rate"), "mis_bill")
+
+
+def test_an_item_of_the_prelude_counts_only_for_a_kpi_that_names_it():
+    """By hand from k_wo (kpis/sql/prelude.sql): the visit satisfaction KPIs read its attribution
+    (org, city and province orgs, the customer's grid, the 台区's grid), its deletion and merge
+    flags and its request type, not `vwo` (status_code) nor `vcomp` (complaint_valid) nor the
+    customer columns it carries (cust_*): a past order's status change does not reopen the days
+    of its visits. A KPI that names vwo reads status_code."""
+    from kpis.dependencies import columns_named
+    full = load_registry()
+    sat = columns_named(full.get("order.callback_satisfaction"), "cs_work_order")
+    assert sat == {"wo_no", "is_deleted", "merged_into_wo_no", "busi_type_code", "org_no",
+                   "city_org_no", "prov_org_no", "cons_no", "tg_no"}
+    assert "status_code" in columns_named(full.get("order.total"), "cs_work_order")
+    assert "complaint_valid" in columns_named(full.get("order.complaint_rate_10k"), "cs_work_order")
+    # the customers k_wo joins: their grid and deletion (the attribution), not their dates
+    cust = columns_named(full.get("order.callback_satisfaction"), "mis_customer")
+    assert {"cons_no", "is_deleted", "grid_no"} <= cust
+    assert not cust & {"build_date", "cancel_date", "sensitive_flag", "status_code"}
+
+
+def test_an_aliased_item_goes_only_when_nothing_names_it():
+    from kpis.dependencies import _without_passed_columns as strip
+    sql = "select b.k, upper(b.w) as w2, cast(b.z as int) as z2, b.y + 1 as y2 from b where y2 > 0"
+    out = strip(sql, named={"k", "z2"})
+    assert "upper(b.w)" not in out                  # w2 named by nobody
+    assert "cast(b.z as int) as z2" in out          # named by the reader
+    assert "b.y + 1 as y2" in out                   # a filter of the statement reads it
+    assert strip(sql) == strip(sql, named=None)
+    assert "upper(b.w) as w2" in strip(sql)         # without the reader's words, kept
 
 
 def test_only_plain_items_of_the_outer_select_pass_through():
