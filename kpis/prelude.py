@@ -518,9 +518,9 @@ def _over_delta(con: duckdb.DuckDBPyConnection, name: str, stmt: str, o: OverKep
     kept table's re-derived rows minus the statement over the rows they replaced (exact: integer
     sums of the same rows). The caller checked that no column read beside the kept table changed
     since the groups were built, so their stamp is the statement's now: the statement reads it
-    from them (cust_floor_day() scans the 3.5 M customers, ~0.15 s at city, twice). False,
-    nothing changed, when the groups hold no single stamp or a group's count would go below
-    zero: the caller rebuilds whole."""
+    from them (cust_floor_day() scans the 3.5 M customers, ~0.15 s at city, twice). False when
+    the groups hold no single stamp or a group's count would go below zero: the caller then
+    rebuilds the table whole, replacing whatever this changed."""
     body = re.sub(r"^\s*AS\s", "", stmt[_CREATE.match(stmt).end():]).rstrip().rstrip(";")
     if o.stamp_sql not in body or con.execute(
             f"SELECT COUNT(DISTINCT {o.stamp}) <> 1 FROM {name}").fetchone()[0]:
