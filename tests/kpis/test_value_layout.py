@@ -75,3 +75,43 @@ def test_a_pass_of_millions_of_rows_is_sorted_at_once_and_a_minute_is_not(con, m
     assert value_layout.sort_after_large_pass(con, 9) == 9
     assert physical(con) == sorted(before)
     assert con.execute("SELECT upto FROM kpi_value_sorted").fetchone()[0] == DAY + timedelta(hours=9, minutes=2)
+
+
+class _Sent:
+    """A connection that keeps the text of each statement sent."""
+
+    def __init__(self, con) -> None:
+        self.con, self.sql = con, []
+
+    def execute(self, sql, *args):
+        self.sql.append(" ".join(sql.split()))
+        return self.con.execute(sql, *args)
+
+
+def test_baselines_read_the_history_only_of_kpis_with_rows_to_fill(con) -> None:
+    """A pass whose facts left every unit of a KPI as stored (kpis/fact_diff.py) has no row of it
+    in _result: no period start names what its baseline would read, and its statement read the
+    KPI's whole history. Now only KPIs with rows are looked up; those still get their baselines."""
+    from kpis.batch import RESULT_COLUMNS
+    from kpis.evaluate import apply_baselines
+    from kpis.periods import day, month, snapshot
+    from kpis.registry import load_registry
+
+    reg = load_registry()
+    sensitive, queue, arrears = (reg.get("customer.sensitive_count"), reg.get("call.queue_now"),
+                                 reg.get("billing.old_arrears_amount"))
+    at = DAY + timedelta(hours=9)
+    put(con, sensitive.id, "S1", "daily", datetime(2026, 10, 31), at, 40.0)   # the month end before
+    put(con, queue.id, "S1", "near-real-time", at - timedelta(days=1), at, 7.0)
+    put(con, arrears.id, "S1", "monthly", datetime(2026, 10, 1), at, 900.0)
+    con.execute(f"CREATE TEMP TABLE _result AS SELECT {', '.join(RESULT_COLUMNS)} FROM kpi_value LIMIT 0")
+    con.execute("INSERT INTO _result (kpi_id, org_no, org_level, grain, period_start, period_end, value, "
+                "status) VALUES (?, 'S1', 'station', 'daily', ?, ?, 60.0, 'ok')",
+                [sensitive.id, DAY, DAY + timedelta(days=1)])
+    sent = _Sent(con)
+    apply_baselines(sent, [(sensitive, [day(DAY.date())]), (queue, [snapshot(at)]),
+                           (arrears, [month(2026, 11)])])
+    reads = [s for s in sent.sql if "kpi_value" in s]
+    assert reads and all(queue.id not in s and arrears.id not in s for s in reads), reads
+    # 60 against 40: over rel:1.25 (critical), so the row's status moved with its baseline
+    assert con.execute("SELECT baseline, status FROM _result").fetchall() == [(40.0, "critical")]
