@@ -243,3 +243,52 @@ def test_a_month_of_few_days_is_read_whole(con, monkeypatch) -> None:
     monkeypatch.setattr(distinct_month, "MIN_BASE_DAYS", 2)
     assert _month(con, k, AS_OF, mode) == direct
     assert _head(con) is not None
+
+
+def _built(con) -> dict:
+    return dict(con.execute("SELECT day, built_at FROM kpi_distinct_day WHERE kpi_id = $k ORDER BY day",
+                            {"k": KPI}).fetchall())
+
+
+def test_only_the_days_that_may_have_changed_are_read_again() -> None:
+    """The base is kept per day: a dirty date reads that day and the days after it again (a
+    changed call on 07-04 decides whether 07-05's call repeats), the next day adds yesterday
+    alone, and a base of the older layout (one period, no days) is read whole. Each month
+    equals the month read directly and the values worked by hand."""
+    c = duckdb.connect()
+    calls = [_call("e1", "K1", "2024-07-01 10:00:00"), _call("e2", "K2", "2024-07-02 10:00:00"),
+             _call("e3", "K3", "2024-07-03 10:00:00"), _call("e4", "K4", "2024-07-04 22:00:00"),
+             _call("e5", "K4", "2024-07-05 09:00:00"),     # 11 h after e4: a repeat
+             _call("e6", "K5", "2024-07-06 08:00:00")]
+    load_inputs(c, {"calendar": "2024-06-01..2024-08-31", "inputs": {"cs_call": calls}})
+    ensure_schema(c)
+    apply_prelude(c, needed=())
+    c.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+              "business_date DATE)")
+    k = load_registry().get(KPI)
+    as_of = datetime(2024, 7, 6, 12, 0)
+    t1 = as_of + timedelta(seconds=5)
+    # callers K1..K5 = 5, repeater K4 (e5)
+    assert _month(c, k, as_of, day_store.Mode(refresh=False, computed_at=t1, run_id=1))["C1"][:2] == (1, 5)
+    assert _built(c) == {datetime(2024, 7, d).date(): t1 for d in range(1, 6)}
+    # the ETL corrects e4's caller: 07-04 marked. Now callers K1, K2, K3, K9, K4, K5 = 6 and no
+    # repeater: e5 finds no K4 call in the 24 h before it, though its day was not marked
+    c.execute("UPDATE cs_call SET cons_no = 'K9' WHERE call_id = 'e4'")
+    c.execute("INSERT INTO etl_dirty VALUES (2, 'cs', 'cs_call', DATE '2024-07-04')")
+    t2 = t1 + timedelta(minutes=1)
+    via = _month(c, k, as_of, day_store.Mode(refresh=False, computed_at=t2, run_id=2))
+    assert via["C1"][:2] == (0, 6) and via == _month(c, k, as_of, None)
+    assert _built(c) == {**{datetime(2024, 7, d).date(): t1 for d in range(1, 4)},
+                         **{datetime(2024, 7, d).date(): t2 for d in (4, 5)}}
+    # the next day: yesterday added, the rest as kept
+    nxt = datetime(2024, 7, 7, 0, 5)
+    via = _month(c, k, nxt, day_store.Mode(refresh=False, computed_at=nxt, run_id=2))
+    assert via["C1"][:2] == (0, 6) and via == _month(c, k, nxt, None)
+    assert _built(c)[datetime(2024, 7, 6).date()] == nxt
+    assert _built(c)[datetime(2024, 7, 5).date()] == t2
+    # a base of the older layout is read whole
+    c.execute("UPDATE kpi_distinct_head SET per_day = NULL")
+    t4 = nxt + timedelta(minutes=1)
+    assert _month(c, k, nxt, day_store.Mode(refresh=False, computed_at=t4, run_id=2)) == via
+    assert set(_built(c).values()) == {t4}
+    c.close()
