@@ -337,7 +337,9 @@ SELECT c.org_no, c.grid_no, c.status_code, t.rel_area_code,
 FROM (SELECT cons_no, org_no, grid_no, status_code, cancel_date,
              COALESCE(build_date, CAST(created_at AS DATE)) AS bd
       FROM mis_customer WHERE is_deleted = 0 AND wanted) c
-JOIN k_settle_tg s ON s.cons_no = c.cons_no
+-- `wanted` on this side too: with the customers' side empty DuckDB still built its hash table on
+-- the 3.5 M customers' 台区 (0.037 s of each reliability statement at city that read the groups)
+JOIN (SELECT cons_no, tg_no FROM k_settle_tg WHERE wanted) s ON s.cons_no = c.cons_no
 JOIN dist_tg t ON t.tg_no = s.tg_no AND t.is_deleted = 0
 GROUP BY c.org_no, c.grid_no, c.status_code, t.rel_area_code,
          clamp_build(c.bd, lo_day, DATE '9999-12-30'),
@@ -376,7 +378,7 @@ SELECT s.tg_no, c.status_code,
 FROM (SELECT cons_no, status_code, cancel_date,
              COALESCE(build_date, CAST(created_at AS DATE)) AS bd
       FROM mis_customer WHERE is_deleted = 0 AND wanted) c
-JOIN k_settle_tg s ON s.cons_no = c.cons_no
+JOIN (SELECT cons_no, tg_no FROM k_settle_tg WHERE wanted) s ON s.cons_no = c.cons_no   -- (as above)
 GROUP BY s.tg_no, c.status_code, clamp_build(c.bd, lo_day, DATE '9999-12-30'),
          clamp_cancel(c.cancel_date, lo_day, DATE '9999-12-30');
 
