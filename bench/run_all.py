@@ -65,6 +65,8 @@ def main() -> int:
                  "--minutes", "2", "--sweep"])
             # the month bases at the end of a month (the worker's cycle above filled the day store)
             run([py, "bench/bench_month_base.py", "--data-dir", str(base)])
+            # the repeat callers' month base: one period, whole per day, yesterday alone (copies base)
+            run([py, "bench/bench_distinct_base.py", "--data-dir", str(base)])
             # statements that grow with the history kept (reads base; works on copies beside it)
             run([py, "bench/bench_history.py", "--data-dir", str(base)])
         if "web" not in skip:
