@@ -31,10 +31,10 @@ from typing import NamedTuple
 import duckdb
 
 from kpis import day_store as day_store_mod
-from kpis import distinct_month, fact_diff, shared
+from kpis import carry, distinct_month, fact_diff, shared
 from kpis.compile import (_EXACT, PERIODS_DDL, THRESHOLD_COLUMNS, _additive, compile_kpi,
                           status_by_columns, threshold_values, value_sql)
-from kpis.periods import Period
+from kpis.periods import Period, day
 from kpis.registry import day_additive
 from kpis.spec import KpiDef
 
@@ -510,11 +510,19 @@ def _compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
     if day_store is not None:
         jobs = day_store_mod.plan(con, [(kix, k, ps) for kix, (k, ps) in enumerate(plan)
                                         if day_additive(k)], as_of, day_store.refresh)
-    reads = {kix: day_store_mod.read_periods(jobs[kix], ps) if kix in jobs else list(ps)
+    # days stored before they settled, brought forward instead of read (kpis/carry.py)
+    carried: dict[int, set[Period]] = {}
+    if jobs and day_store is not None and day_store.carry and day_store.run_id is not None:
+        found = carry.bring_forward(con, [(kix, j.k, j.hash, d.ws.date()) for kix, j in jobs.items()
+                                          for d in j.store_days if d.we <= as_of],
+                                    as_of, day_store.run_id)
+        carried = {kix: {day(d) for d in ds} for kix, ds in found.items()}
+    reads = {kix: [p for p in (day_store_mod.read_periods(jobs[kix], ps) if kix in jobs else ps)
+                   if p not in carried.get(kix, ())]
              for kix, (_, ps) in enumerate(plan)}
     pid_of: dict[Period, int] = {}
     for kix, (_, ps) in enumerate(plan):
-        for p in (*ps, *reads[kix]):
+        for p in (*ps, *reads[kix], *sorted(carried.get(kix, ()))):
             pid_of.setdefault(p, len(pid_of))
     ordered = sorted(pid_of, key=pid_of.__getitem__)
     load_periods(con, "_periods_all", [pid_of[p] for p in ordered], ordered, as_of)
@@ -547,7 +555,21 @@ def _compute_plan(con: duckdb.DuckDBPyConnection, plan: Sequence[tuple[KpiDef, S
         con.execute("CREATE OR REPLACE TEMP TABLE _present (kix INTEGER, pid INTEGER)")
         ok: list[int] = []
         for periods, items in batched.items():
-            ok.extend(_run_group(con, periods, items, pid_of, as_of, errors, cache))
+            if periods:
+                ok.extend(_run_group(con, periods, items, pid_of, as_of, errors, cache))
+            else:       # every period carried
+                ok.extend(kix for kix, _, _ in items)
+        carried_rows = [(kix, pid_of[p], p.ws.date()) for kix in ok for p in carried.get(kix, ())]
+        if carried_rows:
+            cols = list(zip(*carried_rows))
+            con.execute("""CREATE OR REPLACE TEMP TABLE _cmap AS
+                           SELECT unnest($k) AS kix, unnest($p) AS pid, unnest($d) AS day""",
+                        {"k": cols[0], "p": cols[1], "d": cols[2]})
+            con.execute("""INSERT INTO _fr SELECT c.kix, m.pid, c.org_no, c.grid_no, c.num, c.den,
+                                                  c.sample, c.pending, c.missing
+                           FROM _carry c JOIN _cmap m ON m.kix = c.kix AND m.day = c.day""")
+            # carries(): no presence query, so every period of the KPI is present
+            con.execute("INSERT INTO _present SELECT kix, pid FROM _cmap")
         if jobs:
             failed = [jobs[kix].k.id for kix in jobs if kix not in ok]
             day_store_mod.forget(con, failed)

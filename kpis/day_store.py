@@ -77,6 +77,9 @@ DDL = (
     "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS checked_run BIGINT",
     # the digest of the day's rows in kpi_day_fact (_write_days; NULL: unknown)
     "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS facts_digest VARCHAR",
+    # a day not settled whose rows are kept all the same (a KPI with as_of_moves): a later pass
+    # may bring them forward by difference (kpis/carry.py) instead of reading the day
+    "ALTER TABLE kpi_day ADD COLUMN IF NOT EXISTS unsettled_rows BOOLEAN",
 )
 # A month base is rebuilt when the days it lacks before the first day a pass writes exceed this:
 # a late row for yesterday writes yesterday, and the base up to it (or before) still serves.
@@ -117,10 +120,12 @@ class Mode:
     """How an evaluation uses the store: refresh re-reads the days of the months it builds whose
     inputs changed since they were stored (the sweep); computed_at stamps the days written,
     run_id is the ETL run the data is up to (kpis.changes.top_run; None: unknown, so a refresh
-    re-reads every day)."""
+    re-reads every day); carry: days stored before they settled may be brought forward by
+    difference (kpis/carry.py; an ordinary pass, not a sweep or a full evaluation)."""
     refresh: bool
     computed_at: datetime
     run_id: int | None = None
+    carry: bool = False
 
 
 @dataclass
@@ -298,9 +303,13 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
     every pass (its te moves), so it is not stored: rewriting today's rows of ~50 KPIs cost a
     city minute ~0.06 s of comparing and writing. A complete day that has not settled (as_of
     before its settles_after, or an item still pending) is stored as its header only (pending):
-    it is read again until it settles, and its header tells plan() that it is still moving."""
+    it is read again until it settles, and its header tells plan() that it is still moving.
+    A KPI that carries its unsettled days (kpis/carry.py) keeps their rows too (unsettled_rows):
+    a later pass brings them forward instead of reading the day."""
+    from kpis.carry import carries  # noqa: PLC0415  (carry reads the store's tables)
+
     written = [(j.kix, pid_of[d], j.k.id, d.ws.date(), d.te(as_of), j.hash,
-                _settled_by_time(j.k, d, as_of), j.k.settles_when_none_pending)
+                _settled_by_time(j.k, d, as_of), j.k.settles_when_none_pending, carries(j.k))
                for j in jobs for d in j.store_days if d.te(as_of) >= d.we]
     month_ws = {m: m.ws.date() for j in jobs for m in j.months}
     con.execute("BEGIN TRANSACTION")
@@ -311,22 +320,26 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
                            WITH m AS (SELECT unnest($kix) AS kix, unnest($pid) AS pid,
                                              unnest($kpi) AS kpi_id, unnest($day) AS day,
                                              unnest($te) AS te, unnest($h) AS facts_hash,
-                                             unnest($settled) AS settled, unnest($by_pending) AS by_pending)
+                                             unnest($settled) AS settled, unnest($by_pending) AS by_pending,
+                                             unnest($carries) AS carries)
                            SELECT m.kix, m.pid, m.kpi_id, m.day, m.te, m.facts_hash,
                                   pr.pid IS NOT NULL AS present, COALESCE(pe.pending, FALSE) AS pending,
-                                  m.settled AND NOT (m.by_pending AND COALESCE(pe.pending, FALSE)) AS keep
+                                  m.settled AND NOT (m.by_pending AND COALESCE(pe.pending, FALSE)) AS keep,
+                                  NOT m.settled AND m.carries AS hold
                            FROM m LEFT JOIN (SELECT DISTINCT kix, pid FROM _present) pr
                                 ON pr.kix = m.kix AND pr.pid = m.pid
                            LEFT JOIN (SELECT r.kix, r.pid, BOOL_OR(r.pending) AS pending FROM _fr r
                                       SEMI JOIN m ON m.kix = r.kix AND m.pid = r.pid
                                       GROUP BY r.kix, r.pid) pe ON pe.kix = m.kix AND pe.pid = m.pid""",
                         {"kix": cols[0], "pid": cols[1], "kpi": cols[2], "day": cols[3],
-                         "te": cols[4], "h": cols[5], "settled": cols[6], "by_pending": cols[7]})
+                         "te": cols[4], "h": cols[5], "settled": cols[6], "by_pending": cols[7],
+                         "carries": cols[8]})
             _write_days(con)
             con.execute("""INSERT INTO kpi_day (kpi_id, day, te, present, facts_hash, computed_at,
-                                               run_id, as_of, pending, checked_run, facts_digest)
+                                               run_id, as_of, pending, checked_run, facts_digest,
+                                               unsettled_rows)
                            SELECT m.kpi_id, m.day, m.te, m.present, m.facts_hash, $at, $run, $as_of,
-                                  NOT m.keep, $run, g.digest
+                                  NOT m.keep, $run, g.digest, m.hold
                            FROM _dmap m JOIN _ddig g ON g.kpi_id = m.kpi_id AND g.day = m.day""",
                         {"at": computed_at, "run": run_id, "as_of": as_of})
             # a base that sums a day written now is no longer that day's sum
@@ -394,9 +407,9 @@ def store_and_build(con: duckdb.DuckDBPyConnection, jobs: Sequence[Job], pid_of:
 
 def _write_days(con: duckdb.DuckDBPyConnection) -> None:
     """Store the days of _dmap: their header rows anew, and of their (org, grid) rows (only for
-    days kept: settled) those that differ from the stored ones. Rows are compared summed per
-    (org, grid): a stored key may be split in several rows (reduced facts), whose sums are what
-    a month reads. A day not kept loses its stored rows.
+    days kept, settled, or held: kpis/carry.py) those that differ from the stored ones. Rows
+    are compared summed per (org, grid): a stored key may be split in several rows (reduced
+    facts), whose sums are what a month reads. A day neither kept nor held loses its rows.
 
     A day whose rows are those stored is skipped before any row is compared: the header keeps
     a digest of its stored rows (their count and the sum of their hashes; NULL: unknown, from
@@ -413,7 +426,7 @@ def _write_days(con: duckdb.DuckDBPyConnection) -> None:
                    SELECT m.kpi_id, m.day, r.org_no, r.grid_no, r.num, r.den, r.sample, r.missing,
                           r.pending
                    FROM _fr r JOIN _dmap m ON m.kix = r.kix AND m.pid = r.pid
-                   WHERE m.keep""")
+                   WHERE m.keep OR m.hold""")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _ddig AS
                     SELECT m.kpi_id, m.day, COALESCE(n.digest, '{_EMPTY_DIGEST}') AS digest
                     FROM (SELECT DISTINCT kpi_id, day FROM _dmap) m

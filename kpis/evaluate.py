@@ -734,7 +734,8 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     diff = Diff({k.id: fact_diff.key_hash(k, tree) for k, _ in plan},
                 restrict=not new_hour, follows=_baseline_edges(plan))
     summary = evaluate_plan(con, plan, as_of, at, day_store.Mode(refresh=sweep, computed_at=at,
-                                                                  run_id=changes.top_run(con)), diff)
+                                                                  run_id=changes.top_run(con),
+                                                                  carry=not sweep), diff)
     wake.record(con, [k for k, _ in plan], summary.errors, fingerprints)
     summary.skipped = len(same)
     summary.as_stored = sorted(same_days)

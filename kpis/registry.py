@@ -315,10 +315,35 @@ def restated_by_valid(parsed: list[Located]) -> list[Issue]:
     return issues
 
 
+def as_of_moves_valid(parsed: list[Located]) -> list[Issue]:
+    """as_of_moves: beside settles_after, on a day-additive KPI without a presence query, naming
+    one table the KPI reads (kpis/carry.py; the SQL's shape is checked by sql_binds)."""
+    from kpis.carry import moves_table  # noqa: PLC0415
+    from kpis.dependencies import tables_read  # noqa: PLC0415
+
+    issues = []
+    for loc in parsed:
+        k = loc.kpi
+        if not k.as_of_moves:
+            continue
+        table = moves_table(k)
+        wrong = ([] if k.settles_after else ["it has no settles_after"]) + (
+            [] if day_additive(k) else ["it is not day-additive"]) + (
+            ["it has a presence query"] if k.presence else []) + (
+            ["it names no single table" if table is None
+             else f"the KPI does not read {table}"] if table not in tables_read(k) else [])
+        if wrong:
+            issues.append(Issue(loc.file, loc.line, k.id,
+                                f"as_of_moves, but {'; '.join(wrong)}; expected the rows of one "
+                                "table the KPI reads, beside settles_after on a day-additive flow "
+                                "without a presence query"))
+    return issues
+
+
 DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known,
                                    day_additive_valid, reduced_only_where_summed,
                                    settles_only_where_as_of_is_read, settles_when_none_pending_valid,
-                                   restated_by_valid,
+                                   restated_by_valid, as_of_moves_valid,
                                    day_steps_only_where_time_moves_it)
 
 
@@ -363,11 +388,30 @@ def sql_binds(parsed: list[Located]) -> list[Issue]:
                 if shape != [("day", "DATE")]:
                     issues.append(Issue(loc.file, loc.line, k.id, f"restated_by returns {shape}; "
                                         "expected one column day DATE"))
+            if k.as_of_moves:
+                issues.extend(_as_of_moves_binds(con, loc))
         except duckdb.Error as exc:
             msg = str(exc).splitlines()[0][:300]
             issues.append(Issue(loc.file, loc.line, k.id, f"SQL does not bind: {msg}"))
     con.close()
     return issues
+
+
+def _as_of_moves_binds(con: object, loc: Located) -> list[Issue]:
+    """as_of_moves returns its table's rows: the table's columns, in its order."""
+    from kpis.carry import moves_params, moves_table  # noqa: PLC0415
+    k = loc.kpi
+    table = moves_table(k)
+    if table is None:
+        return []       # as_of_moves_valid says so
+    got = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM ({k.as_of_moves})",
+                                     moves_params(k, datetime(2000, 1, 1), datetime(2000, 1, 1))
+                                     ).fetchall()]
+    want = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {table}").fetchall()]
+    if got != want:
+        return [Issue(loc.file, loc.line, k.id, f"as_of_moves returns {got}; expected the columns "
+                      f"of {table}: {want}")]
+    return []
 
 
 # Columns of the facts that the reduced facts carry alike (item keys are what they drop).

@@ -81,6 +81,13 @@ class KpiDef(BaseModel):
     # (the earliest as_of up to which they were checked, and the pass's). Lifts the day store's
     # "names as_of" blocker (kpis/day_store.py); tests/kpis/test_day_store.py holds each claim.
     restated_by: str | None = None
+    # Beside settles_after: SQL returning the rows of one table the KPI reads (SELECT * of it)
+    # whose facts may differ between $after and $as_of (a reading whose success_time falls in
+    # between), the rows unchanged. Every other way as_of reaches the facts must be through
+    # such rows. The store then keeps an unsettled day's rows, and an ordinary pass brings them
+    # forward by the difference of the changed rows' facts instead of reading the day
+    # (kpis/carry.py).
+    as_of_moves: str | None = None
     # How often the values can move with as_of alone, the tables it reads unchanged: "minute"
     # (an item falls due at any time: resolved-or-due deadlines, pending windows) or "day"
     # (every comparison with as_of is of dates: a bill's release date + 31 days). An ordinary

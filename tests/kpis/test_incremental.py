@@ -473,7 +473,9 @@ def test_worker_passes_equal_direct_evaluation_bit_for_bit(tmp_path, monkeypatch
     (+6 min, on 06-01), which the row images show leaves the day's collection rates as stored
     (kpis/images.py: the day is not read, and its stored values still equal the direct
     evaluation), and a late retry beside a correction (+8 min, on 06-01 and 06-02), which
-    changes 06-02's rates: that day is read again."""
+    changes 06-02's rates: that day is evaluated again (brought forward from its stored rows by
+    the changed readings, kpis/carry.py, as yesterday's unsettled day is in every ordinary pass
+    here)."""
     pytest.importorskip("simulator")
     from simulator import live, state
 

@@ -222,3 +222,33 @@ def _load_errors(tmp_path: Path, text: str) -> str:
     with pytest.raises(RegistryError) as info:
         load_registry(tmp_path, check_sql=True)
     return str(info.value)
+
+
+def test_as_of_moves_only_beside_settles_after_returning_a_table_it_reads(tmp_path: Path) -> None:
+    """as_of_moves (kpis/carry.py): without settles_after, beside a presence query, naming a table
+    the KPI does not read, or returning other columns than its table's, it is reported by id."""
+    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
+            "    formula: x\n    unit: count\n    direction: band\n    grain: daily\n"
+            "    warning: '1..2'\n    critical: '0..3'\n    org_levels: [city]\n    tier: core\n"
+            "    sources: [mis]\n    kind: ratio\n    shape: flow\n{extra}"
+            "    as_of_moves: {moves}\n"
+            "    facts: SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den FROM mis_app a "
+            "JOIN _periods p ON a.accept_time >= p.ws AND a.accept_time < p.te "
+            "AND upto(a.archive_time, p.as_of) IS NOT NULL\n")
+    settles = "    settles_after: 9 hours\n"
+    moves = "SELECT * FROM mis_app WHERE archive_time > $after AND archive_time <= $as_of"
+    text = ("theme: newconn\nkpis:\n"
+            + item.format(id="newconn.good", extra=settles, moves=moves)
+            + item.format(id="newconn.unsettled", extra="", moves=moves)
+            + item.format(id="newconn.present", moves=moves,
+                          extra=settles + "    presence: SELECT pid FROM _periods\n")
+            + item.format(id="newconn.elsewhere", extra=settles,
+                          moves="SELECT * FROM cs_call WHERE end_time > $after")
+            + item.format(id="newconn.columns", extra=settles,
+                          moves="SELECT app_no FROM mis_app WHERE archive_time > $after"))
+    message = _load_errors(tmp_path, text)
+    assert "newconn.good" not in message
+    assert "[newconn.unsettled]: as_of_moves, but it has no settles_after" in message
+    assert "[newconn.present]: as_of_moves, but it has a presence query" in message
+    assert "[newconn.elsewhere]: as_of_moves, but the KPI does not read cs_call" in message
+    assert "[newconn.columns]: as_of_moves returns ['app_no']; expected the columns of mis_app" in message
