@@ -68,6 +68,22 @@ def operators(node: dict, depth: int = 0) -> list[tuple[float, int, str, object,
     return out
 
 
+def print_profiles(prof: Profiled, top: int, ops: int) -> None:
+    """The `top` slowest statements profiled, each with its `ops` slowest operators."""
+    for seconds, path, sql in sorted(prof.statements, key=lambda x: -x[0])[:top]:
+        names = _KPI.findall(sql)
+        print(f"\n=== {seconds:.3f} s  {' '.join(sql.split())[:120]}"
+              + (f"\n    KPIs: {', '.join(names[:8])}{' +%d' % (len(names) - 8) if len(names) > 8 else ''}"
+                 if names else ""))
+        try:
+            tree = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            print("    (no profile)")
+            continue
+        for t_op, depth, name, rows, extra in sorted(operators(tree), key=lambda x: -x[0])[:ops]:
+            print(f"    {t_op:.3f} {'  ' * min(depth, 6)}{name} rows={rows} {extra}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, required=True)
@@ -99,18 +115,7 @@ def main() -> None:
             as_of += timedelta(seconds=60)
         prof.on = False
         con.execute("SET enable_profiling = 'no_output'")
-        for seconds, path, sql in sorted(prof.statements, key=lambda x: -x[0])[:args.top]:
-            names = _KPI.findall(sql)
-            print(f"\n=== {seconds:.3f} s  {' '.join(sql.split())[:120]}"
-                  + (f"\n    KPIs: {', '.join(names[:8])}{' +%d' % (len(names) - 8) if len(names) > 8 else ''}"
-                     if names else ""))
-            try:
-                tree = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                print("    (no profile)")
-                continue
-            for t_op, depth, name, rows, extra in sorted(operators(tree), key=lambda x: -x[0])[:args.operators]:
-                print(f"    {t_op:.3f} {'  ' * min(depth, 6)}{name} rows={rows} {extra}")
+        print_profiles(prof, args.top, args.operators)
     print(f"\nreproduce: python bench/bench_kpi_profile.py --data-dir {args.data_dir}"
           + (" --sweep" if args.sweep else "") + (" --per-kpi" if args.per_kpi else ""))
 

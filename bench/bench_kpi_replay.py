@@ -2,6 +2,7 @@
 simulator, evaluated again on copies of the warehouse, with its slowest statements.
 
 Usage: python bench/bench_kpi_replay.py --data-dir DIR [--run R] [--rounds 3] [--top 25]
+                                         [--profile N]
 DIR holds a warehouse.duckdb in which ordinary passes ran after live ETL runs (as
 `bench_kpis.py --data-dir DIR --minutes N` or the worker leave it); it is only read. R is the
 ETL run whose pass is replayed (default: the newest, whose pass was the last one evaluated).
@@ -23,6 +24,10 @@ A live bench's backfill leaves ~23 M rows of kpi_value unsorted, which the store
 To replay as after that night, run value_layout.sort_recent and a CHECKPOINT on a copy once and
 replay that copy (sorting each round's copy just before the pass left it slower, 4.6-5.8 s
 against 3.3 s, the sort's memory still held).
+--profile N: one more round after the timed ones, with DuckDB's JSON profile of each statement
+(bench_kpi_profile.py), printing the N slowest with their slowest operators: where the time of a
+real pass goes (the synthetic pass of bench_kpi_profile.py does not read what a live one does).
+Profiling adds its own cost: compare operators within that round, time passes without it.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_kpi_minute import PerStatement, add_statements  # noqa: E402
+from bench_kpi_profile import Profiled, print_profiles  # noqa: E402
 from bench_kpis import load, print_kinds  # noqa: E402
 from etl.warehouse import AUTO_CHECKPOINT  # noqa: E402
 from kpis.batch import _note_integral, fact_columns  # noqa: E402
@@ -78,6 +84,8 @@ def main() -> None:
     ap.add_argument("--run", type=int, help="the ETL run whose pass is replayed (default: newest)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="one more round, profiled: the N slowest statements with their operators")
     args = ap.parse_args()
     src = duckdb.connect(str(args.data_dir / "warehouse.duckdb"), read_only=True)
     run = args.run or src.execute("SELECT MAX(run_id) FROM etl_pass").fetchone()[0]
@@ -95,7 +103,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kpi_replay_"))
     walls, cpus, per = [], [], {}
     try:
-        for i in range(args.rounds):
+        for i in range(args.rounds + (1 if args.profile else 0)):
+            profiled = i == args.rounds
             shutil.copy2(args.data_dir / "warehouse.duckdb", work / "warehouse.duckdb")
             con = duckdb.connect(str(work / "warehouse.duckdb"),
                                  config={"checkpoint_threshold": AUTO_CHECKPOINT})
@@ -109,6 +118,15 @@ def main() -> None:
             con.execute("UPDATE kpi_prelude_state SET run_id = $r WHERE run_id > $r", {"r": run - 1})
             if i == 0:
                 warm(con, registry)
+            if profiled:
+                prof = Profiled(con, work)
+                con.execute("SET enable_profiling = 'json'")
+                prof.on = True
+                evaluate_incremental(prof, registry, as_of)
+                con.close()
+                print(f"profiled round (not timed), the {args.profile} slowest statements:")
+                print_profiles(prof, args.profile, 10)
+                break
             timed = PerStatement(con)
             start = load()
             t, c = time.perf_counter(), time.process_time()
@@ -131,7 +149,7 @@ def main() -> None:
     for key, total in sorted(per.items(), key=lambda x: -x[1])[:args.top]:
         print(f"  {total / len(walls):.3f}  {key}")
     print(f"reproduce: python bench/bench_kpi_replay.py --data-dir {args.data_dir} --run {run} "
-          f"--rounds {args.rounds}")
+          f"--rounds {args.rounds}" + (f" --profile {args.profile}" if args.profile else ""))
 
 
 if __name__ == "__main__":

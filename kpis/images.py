@@ -88,10 +88,69 @@ _NOT_ROW_PRESENCE = re.compile(_NOT_ROW_LOCAL.pattern.replace(r"\bexists\b|", ""
                                + r"|\bnot\s+exists\b", re.IGNORECASE)
 
 
+# A guard: `EXISTS (SELECT 1 AS guard FROM <table> ...)`, written in a scope (kpis/sql/shared.sql
+# k_coll_day) to empty a large side before DuckDB builds its hash table when no row of <table>
+# falls in the periods. Uncorrelated, it is one truth value for the whole statement, and it holds
+# whenever the statement has a fact row (every fact row is such a row of <table>): so the facts
+# over any rows are the same with and without it, over the images too, where it is renamed with
+# the table like the rest. That makes it neither a second reading of the table nor a subquery
+# test that ties one fact row to others; `_unguarded` takes it out before those checks. It may
+# read no table but <table> (`_guards_valid`; _periods and the prelude's macros aside): a guard
+# over another table would hold or not by that table's rows, which the images do not follow.
+_GUARD = re.compile(r"(\bnot\s+)?\bexists\s*\(\s*select\s+1\s+as\s+guard\s+from\s+(\w+)\b",
+                    re.IGNORECASE)
+
+
+def _guards(code: str) -> list[tuple[int, int, str]]:
+    """(start, end, table) of each guard of the code (comments and strings taken out), NOT EXISTS
+    left out (that asks for an absence: not a guard)."""
+    out = []
+    for m in _GUARD.finditer(code):
+        if m[1]:
+            continue
+        depth, i = 0, code.index("(", m.start())
+        for j in range(i, len(code)):
+            depth += {"(": 1, ")": -1}.get(code[j], 0)
+            if depth == 0:
+                out.append((m.start(), j + 1, m[2]))
+                break
+    return out
+
+
+def _unguarded(code: str) -> str:
+    """The code with each guard written as TRUE."""
+    for start, end, _ in reversed(_guards(code)):
+        code = code[:start] + "TRUE" + code[end:]
+    return code
+
+
+_ALIASED = re.compile(r"\b(?:from|join)\s+(\w+)(?:\s+(?:as\s+)?(\w+))?", re.IGNORECASE)
+_QUALIFIER = re.compile(r"\b(\w+)\.\w")
+
+
+def _guards_valid(code: str) -> bool:
+    """Whether every guard reads no table but its own (_periods and the prelude's macros aside)
+    and qualifies columns only by its own tables and aliases (no outer alias: uncorrelated, as
+    far as the text shows; an unqualified outer column is not caught)."""
+    return all(_guard_valid(code[start:end], table) for start, end, table in _guards(code))
+
+
+def _guard_valid(text: str, table: str) -> bool:
+    from kpis import shared  # noqa: PLC0415
+    from kpis.dependencies import _contract_tables, _prelude_tables  # noqa: PLC0415
+    words = set(re.findall(r"\w+", text.lower()))
+    through = _prelude_tables()
+    reads = ({w for w in words if w in _contract_tables() or w in shared.definitions()}
+             | {t for w in words for t in through.get(w, ())})       # a shared subquery: refused
+    own = {w.lower() for m in _ALIASED.finditer(text) for w in m.groups() if w}
+    return reads <= {table} and {q.lower() for q in _QUALIFIER.findall(text)} <= own
+
+
 def row_local(sql: str) -> bool:
     """Whether each fact row of the SQL comes from one row of each table it reads (as far as the
-    text shows: _NOT_ROW_LOCAL)."""
-    return not _NOT_ROW_LOCAL.search(_code(sql))
+    text shows: _NOT_ROW_LOCAL; a guard aside)."""
+    code = _code(sql)
+    return _guards_valid(code) and not _NOT_ROW_LOCAL.search(_unguarded(code))
 
 
 _ELIGIBLE: dict[tuple[str, str, str], bool] = {}
@@ -123,7 +182,7 @@ def _eligible(k: KpiDef, table: str) -> bool:
             return False
     if any(table in through.get(o, ()) for o in prelude_objects(k)):
         return False
-    return len(_word(table).findall(_code(k.values_sql))) == 1
+    return len(_word(table).findall(_unguarded(_code(k.values_sql)))) == 1
 
 
 def covered(con: duckdb.DuckDBPyConnection, since: int, top: int, tables: Iterable[str]) -> set[str]:

@@ -62,6 +62,27 @@ def test_row_local_facts() -> None:
         assert not images.row_local(sql), sql
 
 
+def test_a_guard_is_not_a_second_reading(registry) -> None:
+    """k_coll_day's guard (kpis/sql/shared.sql) names the readings again, in an EXISTS: one truth
+    value for the statement that holds whenever it has a fact row, so the collection rates stay
+    judged by their readings. What is not such a guard keeps a KPI out: an ordinary subquery
+    test, an absence, a guard reading another table or a prelude object over one, a guard
+    correlated with the outer rows."""
+    rate = registry.get("metering.daily_collect_success_rate")
+    assert "AS guard FROM meter_collection_daily" in rate.values_sql
+    assert images.eligible(rate, "meter_collection_daily")
+    guard = "EXISTS (SELECT 1 AS guard FROM meter_collection_daily g WHERE g.data_date >= DATE '2026-06-01')"
+    base = "SELECT m.x FROM meter_collection_daily m JOIN meter_coll_obj o ON o.k = m.k WHERE {}"
+    assert images.row_local(base.format(guard))
+    for other in (guard.replace("AS guard", ""),                     # an ordinary subquery test
+                  "NOT " + guard,                                    # asks for an absence
+                  guard.replace("g WHERE", "g JOIN meter_coll_obj o2 ON o2.k = g.k WHERE"),
+                  guard.replace("g WHERE", "g JOIN k_coll_day c ON c.item_key = g.k WHERE"),
+                  guard.replace("g WHERE", "g JOIN k_wo w ON w.wo_no = g.k WHERE"),
+                  guard.replace("g.data_date >=", "g.meter_asset_no = m.meter_asset_no AND g.data_date >=")):
+        assert not images.row_local(base.format(other)), other
+
+
 def test_a_table_renamed_in_code_not_in_strings() -> None:
     sql = ("SELECT m.x FROM meter_collection_daily m -- meter_collection_daily\n"
            "WHERE 'meter_collection_daily' <> m.t AND x.meter_collection_daily_n = 1")
