@@ -227,18 +227,28 @@ def day_additive(k: KpiDef) -> bool:
     return not day_additive_blockers(k)
 
 
-def day_additive_valid(parsed: list[Located]) -> list[Issue]:
-    """`day_additive: true` only where no hard blocker holds (SOFT_BLOCKERS may be lifted)."""
+# How an issue quotes a flag that is set: the boolean ones as written in the YAML.
+_SAID = {"day_additive": ": true", "settles_when_none_pending": ": true"}
+
+
+def _set_but_wrong(parsed: list[Located], what: str, wrongs: Callable[[KpiDef], list[str]],
+                   expected: str) -> list[Issue]:
+    """One issue per KPI whose field `what` is set while `wrongs` lists what contradicts it."""
     issues = []
     for loc in parsed:
-        k = loc.kpi
-        if k.day_additive:
-            hard = [b for b in day_additive_blockers(k) if b not in SOFT_BLOCKERS]
-            if hard:
-                issues.append(Issue(loc.file, loc.line, k.id,
-                                    f"day_additive: true, but {'; '.join(hard)}; expected a flow "
-                                    "summed over rows placed by one time in [ws, te)"))
+        if getattr(loc.kpi, what) and (wrong := wrongs(loc.kpi)):
+            issues.append(Issue(loc.file, loc.line, loc.kpi.id,
+                                f"{what}{_SAID.get(what, '')}, but {'; '.join(wrong)}; "
+                                f"expected {expected}"))
     return issues
+
+
+def day_additive_valid(parsed: list[Located]) -> list[Issue]:
+    """`day_additive: true` only where no hard blocker holds (SOFT_BLOCKERS may be lifted)."""
+    return _set_but_wrong(
+        parsed, "day_additive",
+        lambda k: [b for b in day_additive_blockers(k) if b not in SOFT_BLOCKERS],
+        "a flow summed over rows placed by one time in [ws, te)")
 
 
 def settles_only_where_as_of_is_read(parsed: list[Located]) -> list[Issue]:
@@ -278,41 +288,26 @@ def reduced_only_where_summed(parsed: list[Located]) -> list[Issue]:
 def settles_when_none_pending_valid(parsed: list[Located]) -> list[Issue]:
     """settles_when_none_pending: on a resolved-or-due flow whose facts read as_of and flag
     pending items, not beside settles_after (one rule says when a day settles)."""
-    issues = []
-    for loc in parsed:
-        k = loc.kpi
-        if not k.settles_when_none_pending:
-            continue
-        words = set(_period_words(k))
+    def wrongs(k: KpiDef) -> list[str]:
         fact_cols = {m.lower() for m in re.findall(r"\bAS\s+(\w+)", k.values_sql, re.IGNORECASE)}
-        wrong = ([] if k.resolved_or_due else ["the KPI is not resolved_or_due"]) + (
-            [] if "as_of" in words else ["its SQL does not read as_of"]) + (
+        return ([] if k.resolved_or_due else ["the KPI is not resolved_or_due"]) + (
+            [] if "as_of" in _period_words(k) else ["its SQL does not read as_of"]) + (
             [] if "pending" in fact_cols else ["its facts have no pending column"]) + (
             [f"it also says settles_after: {k.settles_after}"] if k.settles_after else [])
-        if wrong:
-            issues.append(Issue(loc.file, loc.line, k.id,
-                                f"settles_when_none_pending: true, but {'; '.join(wrong)}; expected "
-                                "a resolved-or-due flow whose facts flag its open items not yet due "
-                                "as pending"))
-    return issues
+    return _set_but_wrong(parsed, "settles_when_none_pending", wrongs,
+                          "a resolved-or-due flow whose facts flag its open items not yet due as "
+                          "pending")
 
 
 def restated_by_valid(parsed: list[Located]) -> list[Issue]:
     """restated_by: on a flow whose SQL reads as_of (what it stands in for), as the one rule of
     when its days settle."""
-    issues = []
-    for loc in parsed:
-        k = loc.kpi
-        if not k.restated_by:
-            continue
-        wrong = ([] if "as_of" in _period_words(k) else ["the KPI's SQL does not read as_of"]) + (
+    return _set_but_wrong(
+        parsed, "restated_by",
+        lambda k: ([] if "as_of" in _period_words(k) else ["the KPI's SQL does not read as_of"]) + (
             [f"it also says settles_after: {k.settles_after}"] if k.settles_after else []) + (
-            ["it also says settles_when_none_pending"] if k.settles_when_none_pending else [])
-        if wrong:
-            issues.append(Issue(loc.file, loc.line, k.id,
-                                f"restated_by, but {'; '.join(wrong)}; expected a flow that reads "
-                                "as_of and no other settle rule"))
-    return issues
+            ["it also says settles_when_none_pending"] if k.settles_when_none_pending else []),
+        "a flow that reads as_of and no other settle rule")
 
 
 def as_of_moves_valid(parsed: list[Located]) -> list[Issue]:
@@ -321,23 +316,16 @@ def as_of_moves_valid(parsed: list[Located]) -> list[Issue]:
     from kpis.carry import moves_table  # noqa: PLC0415
     from kpis.dependencies import tables_read  # noqa: PLC0415
 
-    issues = []
-    for loc in parsed:
-        k = loc.kpi
-        if not k.as_of_moves:
-            continue
+    def wrongs(k: KpiDef) -> list[str]:
         table = moves_table(k)
-        wrong = ([] if k.settles_after else ["it has no settles_after"]) + (
+        return ([] if k.settles_after else ["it has no settles_after"]) + (
             [] if day_additive(k) else ["it is not day-additive"]) + (
             ["it has a presence query"] if k.presence else []) + (
             ["it names no single table" if table is None
              else f"the KPI does not read {table}"] if table not in tables_read(k) else [])
-        if wrong:
-            issues.append(Issue(loc.file, loc.line, k.id,
-                                f"as_of_moves, but {'; '.join(wrong)}; expected the rows of one "
-                                "table the KPI reads, beside settles_after on a day-additive flow "
-                                "without a presence query"))
-    return issues
+    return _set_but_wrong(parsed, "as_of_moves", wrongs,
+                          "the rows of one table the KPI reads, beside settles_after on a "
+                          "day-additive flow without a presence query")
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (unique_ids, thresholds_agree_with_direction, units_and_sources_known,

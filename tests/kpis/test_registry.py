@@ -163,14 +163,18 @@ def test_settles_after_only_where_the_sql_reads_as_of(tmp_path: Path) -> None:
     assert "[newconn.bad_form]" in message and "settles_after" in message
 
 
+# The fields every KPI of the rule tests below shares; each test adds unit, thresholds and its rule.
+_HEAD = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n    formula: x\n"
+         "    grain: daily\n    org_levels: [city]\n    tier: core\n    sources: [mis]\n"
+         "    kind: ratio\n    shape: flow\n")
+_BAND = "    unit: count\n    direction: band\n    warning: '1..2'\n    critical: '0..3'\n"
+
+
 def test_settles_when_none_pending_only_on_resolved_or_due_flows_with_pending(tmp_path: Path) -> None:
     """settles_when_none_pending: on a KPI that is not resolved-or-due, whose facts flag no
     pending item, or that also says settles_after, it is reported by id with what is wrong."""
-    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
-            "    formula: x\n    unit: '%'\n    direction: higher_better\n    grain: daily\n"
-            "    warning: '98'\n    critical: '95'\n    org_levels: [city]\n    tier: core\n"
-            "    sources: [mis]\n    kind: ratio\n    scale: 100\n    shape: flow\n"
-            "    settles_when_none_pending: true\n{extra}"
+    item = (_HEAD + "    unit: '%'\n    direction: higher_better\n    warning: '98'\n"
+            "    critical: '95'\n    scale: 100\n    settles_when_none_pending: true\n{extra}"
             "    facts: SELECT p.pid, a.org_no, a.grid_no, "
             "CASE WHEN upto(a.archive_time, p.as_of) IS NOT NULL THEN 1 ELSE 0 END AS num, 1 AS den{pending} "
             "FROM mis_app a JOIN _periods p ON a.accept_time >= p.ws AND a.accept_time < p.te\n")
@@ -192,10 +196,7 @@ def test_settles_when_none_pending_only_on_resolved_or_due_flows_with_pending(tm
 def test_restated_by_only_on_flows_that_read_as_of_returning_days(tmp_path: Path) -> None:
     """restated_by: on a KPI whose SQL does not read as_of, beside another settle rule, or not
     returning one DATE column `day`, it is reported by id with what is wrong."""
-    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
-            "    formula: x\n    unit: count\n    direction: band\n    grain: daily\n"
-            "    warning: '1..2'\n    critical: '0..3'\n    org_levels: [city]\n    tier: core\n"
-            "    sources: [mis]\n    kind: ratio\n    shape: flow\n{extra}"
+    item = (_HEAD + _BAND + "{extra}"
             "    restated_by: {restated}\n"
             "    presence: SELECT pid FROM _periods\n"
             "    facts: SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den FROM mis_app a "
@@ -227,10 +228,7 @@ def _load_errors(tmp_path: Path, text: str) -> str:
 def test_as_of_moves_only_beside_settles_after_returning_a_table_it_reads(tmp_path: Path) -> None:
     """as_of_moves (kpis/carry.py): without settles_after, beside a presence query, naming a table
     the KPI does not read, or returning other columns than its table's, it is reported by id."""
-    item = ("  - id: {id}\n    name_zh: x\n    name_en: x\n    definition: x\n"
-            "    formula: x\n    unit: count\n    direction: band\n    grain: daily\n"
-            "    warning: '1..2'\n    critical: '0..3'\n    org_levels: [city]\n    tier: core\n"
-            "    sources: [mis]\n    kind: ratio\n    shape: flow\n{extra}"
+    item = (_HEAD + _BAND + "{extra}"
             "    as_of_moves: {moves}\n"
             "    facts: SELECT p.pid, a.org_no, a.grid_no, 1 AS num, 1 AS den FROM mis_app a "
             "JOIN _periods p ON a.accept_time >= p.ws AND a.accept_time < p.te "
