@@ -2,7 +2,7 @@
 simulator, evaluated again on copies of the warehouse, with its slowest statements.
 
 Usage: python bench/bench_kpi_replay.py --data-dir DIR [--run R] [--rounds 3] [--top 25]
-                                         [--profile N]
+                                         [--profile N] [--keep-fingerprints]
 DIR holds a warehouse.duckdb in which ordinary passes ran after live ETL runs (as
 `bench_kpis.py --data-dir DIR --minutes N` or the worker leave it); it is only read. R is the
 ETL run whose pass is replayed (default: the newest, whose pass was the last one evaluated).
@@ -24,6 +24,14 @@ A live bench's backfill leaves ~23 M rows of kpi_value unsorted, which the store
 To replay as after that night, run value_layout.sort_recent and a CHECKPOINT on a copy once and
 replay that copy (sorting each round's copy just before the pass left it slower, 4.6-5.8 s
 against 3.3 s, the sort's memory still held).
+The fingerprints of small tables (kpis/wake.py) in the copy are those the replayed pass
+recorded, of the very data it reads again: with them every KPI woken only by small tables was
+skipped (the city 00:02 pass: 88 KPIs, 53 skipped, against the live pass's 130 and 11). So each
+round starts without any, as a sweep leaves them: the 00:02 pass (the first after the 00:01
+sweep) then evaluates what the live one did (130 KPIs, 11 skipped, 36 days as stored, 627
+KPI-periods). A later pass had the previous pass's, which in live city minutes skip little (a
+sweep that took them left the next pass's counts as they were: docs/decisions.md, session 29);
+--keep-fingerprints keeps them (the replays of sessions 22-28, which thus ran lower).
 --profile N: one more round after the timed ones, with DuckDB's JSON profile of each statement
 (bench_kpi_profile.py), printing the N slowest with their slowest operators: where the time of a
 real pass goes (the synthetic pass of bench_kpi_profile.py does not read what a live one does).
@@ -50,6 +58,7 @@ from bench_kpi_minute import PerStatement, add_statements  # noqa: E402
 from bench_kpi_profile import Profiled, print_profiles  # noqa: E402
 from bench_kpis import load, print_kinds  # noqa: E402
 from etl.warehouse import AUTO_CHECKPOINT  # noqa: E402
+from kpis import wake  # noqa: E402
 from kpis.batch import _note_integral, fact_columns  # noqa: E402
 from kpis.evaluate import ensure_schema, evaluate_incremental  # noqa: E402
 from kpis.registry import load_registry  # noqa: E402
@@ -86,6 +95,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="one more round, profiled: the N slowest statements with their operators")
+    ap.add_argument("--keep-fingerprints", action="store_true",
+                    help="keep the small tables' fingerprints the replayed pass recorded")
     args = ap.parse_args()
     src = duckdb.connect(str(args.data_dir / "warehouse.duckdb"), read_only=True)
     run = args.run or src.execute("SELECT MAX(run_id) FROM etl_pass").fetchone()[0]
@@ -116,6 +127,9 @@ def main() -> None:
                         {"r": run - 1, "e": as_of - timedelta(seconds=60)})
             # the kept prelude tables as before run R: the pass re-derives the keys R merged
             con.execute("UPDATE kpi_prelude_state SET run_id = $r WHERE run_id > $r", {"r": run - 1})
+            if not args.keep_fingerprints:
+                con.execute(wake.DDL)
+                con.execute("DELETE FROM kpi_wake_fp")
             if i == 0:
                 warm(con, registry)
             if profiled:
@@ -149,7 +163,8 @@ def main() -> None:
     for key, total in sorted(per.items(), key=lambda x: -x[1])[:args.top]:
         print(f"  {total / len(walls):.3f}  {key}")
     print(f"reproduce: python bench/bench_kpi_replay.py --data-dir {args.data_dir} --run {run} "
-          f"--rounds {args.rounds}" + (f" --profile {args.profile}" if args.profile else ""))
+          f"--rounds {args.rounds}" + (f" --profile {args.profile}" if args.profile else "")
+          + (" --keep-fingerprints" if args.keep_fingerprints else ""))
 
 
 if __name__ == "__main__":
