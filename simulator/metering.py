@@ -10,7 +10,7 @@ from simulator.clock import _TOD, DAY, day_str, ts
 from simulator.gen import count, minutes, rng_for
 from simulator.life import Life
 from simulator.service import Ids
-from simulator.territory import Territory
+from simulator.territory import CURVE_SAMPLE, Territory
 
 EVENTS = (("E01", 8), ("E02", 6), ("E03", 6), ("E04", 4), ("E05", 5), ("E06", 3), ("E07", 15), ("E08", 4),
           ("E09", 2), ("E10", 1), ("E11", 2), ("E12", 10), ("E13", 10), ("E14", 3), ("E15", 10), ("E16", 6),
@@ -18,7 +18,6 @@ EVENTS = (("E01", 8), ("E02", 6), ("E03", 6), ("E04", 4), ("E05", 5), ("E06", 3)
 DRIFTING_PER_1000 = 4     # meters with a clock off by more than 5 minutes
 FAULTY_PER_1000 = 2       # meters failing collection for days in a row
 HEAVY_EVERY = 8           # one 台区 master meter in N serves a transformer that runs heavy on peak evenings
-CURVE_SAMPLE = 40          # 台区总表 with a 96-point curve (the first N by 台区 number)
 VOLTAGE_EVERY = 50         # one customer meter in N keeps daily voltage statistics
 
 

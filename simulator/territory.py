@@ -18,6 +18,10 @@ SCALES: dict[str, dict[str, int]] = {
 }
 PROVINCE, CITY = "33101", "33401"
 CUST_PER_TG = 80
+# 台区 master meters with a 96-point curve (the first N by 台区 number): the only meters whose
+# curve collection is configured (curve_flag), so that the curve completeness rate measures the
+# points missing from the curves the simulator writes rather than the meters it writes none for
+CURVE_SAMPLE = 40
 CREWS_PER_STATION = 4       # about half of them out on a task at a busy hour of a county
 # approximate statutory holidays (month, day) ranges; Spring Festival from a table
 _FIXED_HOLIDAYS = [((1, 1), (1, 1)), ((4, 4), (4, 6)), ((5, 1), (5, 5)), ((10, 1), (10, 7))]
@@ -269,12 +273,12 @@ def _rows(ter: Territory, seed: int, first_day: int, last_day: int,
             meter_asset_no=ter.cons_meter[i], terminal_id=ter.cons_terminal[i], mp_sn=i % 1000 + 2,
             comm_addr=f"{i:012d}", mp_no=ter.cons_mp[i], cons_no=ter.cons[i], tg_no=ter.tgs[ter.cons_tg[i]]["tg_no"],
             org_no=ter.cons_org[i], t_factor=ter.cons_tfactor[i], coll_flag=int(ter.cons_active[i]),
-            status_code="01" if ter.cons_active[i] else "02", curve_flag=int(ter.cons_sort[i] == "01")), t)
+            status_code="01" if ter.cons_active[i] else "02", curve_flag=0), t)
             for i in range(lo, min(ter.n, lo + chunk))]
     yield "meter_coll_obj", [_row("meter_coll_obj", dict(
         meter_asset_no=tg["master"], terminal_id=tg["terminal"], mp_sn=1, comm_addr=tg["master"][-12:],
         mp_no=f"MPT{k + 1:08d}", tg_no=tg["tg_no"], org_no=tg["org_no"], is_tg_master=1, t_factor=60.0,
-        status_code="01", curve_flag=1), t) for k, tg in enumerate(pub)]
+        status_code="01", curve_flag=int(k < CURVE_SAMPLE)), t) for k, tg in enumerate(pub)]
 
 
 def crew_row(ter: Territory, station: str, k: int, status: str, t: int) -> tuple:

@@ -73,3 +73,18 @@ def test_history_has_the_codes_and_events_the_kpis_look_for(small):
     assert levels["05"] > 0.9 * sum(levels.values()) and len(levels) >= 3
     assert _one(folder, "mis", "SELECT COUNT(*) FROM mis_cust_visit v JOIN mis_customer c USING (cons_no) "
                                "WHERE v.visit_type = '01' AND c.impt_level = '05'") == [(0,)]
+
+
+def test_curve_collection_is_configured_for_the_meters_with_curves(small):
+    # curve_flag marks the meters the curve completeness rate expects 96 points a day from; the
+    # simulator writes curves for a sample of 台区 master meters only, and those must be the ones
+    # flagged, or the rate reads a structural ~0 % (session 30: 0.04 % at city, every day)
+    _, folder, _ = small
+    flagged = {m for m, in _one(folder, "meter", "SELECT meter_asset_no FROM meter_coll_obj "
+                                                 "WHERE curve_flag = 1 AND is_deleted = 0 AND status_code = '01'")}
+    day = "2026-09-05"      # settled: its points are written on 09-06, late ones within 20 hours
+    points = dict(_one(folder, "meter", "SELECT meter_asset_no, COUNT(*) FROM meter_curve_15min "
+                                        f"WHERE data_time > '{day} 00:00:00' AND data_time <= date('{day}', '+1 day') "
+                                        "|| ' 00:00:00' AND p_kw IS NOT NULL AND is_deleted = 0 GROUP BY 1"))
+    assert flagged and set(points) == flagged
+    assert sum(points.values()) == 96 * len(flagged)
