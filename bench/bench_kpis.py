@@ -62,6 +62,7 @@ def command(args: argparse.Namespace) -> str:
                     if getattr(args, f.replace("-", "_")))
     flags += f" --minutes {args.minutes}" if args.minutes != 3 else ""
     flags += f" --advance-hours {args.advance_hours:g}" if args.advance_hours else ""
+    flags += f" --churn {args.churn}" if args.churn else ""
     flags += f" --again {args.again}" if args.again else ""
     flags += " --day-store" if args.day_store else ""
     flags += f" --top {args.top}" if args.top else ""
@@ -609,6 +610,8 @@ def main() -> None:
                          "evaluation of a running worker, whose kept tables exist")
     ap.add_argument("--skip-pandas", action="store_true", help="leave out (c); (d), the floor, still runs")
     ap.add_argument("--minutes", type=int, default=3, help="one-minute passes measured in (b)")
+    ap.add_argument("--churn", type=int, default=0,
+                    help="customers closed in the MIS source before each measured minute's ETL pass")
     ap.add_argument("--minutes-only", action="store_true",
                     help="only (b), on a --data-dir whose backfill (b0) an earlier run did (a copy)")
     ap.add_argument("--advance-hours", type=float, default=0,
@@ -685,6 +688,28 @@ def main() -> None:
         live_minutes(args, settings, wh, con, registry, side, urls, cmd)
 
 
+def close_accounts(url: str, n: int, clock: datetime, minute: int) -> int:
+    """Close n active customers in the MIS source at the simulator's clock (销户: status 04 and a
+    cancel date, as the territory writes its closed customers): the archive churn a real MIS has
+    and the simulator lacks (docs/simulator.md, Limits). Which ones: the active customers at
+    rowids k * 7919 + minute * 104729 (mod the table), the same in every run from the same
+    state; stamped 30 s before the clock, inside the window of the pass that follows."""
+    import sqlite3
+    path = url.removeprefix("sqlite:///")
+    stamp = (clock - timedelta(seconds=30)).strftime("%Y-%m-%d %H:%M:%S")
+    with sqlite3.connect(path) as src:
+        top = src.execute("SELECT MAX(rowid) FROM mis_customer").fetchone()[0]
+        picked, k = [], 0
+        while len(picked) < n and k < 100 * n:
+            row = src.execute("SELECT cons_no FROM mis_customer WHERE rowid = ? AND status_code = '01' "
+                              "AND is_deleted = 0", [(k * 7919 + minute * 104729) % top + 1]).fetchone()
+            picked += [row[0]] if row else []
+            k += 1
+        src.executemany("UPDATE mis_customer SET status_code = '04', cancel_date = ?, updated_at = ? "
+                        "WHERE cons_no = ?", [(stamp[:10], stamp, c) for c in picked])
+    return len(picked)
+
+
 def live_minutes(args, settings, wh, con, registry, side, urls, cmd) -> None:
     """(b): --advance-hours, then --minutes one-minute live steps, each with its ETL pass and
     its evaluate_incremental."""
@@ -705,6 +730,8 @@ def live_minutes(args, settings, wh, con, registry, side, urls, cmd) -> None:
     ordinary = []
     for i in range(args.minutes):
         written = sum(live.step(urls, 60, side=side).values())
+        if args.churn:
+            written += close_accounts(urls["mis"], args.churn, sim_clock(side), i)
         t = time.perf_counter()
         r = run_pass(settings, wh)
         etl = time.perf_counter() - t

@@ -258,6 +258,21 @@ def merged_rows(con: duckdb.DuckDBPyConnection, table: str, since: int, top: int
     return True
 
 
+def versions(con: duckdb.DuckDBPyConnection, table: str, since: int, top: int, after: str,
+             before: str) -> bool:
+    """The rows that the runs in (since, top] merged into the table, each as the last of them
+    left it (temp table `after`) and as it was before the first (`before`; a row the first run
+    added has no such version), with the table's columns; False (nothing made) when a batch of
+    those runs kept no images. The kept customer groups (kpis/prelude.py OVER_IMAGED) follow the
+    customers by difference from them."""
+    if table not in covered(con, since, top, [table]):
+        return False
+    _versions(con, table, since, top)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {after} AS SELECT * FROM _img_after")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {before} AS SELECT * FROM _img_before")
+    return True
+
+
 def _versions(con: duckdb.DuckDBPyConnection, table: str, since: int, top: int) -> None:
     """_img_after: each changed row's version after the last run in (since, top]; _img_before:
     its version before the first, where it had one (a row the first run added has none)."""

@@ -110,6 +110,17 @@ FOLLOW = {
                         links=(("mis_customer", "cons_no", "cons_no"),)),
     "k_rc_event": Follow("rc_id", "mis_rc_event", "rc_id", "rc_id", "rc_id",
                          links=(("mis_customer", "cons_no", "cons_no"),)),
+    # one row per customer (not deleted), its inputs beside the customer (codes, the org tree,
+    # settlement points and their 台区) reaching it over other keys: a change of theirs rebuilds
+    # it; a changed customer is re-derived alone (rebuilt whole for ten closures a city minute:
+    # 1.05 s, session 30)
+    "k_cust_check": Follow("cons_no", "mis_customer", "cons_no", "cons_no", "cons_no",
+                           whole=frozenset({"mis_code", "mis_org", "mis_grid", "mis_metering_point",
+                                            "dist_tg"}),
+                           row_per_base=False),
+    # the customers flagged service-sensitive: a changed customer is re-derived alone
+    "k_cust_sensitive": Follow("cons_no", "mis_customer", "cons_no", "cons_no", "cons_no",
+                               row_per_base=False),
 }
 
 # The primary key of each table the kept tables follow (what etl_keys records of it).
@@ -122,9 +133,9 @@ _KEYS = {t: k for f in FOLLOW.values()
 # and why. tests/kpis/test_dependencies.py wants every ON_DEMAND table in FOLLOW or GATED.
 GATED = {
     # counts, not rows: a changed customer moves a count from one group to another, and its floor
-    # day moves with the newest build date; FOLLOW re-derives rows by a key. Customers' dates,
-    # status and attribution change seldom (a new connection, a cancellation), and grouping the
-    # 3.5 M customers was ~0.1 s of every city minute that read cust_counts
+    # day moves with the newest build date; FOLLOW re-derives rows by a key. Grouping the 3.5 M
+    # customers was ~0.1 s of every city minute that read cust_counts; a changed customer now
+    # reaches the groups by difference from its row images (OVER_IMAGED)
     "k_cust_grp": "an aggregate: a changed customer moves a count between groups",
     # the same for the archive stocks' counts (k_cust_groups read ~0.6 s of each city sweep)
     "k_cust_stock_grp": "an aggregate: a changed customer moves its counts between groups",
@@ -137,15 +148,9 @@ GATED = {
     # the customers on the books per province / city unit and day (N(x) of the MED KPIs): a
     # running sum over all customers' events, which any changed customer moves from its day on
     "k_unit_book_n": "a running sum: a changed customer moves every later day's count",
-    # one row per customer, but a code, an org, a grid or a settlement point reaches it through
-    # another key than the customer's; none of them changes often (~1 s of each city sweep)
-    "k_cust_check": "inputs reach the customer over other keys (codes, org tree, points)",
-    # archive completeness counted per customer group at the floor day (k_cust_check is GATED)
+    # archive completeness counted per customer group at the floor day (of k_cust_check, which
+    # FOLLOW re-derives per customer: OVER_KEPT)
     "k_cust_check_grp": "an aggregate of k_cust_check",
-    # customers flagged service-sensitive: a few out of every row group of mis_customer, which
-    # customer.sensitive_count's filter decoded whole each city minute (~0.03 s of CPU); a flag
-    # set or cleared is a changed column of the customers, which change seldom
-    "k_cust_sensitive": "a filter whose few rows are spread over the whole customer table",
 }
 
 
@@ -160,6 +165,16 @@ class OverKept:
     sums: tuple[str, ...]
     stamp: str
     stamp_sql: str
+    # the contract table the statement reads only through stamp_sql, or None: what it changed
+    # reaches the groups only if the stamp moved, which _stamp_kept judges (a customer closed at
+    # city changed status_code and cancel_date, words k_settle_grp writes of k_settle_mp's
+    # rows, and the 185 k point groups were rebuilt, 0.21 s, although no point count moved)
+    stamp_table: str | None = None
+
+    def __post_init__(self) -> None:
+        # _stamp_kept knows one stamp: the customers' floor day
+        assert self.stamp_table in (None, "mis_customer") and (
+            self.stamp_table is None or self.stamp_sql == "cust_floor_day()"), self
 
 
 # GATED tables that aggregate a FOLLOW table: rebuilt when a column they read beside it changed,
@@ -174,7 +189,37 @@ OVER_KEPT = {"k_settle_grp": OverKept(
     "k_settle_mp", keys=("org_no", "grid_no", "status_code", "bd", "cancel_date", "floor_day"),
     sums=("n", "n_smart", "n_run_meter", "n_run_meter_covered", "n_lv_related", "lv_rel_n",
           "lv_rel_same"),
-    stamp="floor_day", stamp_sql="cust_floor_day()")}
+    stamp="floor_day", stamp_sql="cust_floor_day()", stamp_table="mis_customer"),
+    "k_cust_check_grp": OverKept(
+        "k_cust_check", keys=("org_no", "grid_no", "status_code", "bd", "cancel_date", "floor_day"),
+        sums=("n", "num"), stamp="floor_day", stamp_sql="cust_floor_day()", stamp_table="mis_customer")}
+
+# GATED tables that aggregate the customers themselves: brought up to date by difference from
+# the ETL's row images of the customers that the runs since their build changed (the statement
+# over each changed customer's version after the runs, minus over its version before them),
+# when no other table they read changed, every batch of those runs kept its images and the
+# floor day did not move; else rebuilt whole. A real archive changes every working minute
+# (closures, new connections, contacts): at city ten customers closed in a minute rebuilt these
+# and the other customer tables, 2.09 -> 6.45 s a minute (bench_kpis.py --churn 10, session 30).
+_FLOOR_GROUP = ("org_no", "grid_no", "status_code", "bd", "cancel_date", "floor_day")
+OVER_IMAGED = {
+    "k_cust_grp": OverKept("mis_customer", keys=_FLOOR_GROUP, sums=("n",), stamp="floor_day",
+                           stamp_sql="cust_floor_day()", stamp_table="mis_customer"),
+    "k_cust_stock_grp": OverKept(
+        "mis_customer", keys=_FLOOR_GROUP,
+        sums=("n", "n_residential", "n_general_ci", "n_large_industry", "n_agriculture",
+              "n_other_class", "n_hv", "cap_mva", "n_cap_ge_315", "n_important",
+              "n_important_compliant", "n_important_emergency", "n_low_voltage", "n_lv_echannel",
+              "n_lv_smart_payment", "n_dg", "n_valid_mobile", "n_ebill"),
+        stamp="floor_day", stamp_sql="cust_floor_day()", stamp_table="mis_customer"),
+    "k_cust_area_grp": OverKept(
+        "mis_customer", keys=("org_no", "grid_no", "status_code", "rel_area_code", "bd", "cancel_date",
+                              "floor_day"),
+        sums=("n",), stamp="floor_day", stamp_sql="cust_floor_day()", stamp_table="mis_customer"),
+    "k_tg_cust_grp": OverKept(
+        "mis_customer", keys=("tg_no", "status_code", "bd", "cancel_date", "floor_day"), sums=("n",),
+        stamp="floor_day", stamp_sql="cust_floor_day()", stamp_table="mis_customer"),
+}
 
 
 @dataclass(frozen=True)
@@ -489,6 +534,12 @@ def _gated(con: duckdb.DuckDBPyConnection, name: str, stmt: str,
     top = changes.top_run(con)
     if top is None or state is None or state[0] != _hash(stmt):
         return _full(con, name, stmt, top)
+    if top != state[1] and name in OVER_IMAGED:
+        how = _over_images(con, name, stmt, OVER_IMAGED[name], state[1], top)
+        if how is None:
+            return _full(con, name, stmt, top)
+        _record(con, name, stmt, top, same=how == "unchanged")
+        return how
     if top != state[1]:
         over_kept = OVER_KEPT.get(name)
         over = _states(con).get(over_kept.kept) if over_kept else None
@@ -496,7 +547,9 @@ def _gated(con: duckdb.DuckDBPyConnection, name: str, stmt: str,
             # the kept table it reads is up to date: its rows changed after this table's build
             # reach it by difference; a column read beside it changed rebuilds it
             reads = prelude_columns(name, beside=over_kept.kept)
-            if changes.Changes(con, state[1], reads).last_touch(reads) is not None:
+            reads = {t: c for t, c in reads.items() if t != over_kept.stamp_table}
+            if changes.Changes(con, state[1], reads).last_touch(reads) is not None or not _stamp_kept(
+                    con, name, over_kept, state[1], top):
                 return _full(con, name, stmt, top)
             if over[2] > state[1]:
                 if (deltas or {}).get(over_kept.kept) != state[1] or not _over_delta(
@@ -511,6 +564,52 @@ def _gated(con: duckdb.DuckDBPyConnection, name: str, stmt: str,
             return _full(con, name, stmt, top)
         _record(con, name, stmt, top, same=True)
     return "unchanged"
+
+
+def _over_images(con: duckdb.DuckDBPyConnection, name: str, stmt: str, o: OverKept, since: int,
+                 top: int) -> str | None:
+    """An OVER_IMAGED table after the runs in (since, top]: 'unchanged' when none changed a
+    column it reads, 'delta' when only o.kept did and the groups were brought up to date by
+    difference from its row images (_over_delta), None when it must be rebuilt whole."""
+    from kpis import images  # noqa: PLC0415  (images reads etl tables only; kept out of import time)
+    from kpis.dependencies import prelude_columns  # noqa: PLC0415  (dependencies imports this module)
+    reads = prelude_columns(name)
+    beside = {t: c for t, c in reads.items() if t != o.kept}
+    if changes.Changes(con, since, beside).last_touch(beside) is not None:
+        return None
+    own = {o.kept: reads.get(o.kept)}
+    if changes.Changes(con, since, own).last_touch(own) is None:
+        return "unchanged"
+    if not images.versions(con, o.kept, since, top, f"_kd_new_{o.kept}", f"_kd_before_{o.kept}") or (
+            con.execute(f"SELECT COUNT(*) FROM _kd_new_{o.kept}").fetchone()[0] > AFFECTED_MAX):
+        return None
+    if not _stamp_kept(con, name, o, since, top) or not _over_delta(con, name, stmt, o):
+        return None
+    return "delta"
+
+
+def _stamp_kept(con: duckdb.DuckDBPyConnection, name: str, o: OverKept, since: int, top: int) -> bool:
+    """Whether the groups' one stamp is still what o.stamp_sql gives after the runs in
+    (since, top]. cust_floor_day() is the first day of the month 13 months before the customers'
+    newest build month: it can move only when a changed customer's version, before or after the
+    runs, has its build date in that month or later (from the row images; without them, or for
+    such a customer, the floor is computed: a scan of the customers, ~0.15 s at city)."""
+    from kpis import images  # noqa: PLC0415
+    stamp, stamps = con.execute(f"SELECT MIN({o.stamp}), COUNT(DISTINCT {o.stamp}) FROM {name}").fetchone()
+    if o.stamp_table is None or stamps != 1:
+        return o.stamp_table is None
+    table = {o.stamp_table: None}
+    if changes.Changes(con, since, table).last_touch(table) is None:
+        return True
+    if images.versions(con, o.stamp_table, since, top, "_st_after", "_st_before") and not con.execute(
+            """SELECT EXISTS (SELECT 1 FROM (SELECT is_deleted, build_date, created_at FROM _st_after
+                                             UNION ALL
+                                             SELECT is_deleted, build_date, created_at FROM _st_before) c
+                              WHERE c.is_deleted = 0 AND COALESCE(c.build_date, CAST(c.created_at AS DATE))
+                                                         >= CAST($f AS DATE) + INTERVAL 13 MONTH)""",
+            {"f": stamp}).fetchone()[0]:
+        return True
+    return bool(con.execute(f"SELECT {o.stamp_sql} = $f", {"f": stamp}).fetchone()[0])
 
 
 def _over_delta(con: duckdb.DuckDBPyConnection, name: str, stmt: str, o: OverKept) -> bool:

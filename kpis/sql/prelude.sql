@@ -234,9 +234,9 @@ FROM cust_stock_counts((SELECT floor_day FROM f), TRUE) s CROSS JOIN f;
 
 -- Customers flagged service-sensitive (sensitive_flag = 1; deleted ones too, which ACTIVE never
 -- counts), with what customer.sensitive_count reads of them. A table kept between passes
--- (kpis/prelude.py GATED): ~1 % of the 3.5 M city customers, spread over every row group, so
--- the KPI's filter decoded every customer's number, org and grid (~0.03 s of CPU a city
--- minute); customers change seldom.
+-- (kpis/prelude.py FOLLOW: a changed customer is re-derived alone): ~1 % of the 3.5 M city
+-- customers, spread over every row group, so the KPI's filter decoded every customer's number,
+-- org and grid (~0.03 s of CPU a city minute).
 CREATE OR REPLACE TABLE k_cust_sensitive AS
 SELECT cons_no, org_no, grid_no, is_deleted, build_date, created_at, cancel_date, status_code,
        sensitive_flag
@@ -247,9 +247,10 @@ FROM mis_customer WHERE sensitive_flag = 1;
 -- (one row per customer and period) and its reduced facts. Worked out once per customer, before
 -- the customer meets its periods, and the 台区 test is a membership test (one hash of the
 -- points, no DISTINCT of them first). Every look-up is on a key: one row a customer. A table
--- kept between passes (kpis/prelude.py GATED): it reads no period, and its inputs (customers,
--- codes, the org tree, settlement points) change seldom; computed in each evaluation (and
--- copied into a TEMP table as a shared subquery) it was ~1.3 s of each city sweep.
+-- kept between passes (kpis/prelude.py FOLLOW: a changed customer is re-derived alone; a
+-- change of the codes, the org tree or the settlement points rebuilds it): it reads no period;
+-- computed in each evaluation (and copied into a TEMP table as a shared subquery) it was ~1.3 s
+-- of each city sweep.
 CREATE OR REPLACE TABLE k_cust_check AS
 WITH tg_ok AS (
     SELECT mp.cons_no FROM mis_metering_point mp

@@ -33,7 +33,7 @@ from etl.pipeline import run_pass
 from etl.settings import SOURCE_NAMES, load_settings
 from etl.warehouse import Warehouse
 from kpis import prelude
-from kpis.prelude import FOLLOW, GATED, ON_DEMAND, apply_prelude, refresh_on_demand, statements
+from kpis.prelude import FOLLOW, GATED, ON_DEMAND, OVER_IMAGED, apply_prelude, refresh_on_demand, statements
 from tests.kpis.harness import simulated_small
 
 START = date(2026, 5, 1)
@@ -334,8 +334,13 @@ def test_kept_tables_equal_a_fresh_build_after_random_changes(sim, seed, keys) -
         how = _pass(sim, keys_lost=keys == "lost")
         # every step changes settlement points (customer, 台区, status), which the GATED
         # k_settle_grp reads through k_settle_mp; without the meters' keys a new meter cannot
-        # be told from one moved to another point (Reverse.moved_by): k_settle_mp is rebuilt
-        rebuilt = set(GATED) | ({"k_settle_mp"} if keys == "lost" else set())
+        # be told from one moved to another point (Reverse.moved_by): k_settle_mp is rebuilt.
+        # With the runs' keys and row images, the groups of k_settle_mp and those of the
+        # customers alone follow by difference (OVER_KEPT, OVER_IMAGED); the customer groups
+        # by 台区 read the points too, which changed: rebuilt, as is k_cust_check (the points
+        # are among its `whole` tables) and with it k_cust_check_grp
+        rebuilt = set(GATED) | {"k_cust_check"} | ({"k_settle_mp"} if keys == "lost" else set())
+        rebuilt -= {"k_cust_grp", "k_cust_stock_grp", "k_settle_grp"} if keys == "recorded" else set()
         assert how == {n: "full" if n in rebuilt else "delta" for n in ON_DEMAND}, (step, how)
         # the clock checks' changes reached the kept table (else equality would hold trivially)
         assert sim.con.execute("SELECT COUNT(*) FROM k_clock_off").fetchone()[0] > 0
@@ -619,13 +624,13 @@ CUSTOMER_KEPT = ("k_cust_grp", "k_cust_stock_grp", "k_cust_check", "k_cust_check
 
 
 def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(sim) -> None:
-    """GATED: a customer column none of them reads (sensitive_flag) leaves k_cust_grp,
-    k_cust_stock_grp, k_cust_check, k_cust_check_grp and k_unit_book_n as they are (and rebuilds
-    k_cust_sensitive, which now holds the customer; a code it does not read leaves it); a
-    cancellation rebuilds all five, the counts move to the cancelled groups and the customer
-    leaves the books; a deleted code rebuilds those that read mis_code (the class look-up of
-    k_cust_stock_grp, the voltage check of k_cust_check and its groups), not k_cust_grp nor
-    k_unit_book_n."""
+    """A customer column none of them reads (sensitive_flag) leaves k_cust_grp,
+    k_cust_stock_grp, k_cust_check, k_cust_check_grp and k_unit_book_n as they are (and
+    re-derives the customer in k_cust_sensitive, which now holds it; a code it does not read
+    leaves it); a cancellation brings them up to date, by difference but for the book's running
+    sum, the counts move to the cancelled groups and the customer leaves the books; a deleted
+    code rebuilds those that read mis_code (the class look-up of k_cust_stock_grp, the voltage
+    check of k_cust_check and its groups), not k_cust_grp nor k_unit_book_n."""
     con = sim.con
     cons = con.execute("SELECT MIN(cons_no) FROM mis_customer WHERE is_deleted = 0 "
                        "AND cancel_date IS NULL AND status_code <> '04'").fetchone()[0]
@@ -641,8 +646,8 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=1), sensitive_flag=1)
     how = _pass(sim)
     assert all(how[n] == "unchanged" for n in CUSTOMER_KEPT), how
-    # the flag is what k_cust_sensitive keeps: rebuilt, the customer in it
-    assert how["k_cust_sensitive"] == "full", how
+    # the flag is what k_cust_sensitive keeps: the customer re-derived (FOLLOW), now in it
+    assert how["k_cust_sensitive"] == "delta", how
     assert con.execute("SELECT COUNT(*) FROM k_cust_sensitive WHERE cons_no = $c",
                        {"c": cons}).fetchone()[0] == 1
     assert _fresh_differs(sim.con, "k_cust_sensitive") == 0
@@ -650,8 +655,14 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=2),
              cancel_date=str(END.date()), status_code="04")
     how = _pass(sim)
-    assert all(how[n] == "full" for n in CUSTOMER_KEPT), how
-    for name in CUSTOMER_KEPT:
+    # the customer groups follow by difference from the customer's row images (OVER_IMAGED),
+    # the customer's check is re-derived alone (FOLLOW) and its groups and the point groups by
+    # difference from the refreshes (OVER_KEPT); the book's running sum is rebuilt
+    assert {n: how[n] for n in (*CUSTOMER_KEPT, *OVER_IMAGED, "k_settle_grp", "k_cust_sensitive")} == {
+        "k_cust_grp": "delta", "k_cust_stock_grp": "delta", "k_cust_area_grp": "delta",
+        "k_tg_cust_grp": "delta", "k_settle_grp": "delta", "k_cust_check": "delta",
+        "k_cust_check_grp": "delta", "k_unit_book_n": "full", "k_cust_sensitive": "delta"}, how
+    for name in (*CUSTOMER_KEPT, *OVER_IMAGED, "k_settle_grp"):
         assert _fresh_differs(sim.con, name) == 0, name
     assert con.execute(cancelled).fetchone() == tuple(n + 1 for n in before)
     # cancelled on END's day: off the books at the end of that day
@@ -667,6 +678,46 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
         "k_cust_check_grp": "full", "k_unit_book_n": "unchanged", "k_cust_sensitive": "unchanged"}, how
     for name in CUSTOMER_KEPT:
         assert _fresh_differs(sim.con, name) == 0, name
+
+
+def test_customer_groups_follow_new_customers_until_the_floor_day_moves(sim) -> None:
+    """OVER_IMAGED: a customer added with a build date in the newest build month leaves the floor
+    day where it is, and the customer groups take it by difference; one built in a later month
+    moves the floor day a month on (the first day of the month 13 months before the newest build
+    month), and every group of the customers, and of the points, is rebuilt on the new floor."""
+    con = sim.con
+    floor = con.execute("SELECT MIN(floor_day), MAX(floor_day) FROM k_cust_grp").fetchone()
+    assert floor[0] == floor[1]
+    newest = con.execute("SELECT MAX(COALESCE(build_date, CAST(created_at AS DATE))) FROM mis_customer "
+                         "WHERE is_deleted = 0").fetchone()[0]
+    grouped = list(OVER_IMAGED) + ["k_settle_grp"]
+
+    def add(cons_no: str, built: date, at: datetime) -> None:
+        with _source(sim, "mis") as mis:
+            cols = [r[1] for r in mis.execute("PRAGMA table_info(mis_customer)")]
+            row = dict(zip(cols, mis.execute("SELECT * FROM mis_customer WHERE is_deleted = 0 "
+                                             "AND cancel_date IS NULL ORDER BY cons_no LIMIT 1").fetchone()))
+            row.update(cons_no=cons_no, build_date=str(built), ps_date=str(built), created_at=_stamp(at),
+                       updated_at=_stamp(at))
+            mis.execute(f"INSERT INTO mis_customer ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        list(row.values()))
+
+    add("9900000000000001", newest.replace(day=1), END + timedelta(minutes=1))
+    how = _pass(sim)
+    assert {n: how[n] for n in grouped} == {"k_cust_grp": "delta", "k_cust_stock_grp": "delta",
+                                            "k_cust_area_grp": "delta", "k_tg_cust_grp": "delta",
+                                            "k_settle_grp": "unchanged"}, how
+    assert con.execute("SELECT DISTINCT floor_day FROM k_cust_grp").fetchall() == [(floor[0],)]
+    for name in grouped:
+        assert _fresh_differs(con, name) == 0, name
+    later = (newest.replace(day=1) + timedelta(days=40)).replace(day=3)
+    add("9900000000000002", later, END + timedelta(minutes=2))
+    how = _pass(sim)
+    assert {n: how[n] for n in grouped} == {n: "full" for n in grouped}, how
+    moved = con.execute("SELECT DISTINCT floor_day FROM k_cust_grp").fetchall()
+    assert moved == [((floor[0].replace(day=1) + timedelta(days=40)).replace(day=1),)]
+    for name in grouped:
+        assert _fresh_differs(con, name) == 0, name
 
 
 def test_cust_counts_from_the_kept_groups_equal_the_customers_grouped(sim) -> None:
