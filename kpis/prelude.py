@@ -583,28 +583,37 @@ def _over_images(con: duckdb.DuckDBPyConnection, name: str, stmt: str, o: OverKe
     if not images.versions(con, o.kept, since, top, f"_kd_new_{o.kept}", f"_kd_before_{o.kept}") or (
             con.execute(f"SELECT COUNT(*) FROM _kd_new_{o.kept}").fetchone()[0] > AFFECTED_MAX):
         return None
-    if not _stamp_kept(con, name, o, since, top) or not _over_delta(con, name, stmt, o):
+    versions = (f"_kd_new_{o.kept}", f"_kd_before_{o.kept}")    # the stamp's table's too
+    if not _stamp_kept(con, name, o, since, top, versions) or not _over_delta(con, name, stmt, o):
         return None
     return "delta"
 
 
-def _stamp_kept(con: duckdb.DuckDBPyConnection, name: str, o: OverKept, since: int, top: int) -> bool:
+def _stamp_kept(con: duckdb.DuckDBPyConnection, name: str, o: OverKept, since: int, top: int,
+                versions: tuple[str, str] | None = None) -> bool:
     """Whether the groups' one stamp is still what o.stamp_sql gives after the runs in
     (since, top]. cust_floor_day() is the first day of the month 13 months before the customers'
     newest build month: it can move only when a changed customer's version, before or after the
     runs, has its build date in that month or later (from the row images; without them, or for
-    such a customer, the floor is computed: a scan of the customers, ~0.15 s at city)."""
+    such a customer, the floor is computed: a scan of the customers, ~0.15 s at city).
+    `versions`: the temp tables (after, before) already holding the stamp table's versions."""
     from kpis import images  # noqa: PLC0415
-    stamp, stamps = con.execute(f"SELECT MIN({o.stamp}), COUNT(DISTINCT {o.stamp}) FROM {name}").fetchone()
-    if o.stamp_table is None or stamps != 1:
-        return o.stamp_table is None
-    table = {o.stamp_table: None}
-    if changes.Changes(con, since, table).last_touch(table) is None:
+    if o.stamp_table is None:
         return True
-    if images.versions(con, o.stamp_table, since, top, "_st_after", "_st_before") and not con.execute(
-            """SELECT EXISTS (SELECT 1 FROM (SELECT is_deleted, build_date, created_at FROM _st_after
-                                             UNION ALL
-                                             SELECT is_deleted, build_date, created_at FROM _st_before) c
+    stamp, stamps = con.execute(f"SELECT MIN({o.stamp}), COUNT(DISTINCT {o.stamp}) FROM {name}").fetchone()
+    if stamps != 1:
+        return False
+    table = {o.stamp_table: None}
+    if versions is None:
+        if changes.Changes(con, since, table).last_touch(table) is None:
+            return True
+        versions = ("_st_after", "_st_before")
+        if not images.versions(con, o.stamp_table, since, top, *versions):
+            versions = None
+    if versions is not None and not con.execute(
+            f"""SELECT EXISTS (SELECT 1 FROM (SELECT is_deleted, build_date, created_at FROM {versions[0]}
+                                              UNION ALL
+                                              SELECT is_deleted, build_date, created_at FROM {versions[1]}) c
                               WHERE c.is_deleted = 0 AND COALESCE(c.build_date, CAST(c.created_at AS DATE))
                                                          >= CAST($f AS DATE) + INTERVAL 13 MONTH)""",
             {"f": stamp}).fetchone()[0]:
