@@ -30,6 +30,11 @@ INTERVALS: dict[str, tuple[tuple[str, str], ...]] = {
     "meter_collection_daily": (("first_try_time", "success_time"),),
     "meter_theft_case": (("found_time", "close_time"),),
 }
+# Registers (档案): one row per customer, meter or terminal, holding its current state. An update
+# of such a row is dated by the dates it moves and by its own updated_at, not by every date the
+# row carries: a customer closed today changes no period placed by its build date of 2019
+# (etl/load.py _flags_sql; docs/decisions.md, session 31).
+ARCHIVES = frozenset({"mis_customer", "mis_meter", "meter_terminal"})
 # quantities that may legitimately be negative although measured in kWh / 元
 SIGNED = {"loss_kwh", "loss_rate", "clock_dev_s"}
 _UNITS = ("kWh", "元", "kVA")
@@ -45,6 +50,7 @@ class TableRules:
     intervals: tuple[tuple[str, str], ...]
     nonneg: tuple[str, ...]
     business_dates: tuple[str, ...]               # SQL expressions giving a DATE
+    archive: bool = False                         # ARCHIVES
 
 
 def _references(ddl: str) -> dict[str, list[tuple[str, str, str]]]:
@@ -88,5 +94,8 @@ def table_rules(table: Table, contract: Contract | None = None) -> TableRules:
     if table.name == "mis_org":
         orgs.append("parent_org_no")
     refs = tuple(r for r in _all_refs(contract.ddl).get(table.name, []) if r[1] != "mis_org")
+    archive = table.name in ARCHIVES
+    if archive and not {"updated_at", "is_deleted"} <= {c.name for c in table.columns}:
+        raise ValueError(f"{table.name}: a register (etl.rules.ARCHIVES) needs updated_at and is_deleted")
     return TableRules(tuple(codes), tuple(orgs), refs, INTERVALS.get(table.name, ()),
-                      tuple(nonneg), tuple(dates))
+                      tuple(nonneg), tuple(dates), archive)

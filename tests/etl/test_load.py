@@ -198,6 +198,45 @@ def test_dirty_dates_name_the_columns_changed_on_them(env, settings, wh):
 
 
 
+def test_a_registers_update_is_dated_by_its_own_day_and_the_dates_it_moves(env, settings, wh):
+    """A customer closed today changes no period placed by its build date of 2019: an update of
+    a register's row (etl.rules.ARCHIVES) marks the day of its updated_at and the dates it moves,
+    old and new, not every date the row carries. A new row, and a row deleted or restored, mark
+    all of them (a deleted customer leaves every value it counted in)."""
+    def cust(cons_no, upd=U0, **kw):
+        return {"cons_no": cons_no, "org_no": "S1", "build_date": "2019-05-06", "ps_date": "2019-05-10",
+                "cancel_date": None, "status_code": "01", "updated_at": upd, **kw}
+
+    def dirty(run_id):
+        return q(wh, "SELECT business_date::VARCHAR, list_sort(changed_columns) FROM etl_dirty "
+                     "WHERE run_id = ? AND table_name = 'mis_customer' ORDER BY 1", [run_id])
+
+    insert(env, {"mis_customer": [cust("C1"), cust("C2"), cust("C3")]})
+    run_two(settings, wh)
+    # C1 is closed, with a cancel date two days before the update was keyed in (2030-01-01);
+    # C2 moves grid; C4 is new
+    insert(env, {"mis_customer": [
+        cust("C1", upd=U1, status_code="04", cancel_date="2029-12-30"),
+        cust("C2", upd=U1, grid_no="G2"),
+        cust("C4", upd=U1, build_date="2029-12-20", ps_date=None)]})
+    r = run_two(settings, wh)
+    closed = ["cancel_date", "status_code", "updated_at"]
+    assert dirty(r.run_id) == [("2029-12-20", None),
+                               ("2029-12-30", closed),
+                               ("2030-01-01", sorted(closed + ["grid_no"]))]
+    # C3 is deleted, C1's build date is corrected: the deletion carries every date of C3, the
+    # correction its old and new build date besides the day of the update
+    insert(env, {"mis_customer": [
+        cust("C3", upd="2030-01-02 10:00:00", is_deleted=1),
+        cust("C1", upd="2030-01-02 10:00:00", build_date="2019-05-07", status_code="04",
+             cancel_date="2029-12-30")]})
+    r = run_two(settings, wh)
+    assert dirty(r.run_id) == [("2019-05-06", ["build_date", "is_deleted", "updated_at"]),
+                               ("2019-05-07", ["build_date", "updated_at"]),
+                               ("2019-05-10", ["is_deleted", "updated_at"]),
+                               ("2030-01-02", ["build_date", "updated_at"])]
+
+
 def test_a_run_records_the_keys_it_merged(env, settings, wh, monkeypatch):
     """The KPI worker re-derives the rows of its kept tables (k_wo, k_bill, ...) for the keys a
     run merged: recorded per table with a one-column key, or one NULL key (not recorded) when a
