@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
+from etl.rules import ARCHIVES
 from kpis import changes, day_store, distinct_month, fact_diff, images, retention, value_layout, wake
 from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
@@ -61,6 +62,9 @@ SCHEMA = [
 # minute, and re-reading a closed month of facts each minute cost 10-15 s CPU per pass. A
 # restated past value is therefore at most SWEEP_EVERY late; open periods are fresh every pass.
 SWEEP_EVERY = timedelta(minutes=10)
+# How far back a sweep carries a register's change through a stock's later periods
+# (stock_carried): the days of the running and the previous month, the month ends of a year.
+CARRY_MONTHS_OF_DAYS, CARRY_MONTH_ENDS = 1, 12
 
 
 @dataclass
@@ -104,6 +108,33 @@ def select_kpis(registry: Registry, pattern: str | None) -> list[KpiDef]:
     if pattern:
         kpis = [k for k in kpis if fnmatch.fnmatchcase(k.id, pattern)]
     return kpis
+
+
+def stock_carried(changed: date, as_of: datetime) -> set[Period]:
+    """The periods after a register's change dated `changed` (etl.rules.ARCHIVES: a customer
+    built, closed or moved that day) whose stock it moves: a stock at a period's end counts the
+    rows valid then, so every later day and month end moves with it, not the changed day's
+    alone. Back to the first of the previous month for days and a year for month ends, the
+    history users compare with; older stored values stay as they were (docs/decisions.md,
+    session 31)."""
+    first_day = _months_back(as_of, CARRY_MONTHS_OF_DAYS)
+    first_month = _months_back(as_of, CARRY_MONTH_ENDS)
+    out: set[Period] = set()
+    cur = max(changed, first_day)
+    while cur <= as_of.date():
+        out.add(day(cur))
+        cur += timedelta(days=1)
+    cur = max(changed.replace(day=1), first_month)
+    while cur <= as_of.date():
+        out.add(month(cur.year, cur.month))
+        cur = (cur + timedelta(days=32)).replace(day=1)
+    return out
+
+
+def _months_back(as_of: datetime, n: int) -> date:
+    """The first day of the month n months before as_of's."""
+    y, m = divmod(as_of.year * 12 + as_of.month - 1 - n, 12)
+    return date(y, m + 1, 1)
 
 
 def periods_for(k: KpiDef, requested: Iterable[Period], as_of: datetime) -> list[Period]:
@@ -704,6 +735,10 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 tables = [t for t, ps in opened_by.items() if p in ps]
                 if len(tables) == 1 and tables[0] in imaged and images.eligible(k, tables[0]):
                     judged.append((k, tables[0], p.ws.date()))
+        if k.shape == "stock" and sweep:
+            dated = [p.ws for t in reads & ARCHIVES for p in opened_by[t] if p.grain == "daily"]
+            if dated:
+                periods |= stock_carried(min(dated).date(), as_of)
         if k.shape == "rolling" and opened:
             earliest = min(p.ws for p in opened)
             periods |= set(days_of(month(earliest.year, earliest.month)))

@@ -217,6 +217,75 @@ def test_a_past_day_waits_for_the_sweep_unless_its_month_is_summed_from_days(con
     assert value(con, "monthly", "2024-07-01") == 2
 
 
+def test_a_stock_is_restated_from_the_earliest_changed_date_to_today():
+    """customer.active_total (a stock at each day's end), hand-worked for S1. C1 (built 06-01)
+    and C2 (06-20) are on the books; on 07-10 C3, built on 07-05, is keyed in late, and C1 is
+    closed back-dated to 07-07 (ACTIVE needs cancel_date > the day: C1 is off from 07-07).
+    A changed date moves the stock of every day after it, not only its own: the sweep restates
+    07-05 .. 07-09 for C3 (2 -> 3) and 07-07 .. 07-09 for C1 (3 -> 2); the days before stay.
+        day    06-30 07-04 07-05 07-06 07-07 07-08 07-09 07-10
+        first    2     2     2     2     2     2     2     2
+        C3       2     2     3     3     3     3     3     3
+        C1       2     2     3     3     2     2     2     2"""
+    kid = "customer.active_total"
+    registry = registry_of(kid)
+
+    def cust(no: str, built: str, **kw) -> dict:
+        return {"cons_no": no, "cons_name": no, "org_no": "S1", "grid_no": "G1", "build_date": built,
+                "status_code": "01", "cons_sort_code": "03", "elec_type_code": "201", **kw}
+
+    def dirty(run: int, *dates: str) -> None:
+        con.executemany("INSERT INTO etl_dirty VALUES (?, 'mis', 'mis_customer', CAST(? AS DATE))",
+                        [[run, d] for d in dates])
+
+    def days() -> dict[str, float]:
+        return {str(d)[5:]: v for d, v in con.execute(
+            "SELECT CAST(period_start AS DATE), value FROM kpi_value WHERE kpi_id = ? AND org_no = 'S1' "
+            "AND grain = 'daily' AND (period_start BETWEEN '2024-07-04' AND '2024-07-10' "
+            "OR period_start = '2024-06-30')", [kid]).fetchall()}
+
+    con = duckdb.connect()
+    load_inputs(con, {"calendar": "2024-04-01..2024-08-31", "inputs": {"mis_customer": [
+        cust("C1", "2024-06-01"), cust("C2", "2024-06-20")]}})
+    con.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+                "business_date DATE)")
+    dirty(1, "2024-06-01", "2024-06-20")
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, registry, t0).errors
+    assert set(days().values()) == {2}
+    # C3 keyed in late: a new row marks its build date
+    con.execute("INSERT INTO mis_customer BY NAME SELECT 'C3' AS cons_no, 'S1' AS org_no, "
+                "'G1' AS grid_no, DATE '2024-07-05' AS build_date, '01' AS status_code, "
+                "'03' AS cons_sort_code, '201' AS elec_type_code, TIMESTAMP '2024-07-10 12:00:30' AS "
+                "created_at, TIMESTAMP '2024-07-10 12:00:30' AS updated_at, 0 AS is_deleted")
+    dirty(2, "2024-07-05")
+    assert not evaluate_incremental(con, registry, t0 + SWEEP_EVERY).errors
+    assert days() == {"06-30": 2, "07-04": 2, "07-05": 3, "07-06": 3, "07-07": 3, "07-08": 3,
+                      "07-09": 3, "07-10": 3}
+    # C1 closed on 07-10 with cancel date 07-07: its cancel date and the day of the update
+    con.execute("UPDATE mis_customer SET status_code = '04', cancel_date = DATE '2024-07-07', "
+                "updated_at = TIMESTAMP '2024-07-10 12:15:00' WHERE cons_no = 'C1'")
+    dirty(3, "2024-07-07", "2024-07-10")
+    assert not evaluate_incremental(con, registry, t0 + 2 * SWEEP_EVERY).errors
+    assert days() == {"06-30": 2, "07-04": 2, "07-05": 3, "07-06": 3, "07-07": 2, "07-08": 2,
+                      "07-09": 2, "07-10": 2}
+    assert con.execute("SELECT value FROM kpi_value WHERE kpi_id = ? AND org_no = 'S1' AND "
+                       "grain = 'monthly' AND period_start = '2024-06-01'", [kid]).fetchone() == (2,)
+
+
+def test_a_stock_carries_a_change_back_to_the_previous_month_and_a_year_of_month_ends():
+    from kpis.evaluate import stock_carried
+    at = datetime(2024, 7, 10, 12, 0)
+    got = stock_carried(date(2021, 3, 5), at)         # a customer built in 2021, deleted today
+    days = sorted(p.ws.date() for p in got if p.grain == "daily")
+    months = sorted(p.ws.date() for p in got if p.grain == "monthly")
+    assert days[0] == date(2024, 6, 1) and days[-1] == date(2024, 7, 10) and len(days) == 40
+    assert months == [date(2023, 7 + i, 1) if i < 6 else date(2024, i - 5, 1) for i in range(13)]
+    got = stock_carried(date(2024, 7, 8), at)
+    assert sorted((p.grain, p.ws.day) for p in got) == [("daily", 8), ("daily", 9), ("daily", 10),
+                                                         ("monthly", 1)]
+
+
 def test_a_new_hour_is_a_sweep(con, registry):
     assert not evaluate_incremental(con, registry, datetime(2024, 7, 10, 12, 58)).errors
     insert(con, 2, app("L1", "2024-06-05 11:00:00"))
@@ -371,6 +440,34 @@ def test_columns_a_kpi_reads_of_a_table():
     assert columns_read(full.get(KPI), "mis_org") is None
     assert columns_read(full.get(KPI), "mis_app") == {"app_no", "busi_type_code", "org_no", "grid_no",
                                                       "accept_time", "is_deleted"}
+
+
+def test_a_column_qualified_by_another_tables_alias_is_not_the_tables():
+    """A customer's closure changes its status_code and cancel_date. k_wo reads the customer
+    for attribution and writes `w.status_code <> '09'` of the work order (w: cs_work_order):
+    by words alone every work-order KPI read the customer's status. By hand from the texts:
+    order.total names no customer status; order.repair names `w.status_code` of k_wo, which
+    passes it on from `w.*` (cs_work_order), not from `c.status_code as cust_status_code`;
+    customer.active_total reads it through is_active."""
+    from kpis.dependencies import _columns_in, _passed_from, columns_named
+    full = load_registry()
+    for kid in ("order.total", "order.repair", "order.overdue_open"):
+        assert "status_code" not in columns_named(full.get(kid), "mis_customer"), kid
+        assert "status_code" in columns_named(full.get(kid), "cs_work_order"), kid
+    assert {"status_code", "cancel_date"} <= columns_named(full.get("customer.active_total"),
+                                                           "mis_customer")
+    assert _passed_from("k_wo", "status_code") == {"cs_work_order"}
+    assert _passed_from("k_wo", "cust_status_code") is None      # an expression's name: unknown
+    cols = {"status_code", "grid_no", "org_no"}
+    sql = ("select w.status_code, c.grid_no, org_no from cs_work_order w "
+           "left join mis_customer c on c.cons_no = w.cons_no where x.status_code = '1'")
+    # w is another contract table; c is the table; org_no and x (unknown) count
+    assert _columns_in(sql, "mis_customer", cols) == {"grid_no", "org_no", "status_code"}
+    assert _columns_in(sql.replace("x.status_code", "w.grid_no"), "mis_customer", cols) == {
+        "grid_no", "org_no"}
+    # an alias naming the table in one place and another table elsewhere counts
+    assert _columns_in(sql.replace("x.status_code", "w.grid_no") + " union select w.status_code "
+                       "from mis_customer w", "mis_customer", cols) == {"grid_no", "org_no", "status_code"}
 
 
 def test_only_small_tables_are_fingerprinted(con, monkeypatch):
