@@ -63,6 +63,77 @@ def _prelude_tables() -> dict[str, frozenset[str]]:
             for name, refs in _prelude_refs().items()}
 
 
+_QUALIFIED = re.compile(r"\b([a-z_][a-z0-9_]*)\s*\.\s*([a-z_][a-z0-9_]*)\b")
+_FROM_ITEM = re.compile(r"\b(?:from|join)\s+([a-z_][a-z0-9_]*)\b(?:\s+(?:as\s+)?([a-z_][a-z0-9_]*)\b)?")
+_NOT_ALIAS = frozenset("""where join left right inner outer cross full natural semi anti asof
+    positional lateral on using group order limit offset union except intersect qualify having
+    window select as""".split())
+
+
+def _columns_in(text: str, table: str, columns: Collection[str]) -> frozenset[str]:
+    """The words of `text` (lower case, comments dropped) that are columns of `table`, except
+    where every occurrence is qualified by an alias of other contract tables only: k_wo's
+    `w.status_code` (w: cs_work_order) is not the status of the customer it joins, whose
+    closure would otherwise wake every work-order KPI and re-read its days."""
+    aliases = _aliases(text)
+    elsewhere = {m.start(2) for m in _QUALIFIED.finditer(text)
+                 if m[1] in aliases and all(_not_from(t, m[2], table) for t in aliases[m[1]])}
+    return frozenset(m[0] for m in _WORD.finditer(text)
+                     if m[0] in columns and m.start() not in elsewhere)
+
+
+def _aliases(text: str) -> dict[str, set[str]]:
+    """Each name a FROM or JOIN item of the text can be qualified by -> the tables it names."""
+    aliases: dict[str, set[str]] = {}
+    for m in _FROM_ITEM.finditer(text):
+        aliases.setdefault(m[1], set()).add(m[1])
+        if m[2] and m[2] not in _NOT_ALIAS:
+            aliases.setdefault(m[2], set()).add(m[1])
+    return aliases
+
+
+def _not_from(source: str, column: str, table: str) -> bool:
+    """Whether `source.column` is known not to be a column of `table`: source is another
+    contract table, or a prelude object passing the column on from other contract tables only
+    (k_wo's status_code comes from its `w.*`, cs_work_order, not from the customer it joins)."""
+    if source in _contract_tables():
+        return source != table
+    passed = _passed_from(source, column)
+    return passed is not None and table not in passed
+
+
+_PLAIN_ITEM = re.compile(r"([a-z_][a-z0-9_]*)\s*\.\s*(\*|[a-z_][a-z0-9_]*)")
+_NAMED_ITEM = re.compile(r"(?:.+?\s+as\s+)?([a-z_][a-z0-9_]*)", re.S)
+
+
+@lru_cache(maxsize=4096)
+def _passed_from(obj: str, column: str) -> frozenset[str] | None:
+    """The contract tables a prelude object's output `column` is passed on from, when every item
+    of its outer select list that can give it is a plain `alias.column` or `alias.*` over
+    contract tables; None when unknown (an expression of that name, a star over another object,
+    a set operation, no such item)."""
+    text = _prelude_texts().get(obj)
+    if text is None or re.search(r"\b(?:union|except|intersect)\b", text):
+        return None
+    outer = _outer_items(text)
+    if outer is None:
+        return None
+    aliases, contract, out = _aliases(text), _contract_tables(), set()
+    for item in (it.strip() for it in outer[2]):
+        m = _PLAIN_ITEM.fullmatch(item)
+        if m and (m[2] == "*" or m[2] == column):
+            sources = aliases.get(m[1], set())
+            if not sources or not sources <= contract:
+                return None
+            out |= {t for t in sources if m[2] == column
+                    or column in {c.name for c in load_contract().tables[t].columns}}
+        elif not m:
+            named = _NAMED_ITEM.fullmatch(item)
+            if named is None or named[1] == column:
+                return None
+    return frozenset(out) or None
+
+
 def prelude_tables(name: str) -> frozenset[str]:
     """The contract tables a prelude object reads, directly or through other prelude objects."""
     return _prelude_tables().get(name, frozenset())
@@ -97,7 +168,7 @@ def _prelude_columns(name: str, beside: str | None = None) -> tuple[tuple[str, f
             out.append((table, None))
             continue
         columns = {c.name for c in load_contract().tables[table].columns}
-        out.append((table, frozenset(w for t in own for w in _WORD.findall(t) if w in columns)))
+        out.append((table, frozenset().union(*(_columns_in(t, table, columns) for t in own))))
     return tuple(out)
 
 
@@ -288,7 +359,7 @@ def _columns_read(facts: str, presence: str, table: str) -> frozenset[str] | Non
     if any(_reads_whole_rows(t) for t in texts):
         return None
     columns = {c.name for c in load_contract().tables[table].columns}
-    return frozenset(w for t in texts for w in _WORD.findall(t) if w in columns)
+    return frozenset().union(*(_columns_in(t, table, columns) for t in texts))
 
 
 # Whole rows passed on by a prelude object (`alias.*`, `SELECT *`) are still read column by
@@ -300,14 +371,8 @@ _PASSED = re.compile(r"(?:\w+\.)?\w+")
 _ALIASED = re.compile(r"(.+?)\s+as\s+(\w+)", re.S)
 
 
-def _without_passed_columns(text: str, named: Collection[str] | None = None) -> str:
-    """The statement without the plain `alias.column` items of its outer select list: such a
-    column only passes through under its own name, and counts for a KPI that names it. Items
-    with an expression stay, as does every other clause (joins, filters, groups); with `named`
-    (the words of the SQL that reads the statement's object), an item `expr AS name` whose name
-    is not among them, nor written elsewhere in the statement (a filter on it), goes too: the
-    visit KPIs read k_wo's attribution, not its `vwo` (status_code), so a work order's status
-    changed on a past day no longer re-reads that day's visits."""
+def _outer_items(text: str) -> tuple[int, int, list[str]] | None:
+    """(start, end, items) of the statement's outer select list; None when it has none."""
     depth, start, end, commas = 0, None, None, []
     for m in _TOKEN.finditer(text):
         tok = m.group(0)
@@ -322,9 +387,23 @@ def _without_passed_columns(text: str, named: Collection[str] | None = None) -> 
         elif depth == 0 and tok == "," and start is not None and end is None:
             commas.append(m.start())
     if start is None or end is None:
-        return text
+        return None
     bounds = [start, *[c + 1 for c in commas], end + 1]
-    items = [text[a:b - 1] for a, b in zip(bounds, bounds[1:])]
+    return start, end, [text[a:b - 1] for a, b in zip(bounds, bounds[1:])]
+
+
+def _without_passed_columns(text: str, named: Collection[str] | None = None) -> str:
+    """The statement without the plain `alias.column` items of its outer select list: such a
+    column only passes through under its own name, and counts for a KPI that names it. Items
+    with an expression stay, as does every other clause (joins, filters, groups); with `named`
+    (the words of the SQL that reads the statement's object), an item `expr AS name` whose name
+    is not among them, nor written elsewhere in the statement (a filter on it), goes too: the
+    visit KPIs read k_wo's attribution, not its `vwo` (status_code), so a work order's status
+    changed on a past day no longer re-reads that day's visits."""
+    outer = _outer_items(text)
+    if outer is None:
+        return text
+    start, end, items = outer
     if items[0].lstrip().startswith("distinct"):
         return text
 
@@ -364,5 +443,5 @@ def _columns_named(facts: str, presence: str, table: str) -> frozenset[str] | No
         # the words of what reads the object: the KPI, and the other objects it reads
         return {w for t in [code, *(all_texts[o] for o in objects if o != obj and o in all_texts)]
                 for w in _WORD.findall(t)}
-    return frozenset(w for t in [code, *(_without_passed_columns(all_texts[o], named(o)) for o in reading)]
-                     for w in _WORD.findall(t) if w in columns)
+    return frozenset().union(*(_columns_in(t, table, columns) for t in
+                               [code, *(_without_passed_columns(all_texts[o], named(o)) for o in reading)]))
