@@ -3,6 +3,7 @@
 Usage: python bench/bench_kpis.py --scale county|city [--days 45] [--workdir DIR] [--skip-incremental] [--skip-pandas]
        python bench/bench_kpis.py --data-dir DIR [--skip-incremental] [--skip-pandas]
                                   [--advance-hours H] [--minutes N] [--minutes-only]
+                                  [--churn N] [--sweep-last]
 (--skip-incremental: only (a) cold and (c); the first incremental run backfills ~100 days;
 --minutes-only: only (b), on a DIR an earlier run left after its backfill)
 Builds (or reuses) the simulator's sources and a warehouse in DIR (default bench/out/<scale>,
@@ -47,7 +48,7 @@ from etl.settings import SOURCE_NAMES, load_settings  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402
 from kpis import batch, value_layout  # noqa: E402
 from kpis.batch import compute_plan  # noqa: E402
-from kpis.evaluate import (apply_baselines, ensure_schema, evaluate_and_store,  # noqa: E402
+from kpis.evaluate import (SWEEP_EVERY, apply_baselines, ensure_schema, evaluate_and_store,  # noqa: E402
                            evaluate_incremental, periods_for)
 from kpis.periods import Period, day, hours_of, month, previous_month  # noqa: E402
 from kpis.prelude import apply_prelude  # noqa: E402
@@ -63,6 +64,7 @@ def command(args: argparse.Namespace) -> str:
     flags += f" --minutes {args.minutes}" if args.minutes != 3 else ""
     flags += f" --advance-hours {args.advance_hours:g}" if args.advance_hours else ""
     flags += f" --churn {args.churn}" if args.churn else ""
+    flags += " --sweep-last" if args.sweep_last else ""
     flags += f" --again {args.again}" if args.again else ""
     flags += " --day-store" if args.day_store else ""
     flags += f" --top {args.top}" if args.top else ""
@@ -612,6 +614,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=3, help="one-minute passes measured in (b)")
     ap.add_argument("--churn", type=int, default=0,
                     help="customers closed in the MIS source before each measured minute's ETL pass")
+    ap.add_argument("--sweep-last", action="store_true",
+                    help="make the last measured minute a sweep (its last one taken SWEEP_EVERY "
+                         "before), to measure the sweep after N churn minutes without waiting for it")
     ap.add_argument("--minutes-only", action="store_true",
                     help="only (b), on a --data-dir whose backfill (b0) an earlier run did (a copy)")
     ap.add_argument("--advance-hours", type=float, default=0,
@@ -736,6 +741,8 @@ def live_minutes(args, settings, wh, con, registry, side, urls, cmd) -> None:
         r = run_pass(settings, wh)
         etl = time.perf_counter() - t
         as_of = sim_clock(side)
+        if args.sweep_last and i == args.minutes - 1:
+            con.execute("UPDATE kpi_eval_state SET last_sweep_at = ?", [as_of - SWEEP_EVERY])
         start = load()
         timed = Timed(con)
         t, c = time.perf_counter(), time.process_time()
