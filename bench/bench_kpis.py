@@ -59,7 +59,7 @@ SIM_EPOCH = datetime(2000, 1, 1)   # simulator.clock.EPOCH: the state's clock co
 
 
 def command(args: argparse.Namespace) -> str:
-    flags = "".join(f" --{f}" for f in ("skip-incremental", "skip-pandas")
+    flags = "".join(f" --{f}" for f in ("skip-incremental", "skip-pandas", "minutes-only")
                     if getattr(args, f.replace("-", "_")))
     flags += f" --minutes {args.minutes}" if args.minutes != 3 else ""
     flags += f" --advance-hours {args.advance_hours:g}" if args.advance_hours else ""

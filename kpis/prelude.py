@@ -23,7 +23,7 @@ PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
 # not pay.
 ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_rc_event", "k_wo",
                        "k_task", "k_cust_grp", "k_cust_stock_grp", "k_cust_check",
-                       "k_cust_area_grp", "k_tg_cust_grp", "k_settle_grp", "k_unit_book_n",
+                       "k_cust_area_grp", "k_tg_cust_grp", "k_settle_grp", "k_unit_book_ev", "k_unit_book_n",
                        "k_cust_check_grp", "k_clock_off", "k_cust_sensitive"})
 
 
@@ -147,6 +147,10 @@ GATED = {
     "k_settle_grp": "an aggregate of k_settle_mp",
     # the customers on the books per province / city unit and day (N(x) of the MED KPIs): a
     # running sum over all customers' events, which any changed customer moves from its day on
+    # the book events per unit and day, and their running sum (N(x) of the MED KPIs): the events
+    # follow a changed customer by difference (OVER_IMAGED); the sum, a window over them, is
+    # rebuilt (a changed customer moves every later day's count)
+    "k_unit_book_ev": "an aggregate: a changed customer moves its book events between days",
     "k_unit_book_n": "a running sum: a changed customer moves every later day's count",
     # archive completeness counted per customer group at the floor day (of k_cust_check, which
     # FOLLOW re-derives per customer: OVER_KEPT)
@@ -163,8 +167,8 @@ class OverKept:
     kept: str
     keys: tuple[str, ...]
     sums: tuple[str, ...]
-    stamp: str
-    stamp_sql: str
+    stamp: str | None = None        # None: no stamp (k_unit_book_ev clamps no date)
+    stamp_sql: str | None = None
     # the contract table the statement reads only through stamp_sql, or None: what it changed
     # reaches the groups only if the stamp moved, which _stamp_kept judges (a customer closed at
     # city changed status_code and cancel_date, words k_settle_grp writes of k_settle_mp's
@@ -219,6 +223,7 @@ OVER_IMAGED = {
     "k_tg_cust_grp": OverKept(
         "mis_customer", keys=("tg_no", "status_code", "bd", "cancel_date", "floor_day"), sums=("n",),
         stamp="floor_day", stamp_sql="cust_floor_day()", stamp_table="mis_customer"),
+    "k_unit_book_ev": OverKept("mis_customer", keys=("unit_no", "d"), sums=("n_ev", "delta")),
 }
 
 
@@ -630,10 +635,11 @@ def _over_delta(con: duckdb.DuckDBPyConnection, name: str, stmt: str, o: OverKep
     the groups hold no single stamp or a group's count would go below zero: the caller then
     rebuilds the table whole, replacing whatever this changed."""
     body = re.sub(r"^\s*AS\s", "", stmt[_CREATE.match(stmt).end():]).rstrip().rstrip(";")
-    if o.stamp_sql not in body or con.execute(
-            f"SELECT COUNT(DISTINCT {o.stamp}) <> 1 FROM {name}").fetchone()[0]:
-        return False
-    body = body.replace(o.stamp_sql, f"(SELECT MIN({o.stamp}) FROM main.{name})")
+    if o.stamp is not None:
+        if o.stamp_sql not in body or con.execute(
+                f"SELECT COUNT(DISTINCT {o.stamp}) <> 1 FROM {name}").fetchone()[0]:
+            return False
+        body = body.replace(o.stamp_sql, f"(SELECT MIN({o.stamp}) FROM main.{name})")
     with_body = re.match(r"WITH\s+(?!RECURSIVE)", body)
 
     def over(rows: str) -> str:

@@ -338,9 +338,11 @@ def test_kept_tables_equal_a_fresh_build_after_random_changes(sim, seed, keys) -
         # With the runs' keys and row images, the groups of k_settle_mp and those of the
         # customers alone follow by difference (OVER_KEPT, OVER_IMAGED); the customer groups
         # by 台区 read the points too, which changed: rebuilt, as is k_cust_check (the points
-        # are among its `whole` tables) and with it k_cust_check_grp
+        # are among its `whole` tables) and with it k_cust_check_grp; the book events follow
+        # the customers, their running sum is rebuilt over them
         rebuilt = set(GATED) | {"k_cust_check"} | ({"k_settle_mp"} if keys == "lost" else set())
-        rebuilt -= {"k_cust_grp", "k_cust_stock_grp", "k_settle_grp"} if keys == "recorded" else set()
+        rebuilt -= ({"k_cust_grp", "k_cust_stock_grp", "k_settle_grp", "k_unit_book_ev"}
+                    if keys == "recorded" else set())
         assert how == {n: "full" if n in rebuilt else "delta" for n in ON_DEMAND}, (step, how)
         # the clock checks' changes reached the kept table (else equality would hold trivially)
         assert sim.con.execute("SELECT COUNT(*) FROM k_clock_off").fetchone()[0] > 0
@@ -427,8 +429,8 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
                           "k_settle_mp": "unchanged", "k_cust_grp": "unchanged",
                           "k_cust_stock_grp": "unchanged", "k_cust_check": "unchanged",
                           "k_cust_area_grp": "unchanged", "k_tg_cust_grp": "unchanged",
-                          "k_settle_grp": "unchanged", "k_unit_book_n": "unchanged",
-                          "k_cust_check_grp": "unchanged", "k_clock_off": "unchanged",
+                          "k_settle_grp": "unchanged", "k_unit_book_ev": "unchanged",
+                          "k_unit_book_n": "unchanged", "k_cust_check_grp": "unchanged", "k_clock_off": "unchanged",
                           "k_cust_sensitive": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
@@ -620,17 +622,18 @@ def test_more_keys_than_affected_max_rebuild_whole(sim, monkeypatch) -> None:
         assert _fresh_differs(sim.con, name) == 0, name
 
 
-CUSTOMER_KEPT = ("k_cust_grp", "k_cust_stock_grp", "k_cust_check", "k_cust_check_grp", "k_unit_book_n")
+CUSTOMER_KEPT = ("k_cust_grp", "k_cust_stock_grp", "k_cust_check", "k_cust_check_grp", "k_unit_book_ev",
+                 "k_unit_book_n")
 
 
 def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(sim) -> None:
     """A customer column none of them reads (sensitive_flag) leaves k_cust_grp,
-    k_cust_stock_grp, k_cust_check, k_cust_check_grp and k_unit_book_n as they are (and
+    k_cust_stock_grp, k_cust_check, k_cust_check_grp and the book (k_unit_book_ev, _n) as they are (and
     re-derives the customer in k_cust_sensitive, which now holds it; a code it does not read
     leaves it); a cancellation brings them up to date, by difference but for the book's running
     sum, the counts move to the cancelled groups and the customer leaves the books; a deleted
     code rebuilds those that read mis_code (the class look-up of k_cust_stock_grp, the voltage
-    check of k_cust_check and its groups), not k_cust_grp nor k_unit_book_n."""
+    check of k_cust_check and its groups), not k_cust_grp nor the book."""
     con = sim.con
     cons = con.execute("SELECT MIN(cons_no) FROM mis_customer WHERE is_deleted = 0 "
                        "AND cancel_date IS NULL AND status_code <> '04'").fetchone()[0]
@@ -657,11 +660,13 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
     how = _pass(sim)
     # the customer groups follow by difference from the customer's row images (OVER_IMAGED),
     # the customer's check is re-derived alone (FOLLOW) and its groups and the point groups by
-    # difference from the refreshes (OVER_KEPT); the book's running sum is rebuilt
+    # difference from the refreshes (OVER_KEPT); the book's events by difference too, their
+    # running sum rebuilt over them
     assert {n: how[n] for n in (*CUSTOMER_KEPT, *OVER_IMAGED, "k_settle_grp", "k_cust_sensitive")} == {
         "k_cust_grp": "delta", "k_cust_stock_grp": "delta", "k_cust_area_grp": "delta",
         "k_tg_cust_grp": "delta", "k_settle_grp": "delta", "k_cust_check": "delta",
-        "k_cust_check_grp": "delta", "k_unit_book_n": "full", "k_cust_sensitive": "delta"}, how
+        "k_cust_check_grp": "delta", "k_unit_book_ev": "delta", "k_unit_book_n": "full",
+        "k_cust_sensitive": "delta"}, how
     for name in (*CUSTOMER_KEPT, *OVER_IMAGED, "k_settle_grp"):
         assert _fresh_differs(sim.con, name) == 0, name
     assert con.execute(cancelled).fetchone() == tuple(n + 1 for n in before)
@@ -675,7 +680,8 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
     how = _pass(sim)
     assert {n: how[n] for n in (*CUSTOMER_KEPT, "k_cust_sensitive")} == {
         "k_cust_grp": "unchanged", "k_cust_stock_grp": "full", "k_cust_check": "full",
-        "k_cust_check_grp": "full", "k_unit_book_n": "unchanged", "k_cust_sensitive": "unchanged"}, how
+        "k_cust_check_grp": "full", "k_unit_book_ev": "unchanged", "k_unit_book_n": "unchanged",
+        "k_cust_sensitive": "unchanged"}, how
     for name in CUSTOMER_KEPT:
         assert _fresh_differs(sim.con, name) == 0, name
 
@@ -706,14 +712,16 @@ def test_customer_groups_follow_new_customers_until_the_floor_day_moves(sim) -> 
     how = _pass(sim)
     assert {n: how[n] for n in grouped} == {"k_cust_grp": "delta", "k_cust_stock_grp": "delta",
                                             "k_cust_area_grp": "delta", "k_tg_cust_grp": "delta",
-                                            "k_settle_grp": "unchanged"}, how
+                                            "k_unit_book_ev": "delta", "k_settle_grp": "unchanged"}, how
     assert con.execute("SELECT DISTINCT floor_day FROM k_cust_grp").fetchall() == [(floor[0],)]
     for name in grouped:
         assert _fresh_differs(con, name) == 0, name
     later = (newest.replace(day=1) + timedelta(days=40)).replace(day=3)
     add("9900000000000002", later, END + timedelta(minutes=2))
     how = _pass(sim)
-    assert {n: how[n] for n in grouped} == {n: "full" for n in grouped}, how
+    # the book's events clamp no date at the floor: they follow the new customer still
+    assert {n: how[n] for n in grouped} == {n: "delta" if n == "k_unit_book_ev" else "full"
+                                            for n in grouped}, how
     moved = con.execute("SELECT DISTINCT floor_day FROM k_cust_grp").fetchall()
     assert moved == [((floor[0].replace(day=1) + timedelta(days=40)).replace(day=1),)]
     for name in grouped:
