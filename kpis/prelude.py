@@ -23,8 +23,8 @@ PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
 # not pay.
 ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_rc_event", "k_wo",
                        "k_task", "k_cust_grp", "k_cust_stock_grp", "k_cust_check",
-                       "k_cust_area_grp", "k_tg_cust_grp", "k_settle_grp", "k_unit_book_ev", "k_unit_book_n",
-                       "k_cust_check_grp", "k_clock_off", "k_cust_sensitive"})
+                       "k_cust_area_grp", "k_tg_cust_grp", "k_settle_grp", "k_unit_book_ev",
+                       "k_unit_book_n", "k_cust_check_grp", "k_clock_off", "k_cust_sensitive"})
 
 
 @dataclass(frozen=True)
@@ -145,11 +145,9 @@ GATED = {
     "k_tg_cust_grp": "an aggregate over customers and their settlement 台区",
     # the point stocks' counts of k_settle_mp (itself GATED), grouped at the floor day
     "k_settle_grp": "an aggregate of k_settle_mp",
-    # the customers on the books per province / city unit and day (N(x) of the MED KPIs): a
-    # running sum over all customers' events, which any changed customer moves from its day on
-    # the book events per unit and day, and their running sum (N(x) of the MED KPIs): the events
-    # follow a changed customer by difference (OVER_IMAGED); the sum, a window over them, is
-    # rebuilt (a changed customer moves every later day's count)
+    # the customers on the books per province / city unit and day (N(x) of the MED KPIs): the
+    # book events per unit and day follow a changed customer by difference (OVER_IMAGED); their
+    # running sum, which any changed customer moves from its day on, is rebuilt over them
     "k_unit_book_ev": "an aggregate: a changed customer moves its book events between days",
     "k_unit_book_n": "a running sum: a changed customer moves every later day's count",
     # archive completeness counted per customer group at the floor day (of k_cust_check, which
