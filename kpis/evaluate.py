@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from etl.rules import ARCHIVES
 from kpis import changes, day_store, distinct_month, fact_diff, images, retention, value_layout, wake
 from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
@@ -111,12 +110,12 @@ def select_kpis(registry: Registry, pattern: str | None) -> list[KpiDef]:
 
 
 def stock_carried(changed: date, as_of: datetime) -> set[Period]:
-    """The periods after a register's change dated `changed` (etl.rules.ARCHIVES: a customer
-    built, closed or moved that day) whose stock it moves: a stock at a period's end counts the
-    rows valid then, so every later day and month end moves with it, not the changed day's
-    alone. Back to the first of the previous month for days and a year for month ends, the
-    history users compare with; older stored values stay as they were (docs/decisions.md,
-    session 31)."""
+    """The periods after a change dated `changed` whose stock it moves (a customer built, closed
+    or moved that day; a payment made or an alarm raised then, keyed in late): a stock at a
+    period's end counts the rows valid then, so every later day and month end moves with it,
+    not the changed day's alone. Back to the first of the previous month for days and a year
+    for month ends, the history users compare with; older stored values stay as they were
+    (docs/decisions.md, sessions 31 and 32)."""
     first_day = _months_back(as_of, CARRY_MONTHS_OF_DAYS)
     first_month = _months_back(as_of, CARRY_MONTH_ENDS)
     out: set[Period] = set()
@@ -736,7 +735,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 if len(tables) == 1 and tables[0] in imaged and images.eligible(k, tables[0]):
                     judged.append((k, tables[0], p.ws.date()))
         if k.shape == "stock" and sweep:
-            dated = [p.ws for t in reads & ARCHIVES for p in opened_by[t] if p.grain == "daily"]
+            dated = [p.ws for ps in opened_by.values() for p in ps if p.grain == "daily"]
             if dated:
                 periods |= stock_carried(min(dated).date(), as_of)
         if k.shape == "rolling" and opened:

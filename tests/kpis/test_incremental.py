@@ -273,6 +273,52 @@ def test_a_stock_is_restated_from_the_earliest_changed_date_to_today():
                        "grain = 'monthly' AND period_start = '2024-06-01'", [kid]).fetchone() == (2,)
 
 
+def test_a_stock_over_events_is_restated_from_a_late_rows_date_to_today():
+    """billing.arrears_customers (customers with an overdue bill outstanding at each day's end),
+    hand-worked for S1. BK1's bill B1 (100.00, due 07-01) is unpaid until, on 07-10, a payment
+    made on 07-05 10:00 is keyed in late: OUT(B1) is 0 from 07-05 10:00, so every day's end from
+    07-05 on has no customer in arrears, not only the payment's own day. Before it, and for the
+    days before 07-05 after it, BK1 counts (te of 07-01 is 07-02 00:00, past the due date).
+        day    06-30 07-01 07-04 07-05 07-06 07-09 07-10
+        first    0     1     1     1     1     1     1
+        paid     0     1     1     0     0     0     0"""
+    kid = "billing.arrears_customers"
+    registry = registry_of(kid)
+    con = duckdb.connect()
+    load_inputs(con, {"calendar": "2024-04-01..2024-08-31", "inputs": {
+        "mis_customer": [{"cons_no": "BK1", "cons_sort_code": "03", "elec_type_code": "200",
+                          "org_no": "S1", "status_code": "01", "build_date": "2020-01-01",
+                          "grid_no": "G1"}],
+        "mis_bill": [{"bill_id": "B1", "cons_no": "BK1", "org_no": "S1", "rcvbl_ym": "202406",
+                      "amt_type": "01", "rcvbl_amt": 100.0, "release_date": "2024-06-05",
+                      "due_date": "2024-07-01", "settle_flag": "01"}],
+        "mis_rcved_flow": []}})
+    con.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+                "business_date DATE)")
+    con.execute("INSERT INTO etl_dirty VALUES (1, 'mis', 'mis_bill', DATE '2024-07-01')")
+
+    def days() -> dict[str, float]:
+        return {str(d)[5:]: v for d, v in con.execute(
+            "SELECT CAST(period_start AS DATE), value FROM kpi_value WHERE kpi_id = ? AND org_no = 'S1' "
+            "AND grain = 'daily' AND period_start IN ('2024-06-30', '2024-07-01', '2024-07-04', "
+            "'2024-07-05', '2024-07-06', '2024-07-09', '2024-07-10')", [kid]).fetchall()}
+
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, registry, t0).errors
+    assert days() == {"06-30": 0, "07-01": 1, "07-04": 1, "07-05": 1, "07-06": 1, "07-09": 1,
+                      "07-10": 1}
+    # the late payment: a new row of the payments, marked by its only business date
+    con.execute("INSERT INTO mis_rcved_flow BY NAME SELECT 'F1' AS rcved_id, 'B1' AS bill_id, "
+                "'BK1' AS cons_no, 'S1' AS org_no, 100.0 AS rcved_amt, 0 AS rcved_penalty, "
+                "TIMESTAMP '2024-07-05 10:00:00' AS rcved_time, '01' AS status_code, "
+                "TIMESTAMP '2024-07-10 12:03:00' AS created_at, "
+                "TIMESTAMP '2024-07-10 12:03:00' AS updated_at, 0 AS is_deleted")
+    con.execute("INSERT INTO etl_dirty VALUES (2, 'mis', 'mis_rcved_flow', DATE '2024-07-05')")
+    assert not evaluate_incremental(con, registry, t0 + SWEEP_EVERY).errors
+    assert days() == {"06-30": 0, "07-01": 1, "07-04": 1, "07-05": 0, "07-06": 0, "07-09": 0,
+                      "07-10": 0}
+
+
 def test_a_stock_carries_a_change_back_to_the_previous_month_and_a_year_of_month_ends():
     from kpis.evaluate import stock_carried
     at = datetime(2024, 7, 10, 12, 0)
