@@ -16,9 +16,9 @@ from kpis import changes, day_store, distinct_month, fact_diff, images, retentio
 from kpis.batch import RESULT_COLUMNS, Diff, compute_plan, fact_columns, per_kpi
 from kpis.compile import is_relative, status_sql
 from kpis.dependencies import columns_named, prelude_objects, tables_read
-from kpis.periods import Period, day, days_of, hours_of, month, snapshot
+from kpis.periods import Period, day, hours_of, month, snapshot
 from kpis.prelude import ON_DEMAND, apply_prelude, refresh_on_demand
-from kpis.registry import Registry, day_additive
+from kpis.registry import POPULATION_AT_TE, Registry, day_additive, day_additive_blockers
 from kpis.spec import KpiDef
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,31 @@ def stock_carried(changed: date, as_of: datetime) -> set[Period]:
     not the changed day's alone. Back to the first of the previous month for days and a year
     for month ends, the history users compare with; older stored values stay as they were
     (docs/decisions.md, sessions 31 and 32)."""
-    first_day = _months_back(as_of, CARRY_MONTHS_OF_DAYS)
-    first_month = _months_back(as_of, CARRY_MONTH_ENDS)
-    out: set[Period] = set()
-    cur = max(changed, first_day)
-    while cur <= as_of.date():
-        out.add(day(cur))
-        cur += timedelta(days=1)
-    cur = max(changed.replace(day=1), first_month)
+    return (_days_from(max(changed, _months_back(as_of, CARRY_MONTHS_OF_DAYS)), as_of)
+            | _months_from(max(changed, _months_back(as_of, CARRY_MONTH_ENDS)), as_of))
+
+
+_CARRIED: dict[tuple[str, str], bool] = {}
+
+
+def carried_forward(k: KpiDef) -> bool:
+    """Whether a change dated D moves the KPI's value at every period end after D (stock_carried):
+    a stock, or a flow beside a population taken at te (repair.orders_per_10k: the customers
+    active at the month's end). Kept by (id, SQL): a sweep asks it of every KPI."""
+    key = (k.id, k.sql_text)
+    if key not in _CARRIED:
+        _CARRIED[key] = k.shape == "stock" or POPULATION_AT_TE in day_additive_blockers(k)
+    return _CARRIED[key]
+
+
+def _days_from(first: date, as_of: datetime) -> set[Period]:
+    """The days from `first` to as_of's."""
+    return {day(first + timedelta(days=i)) for i in range((as_of.date() - first).days + 1)}
+
+
+def _months_from(first: date, as_of: datetime) -> set[Period]:
+    """The months from `first`'s to as_of's."""
+    out, cur = set(), first.replace(day=1)
     while cur <= as_of.date():
         out.add(month(cur.year, cur.month))
         cur = (cur + timedelta(days=32)).replace(day=1)
@@ -734,17 +751,15 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 tables = [t for t, ps in opened_by.items() if p in ps]
                 if len(tables) == 1 and tables[0] in imaged and images.eligible(k, tables[0]):
                     judged.append((k, tables[0], p.ws.date()))
-        if k.shape == "stock" and sweep:
+        if sweep and carried_forward(k):
             dated = [p.ws for ps in opened_by.values() for p in ps if p.grain == "daily"]
             if dated:
                 periods |= stock_carried(min(dated).date(), as_of)
         if k.shape == "rolling" and opened:
-            earliest = min(p.ws for p in opened)
-            periods |= set(days_of(month(earliest.year, earliest.month)))
-            cur = earliest
-            while cur <= as_of:
-                periods.add(day(cur.date()))
-                cur += timedelta(days=1)
+            # every window that contains a changed date (CONVENTIONS.md §6): each day and month
+            # from the first of the earliest one's month on (`opened` holds its month)
+            earliest = min(p.ws for p in opened).date()
+            periods |= _days_from(earliest, as_of) | _months_from(earliest, as_of)
         wanted.append((k, periods))
     # kept between passes: only the keys whose inputs this pass's ETL merged are re-derived
     # (before the judgement below, whose facts read them as the pass does)

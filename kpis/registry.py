@@ -211,12 +211,15 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     if "ws" not in words or "te" not in words:
         out.append("does not place its rows in [ws, te)")
     elif words.count("te") != words.count("ws"):
-        out.append("te without its ws")
+        out.append(POPULATION_AT_TE)
     return out
 
 
 PENDING_WINDOW = "a pending window beside settles_after or restated_by"
-SOFT_BLOCKERS = frozenset({"te without its ws", PENDING_WINDOW})
+# a population taken at te beside the flow (customers active at the end): kpis/evaluate.py
+# carries a change dated D through every later period end for it, as for a stock
+POPULATION_AT_TE = "te without its ws"
+SOFT_BLOCKERS = frozenset({POPULATION_AT_TE, PENDING_WINDOW})
 
 
 def day_additive(k: KpiDef) -> bool:

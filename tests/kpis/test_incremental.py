@@ -319,6 +319,93 @@ def test_a_stock_over_events_is_restated_from_a_late_rows_date_to_today():
                       "07-10": 0}
 
 
+def test_a_rolling_window_is_restated_in_every_month_that_contains_the_changed_date():
+    """order.complaint_rate_10k (valid complaints over the 12 months ending at we, per 10,000
+    customers active at we), hand-worked for S1 with two customers built in 2020. A complaint
+    accepted on 05-15 is keyed in on 07-10 (CONVENTIONS §6: "every rolling window that contains
+    a changed date"). The windows of May [2023-06-01, 2024-06-01), June [2023-07-01, 2024-07-01)
+    and July (to as_of) all contain 05-15, so each month's value goes from 0 to
+    10000 * 1 / 2 = 5000; April's [2023-05-01, 2024-05-01) does not, and stays 0. Likewise every
+    day from 05-15 on; 05-14 stays 0."""
+    kid = "order.complaint_rate_10k"
+    registry = registry_of(kid)
+
+    def cust(no: str) -> dict:
+        return {"cons_no": no, "cons_sort_code": "03", "elec_type_code": "201", "org_no": "S1",
+                "grid_no": "G1", "status_code": "01", "build_date": "2020-01-01"}
+
+    con = duckdb.connect()
+    load_inputs(con, {"calendar": "2024-01-01..2024-08-31", "inputs": {
+        "mis_customer": [cust("CA1"), cust("CA2")], "cs_work_order": []}})
+    con.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+                "business_date DATE)")
+    con.execute("INSERT INTO etl_dirty VALUES (1, 'mis', 'mis_customer', DATE '2020-01-01')")
+
+    def values(grain: str, *starts: str) -> dict[str, float]:
+        return {str(d)[5:]: v for d, v in con.execute(
+            "SELECT CAST(period_start AS DATE), value FROM kpi_value WHERE kpi_id = ? AND org_no = 'S1' "
+            "AND grain = ? AND list_contains(?, CAST(CAST(period_start AS DATE) AS VARCHAR))",
+            [kid, grain, list(starts)]).fetchall()}
+
+    months = ("2024-04-01", "2024-05-01", "2024-06-01", "2024-07-01")
+    days = ("2024-05-14", "2024-05-15", "2024-06-20", "2024-07-09")
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, registry, t0).errors
+    assert values("monthly", *months) == {"04-01": 0, "05-01": 0, "06-01": 0, "07-01": 0}
+    assert set(values("daily", *days).values()) == {0}
+    con.execute("INSERT INTO cs_work_order BY NAME SELECT 'Q1' AS wo_no, '02' AS busi_type_code, "
+                "'01' AS accept_channel, TIMESTAMP '2024-05-15 10:00:00' AS accept_time, "
+                "'06' AS status_code, 'S1' AS org_no, '01' AS complaint_valid, "
+                "TIMESTAMP '2024-07-10 12:03:00' AS created_at, "
+                "TIMESTAMP '2024-07-10 12:03:00' AS updated_at, 0 AS is_deleted")
+    con.execute("INSERT INTO etl_dirty VALUES (2, 'cs', 'cs_work_order', DATE '2024-05-15')")
+    assert not evaluate_incremental(con, registry, t0 + SWEEP_EVERY).errors
+    assert values("monthly", *months) == {"04-01": 0, "05-01": 5000, "06-01": 5000, "07-01": 5000}
+    assert values("daily", *days) == {"05-14": 0, "05-15": 5000, "06-20": 5000, "07-09": 5000}
+
+
+def test_a_flow_per_customers_at_the_end_carries_a_late_customer_like_a_stock():
+    """repair.orders_per_10k (main repair tasks received in the month per 10,000 customers
+    active at its end), hand-worked for S1: CA1 and CA2 built in 2020, one task received on
+    06-10. On 07-10 CA3, built on 05-20, is keyed in late (its build date is marked). Every
+    month ending after 05-20 counts it: June 10000 * 1 / 2 = 5000 -> 10000 * 1 / 3 = 3333.33;
+    May (no task) 0 over 3; April, ending before 05-20, stays 0 over 2."""
+    kid = "repair.orders_per_10k"
+    registry = registry_of(kid)
+
+    def cust(no: str, built: str) -> dict:
+        return {"cons_no": no, "cons_sort_code": "03", "elec_type_code": "201", "org_no": "S1",
+                "grid_no": "G1", "status_code": "01", "build_date": built}
+
+    con = duckdb.connect()
+    load_inputs(con, {"calendar": "2024-01-01..2024-08-31", "inputs": {
+        "mis_customer": [cust("CA1", "2020-01-01"), cust("CA2", "2020-01-01")],
+        "dist_repair_task": [{"task_id": "O1", "org_no": "S1", "receive_time": "2024-06-10 10:00:00",
+                              "status_code": "07"}]}})
+    con.execute("CREATE TABLE etl_dirty (run_id BIGINT, source VARCHAR, table_name VARCHAR, "
+                "business_date DATE)")
+    con.execute("INSERT INTO etl_dirty VALUES (1, 'mis', 'mis_customer', DATE '2020-01-01')")
+
+    def months() -> dict[str, tuple]:
+        return {str(d)[5:7]: (n, den) for d, n, den in con.execute(
+            "SELECT CAST(period_start AS DATE), numerator, denominator FROM kpi_value "
+            "WHERE kpi_id = ? AND org_no = 'S1' AND grain = 'monthly' "
+            "AND period_start BETWEEN '2024-04-01' AND '2024-06-01'", [kid]).fetchall()}
+
+    t0 = datetime(2024, 7, 10, 12, 0)
+    assert not evaluate_incremental(con, registry, t0).errors
+    assert months() == {"04": (0, 2), "05": (0, 2), "06": (1, 2)}
+    con.execute("INSERT INTO mis_customer BY NAME SELECT 'CA3' AS cons_no, 'S1' AS org_no, "
+                "'G1' AS grid_no, DATE '2024-05-20' AS build_date, '01' AS status_code, "
+                "'03' AS cons_sort_code, '201' AS elec_type_code, TIMESTAMP '2024-07-10 12:00:30' AS "
+                "created_at, TIMESTAMP '2024-07-10 12:00:30' AS updated_at, 0 AS is_deleted")
+    con.execute("INSERT INTO etl_dirty VALUES (2, 'mis', 'mis_customer', DATE '2024-05-20')")
+    assert not evaluate_incremental(con, registry, t0 + SWEEP_EVERY).errors
+    assert months() == {"04": (0, 2), "05": (0, 3), "06": (1, 3)}
+    assert con.execute("SELECT round(value, 2) FROM kpi_value WHERE kpi_id = ? AND org_no = 'S1' "
+                       "AND grain = 'monthly' AND period_start = '2024-06-01'", [kid]).fetchone() == (3333.33,)
+
+
 def test_a_stock_carries_a_change_back_to_the_previous_month_and_a_year_of_month_ends():
     from kpis.evaluate import stock_carried
     at = datetime(2024, 7, 10, 12, 0)
