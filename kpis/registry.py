@@ -217,7 +217,9 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
 
 PENDING_WINDOW = "a pending window beside settles_after or restated_by"
 # a population taken at te beside the flow (customers active at the end): kpis/evaluate.py
-# carries a change dated D through every later period end for it, as for a stock
+# carries a change dated D through every later period end for it, as for a stock. A heuristic
+# by words: it also finds other uses of te (billing.sales_kwh, call.fcr_rate), which the carry
+# then re-reads for nothing, at no measurable cost (bench/RESULTS.md, session 32)
 POPULATION_AT_TE = "te without its ws"
 SOFT_BLOCKERS = frozenset({POPULATION_AT_TE, PENDING_WINDOW})
 
