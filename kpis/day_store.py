@@ -164,10 +164,11 @@ def restated_params(k: KpiDef, run: int, after: datetime, as_of: datetime) -> di
     return {n: given[n] for n in set(_PARAM.findall(k.restated_by or ""))}
 
 
-def _restated(con: duckdb.DuckDBPyConnection, k: KpiDef, runs: Sequence[int | None],
+def restated_days(con: duckdb.DuckDBPyConnection, k: KpiDef, runs: Sequence[int | None],
               ats: Sequence[datetime | None], as_of: datetime) -> set[date] | None:
     """The stored days of a KPI with restated_by that may differ now (None: all of them): its
-    SQL run from the earliest ETL run and as_of the days were stored at. All when one is
+    SQL run from the earliest ETL run and as_of the days were stored at. The store asks it of
+    the months a pass evaluates; a sweep of the days before them (kpis/evaluate.py). All when one is
     unknown, or when a run after it merged rows into a table the SQL names without recording
     their keys (etl_keys: a huge load, a reconciliation)."""
     if not runs or any(r is None for r in runs) or any(a is None for a in ats):
@@ -246,7 +247,7 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
     for _, k, _, _ in wanted:
         if k.restated_by and k.id not in restated:
             mine = [(checked_of[key], computed_as_of[key]) for key in run_of if key[0] == k.id]
-            restated[k.id] = _restated(con, k, [r for r, _ in mine], [a for _, a in mine], as_of)
+            restated[k.id] = restated_days(con, k, [r for r, _ in mine], [a for _, a in mine], as_of)
 
     for kix, k, months, days in wanted:
         h = facts_hash(k)

@@ -751,6 +751,13 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 tables = [t for t, ps in opened_by.items() if p in ps]
                 if len(tables) == 1 and tables[0] in imaged and images.eligible(k, tables[0]):
                     judged.append((k, tables[0], p.ws.date()))
+        if sweep and k.restated_by and past_run is not None and last_sweep is not None:
+            # the days its restated_by names since the last sweep, of closed months too (a task
+            # moved to an order accepted last month restates that day; its dirty dates are its
+            # own): the store asks it only of the months a pass evaluates (kpis/day_store.py)
+            for d in day_store.restated_days(con, k, [past_run], [last_sweep], as_of) or ():
+                if as_of.date() - timedelta(days=800) <= d <= as_of.date():
+                    periods |= {day(d), month(d.year, d.month)}
         if sweep and carried_forward(k):
             dated = [p.ws for ps in opened_by.values() for p in ps if p.grain == "daily"]
             if dated:

@@ -930,3 +930,77 @@ def test_an_ordinary_pass_evaluates_the_running_and_previous_hour_a_sweep_every_
     swept = evaluate_incremental(c, registry, datetime(2024, 7, 10, 14, 40))   # SWEEP_EVERY
     assert swept.periods > 4 and (hour(9), hour(13), hour(14)) == (2, 1, 2)
     c.close()
+
+
+def test_a_sweep_restates_the_closed_days_a_restated_by_names(tmp_path, monkeypatch) -> None:
+    """A repair task moved to another work order takes its start from that order's acceptance
+    (repair.arrival_minutes_avg_*): a day of the closed month, which none of the task's own dirty
+    dates names. restated_by names it; the day store asked it only of the months a pass
+    evaluates, so the closed day kept its old mean for good. After live minutes with random
+    edits (test_prelude_follow.change_sources: tasks relinked each step) and a sweep, every stored
+    day and month of the KPIs with restated_by that read no register (whose updates count from
+    their own day, docs/decisions.md session 31) equals a direct evaluation now."""
+    pytest.importorskip("simulator")
+    from simulator import live, state
+
+    from etl.pipeline import run_pass
+    from etl.rules import ARCHIVES
+    from etl.settings import SOURCE_NAMES
+    from etl.warehouse import Warehouse
+    from kpis import evaluate
+    from kpis.batch import compute_plan
+    from kpis.dependencies import tables_read
+    from kpis.prelude import apply_prelude
+    from tests.kpis.harness import simulated_small
+    from tests.kpis.test_prelude_follow import change_sources
+
+    settings = simulated_small(tmp_path, LIVE_START, LIVE_DAYS)
+    urls = {s: settings.source_url(s) for s in SOURCE_NAMES}
+    side = tmp_path / "side"
+    registry = load_registry()
+    kpis = [k for k in registry.kpis.values() if k.restated_by and not tables_read(k) & ARCHIVES]
+    assert {"repair.arrival_minutes_avg_urban", "repair.arrival_minutes_avg_rural"} <= {k.id for k in kpis}
+    rng = random.Random(7)
+
+    def clock() -> datetime:
+        return datetime(2000, 1, 1) + timedelta(seconds=state.load(side).clock)
+
+    stamp = {"at": None}
+    monkeypatch.setattr(evaluate, "local_now", lambda: stamp["at"])
+    with Warehouse(settings.warehouse_path, threads=2, memory_limit="2GB") as wh:
+        assert run_pass(settings, wh).ok
+        con = wh.cursor()
+        as_of = clock() - timedelta(seconds=1)
+        stamp["at"] = as_of
+        assert not evaluate_incremental(con, registry, as_of).errors          # the backfill
+        sweeps = 0
+        for seconds in (180, 180, 120, 480):      # +16 min: a sweep within the hour
+            live.step(urls, seconds, side=side)
+            change_sources(tmp_path, rng, clock(), joined=False)
+            assert run_pass(settings, wh).ok
+            as_of = stamp["at"] = clock()
+            before = con.execute("SELECT last_sweep_at FROM kpi_eval_state").fetchone()[0]
+            assert not evaluate_incremental(con, registry, as_of).errors
+            sweeps += con.execute("SELECT last_sweep_at FROM kpi_eval_state").fetchone()[0] != before
+        assert sweeps >= 2 and as_of.date() == date(2026, 6, 4)
+        rows = con.execute("SELECT DISTINCT kpi_id, grain, period_start FROM kpi_value "
+                           "WHERE list_contains($k, kpi_id) AND grain IN ('daily', 'monthly') "
+                           "AND period_start >= '2026-05-01' AND period_start < '2026-06-04'",
+                           {"k": [k.id for k in kpis]}).fetchall()
+        plan: dict[str, list[Period]] = {}
+        for kid, grain, start in rows:
+            plan.setdefault(kid, []).append(day(start.date()) if grain == "daily"
+                                            else month(start.year, start.month))
+        ref = wh.cursor()
+        apply_prelude(ref, temp=True)
+        errors: dict[str, str] = {}
+        compute_plan(ref, [(registry.get(kid), ps) for kid, ps in plan.items()], as_of, errors)
+        assert errors == {}
+        compared, differ = ref.execute("""
+            SELECT COUNT(*), COUNT(*) FILTER (WHERE v.value IS DISTINCT FROM r.value
+                                               OR v.numerator IS DISTINCT FROM r.numerator
+                                               OR v.denominator IS DISTINCT FROM r.denominator)
+            FROM _result r JOIN kpi_value v USING (kpi_id, grain, period_start, org_no)""").fetchone()
+        ref.close()
+        assert compared > 1000 and differ == 0, (compared, differ)
+        con.close()
