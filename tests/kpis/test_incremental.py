@@ -7,6 +7,7 @@ ETL pass would write for them, then runs kpis.evaluate.evaluate_incremental as t
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 
 import duckdb
@@ -624,6 +625,21 @@ VALUE_COLUMNS = ("org_no, org_level, period_end, value, numerator, denominator, 
                  "is_final, sample")
 
 
+@contextmanager
+def _backfilled(settings, registry: Registry, clock, stamp: dict):
+    """(warehouse, connection) after the first ETL pass and the worker's backfill, stamped (and
+    evaluated) a second before the sources' clock."""
+    from etl.pipeline import run_pass
+    from etl.warehouse import Warehouse
+
+    with Warehouse(settings.warehouse_path, threads=2, memory_limit="2GB") as wh:
+        assert run_pass(settings, wh).ok
+        con = wh.cursor()
+        stamp["at"] = clock() - timedelta(seconds=1)
+        assert not evaluate_incremental(con, registry, stamp["at"]).errors
+        yield wh, con
+
+
 def _pass_plan(con: duckdb.DuckDBPyConnection, registry: Registry, at: datetime,
                as_of: datetime) -> list[tuple]:
     """The (KPI, periods) a pass stored rows of, read back from its computed_at (an ordinary
@@ -711,7 +727,6 @@ def test_worker_passes_equal_direct_evaluation_bit_for_bit(tmp_path, monkeypatch
 
     from etl.pipeline import run_pass
     from etl.settings import SOURCE_NAMES
-    from etl.warehouse import Warehouse
     from kpis import evaluate, wake
     from kpis.batch import compute_plan
     from kpis.prelude import apply_prelude
@@ -745,12 +760,7 @@ def test_worker_passes_equal_direct_evaluation_bit_for_bit(tmp_path, monkeypatch
 
     monkeypatch.setattr(wake, "untouched", spy_record)
     monkeypatch.setattr(wake, "unchanged", spy)
-    with Warehouse(settings.warehouse_path, threads=2, memory_limit="2GB") as wh:
-        assert run_pass(settings, wh).ok
-        con = wh.cursor()
-        as_of = clock() - timedelta(seconds=1)
-        stamp["at"] = as_of
-        assert not evaluate_incremental(con, registry, as_of).errors      # the backfill
+    with _backfilled(settings, registry, clock, stamp) as (wh, con):
         compared = compared_skipped = 0
         for step, seconds in enumerate((180, 180, 120, 480)):
             live.step(urls, seconds, side=side)
@@ -946,7 +956,6 @@ def test_a_sweep_restates_the_closed_days_a_restated_by_names(tmp_path, monkeypa
     from etl.pipeline import run_pass
     from etl.rules import ARCHIVES
     from etl.settings import SOURCE_NAMES
-    from etl.warehouse import Warehouse
     from kpis import evaluate
     from kpis.batch import compute_plan
     from kpis.dependencies import tables_read
@@ -967,12 +976,7 @@ def test_a_sweep_restates_the_closed_days_a_restated_by_names(tmp_path, monkeypa
 
     stamp = {"at": None}
     monkeypatch.setattr(evaluate, "local_now", lambda: stamp["at"])
-    with Warehouse(settings.warehouse_path, threads=2, memory_limit="2GB") as wh:
-        assert run_pass(settings, wh).ok
-        con = wh.cursor()
-        as_of = clock() - timedelta(seconds=1)
-        stamp["at"] = as_of
-        assert not evaluate_incremental(con, registry, as_of).errors          # the backfill
+    with _backfilled(settings, registry, clock, stamp) as (wh, con):
         sweeps = 0
         for seconds in (180, 180, 120, 480):      # +16 min: a sweep within the hour
             live.step(urls, seconds, side=side)
