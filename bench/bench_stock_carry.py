@@ -1,6 +1,8 @@
 """What a sweep's carry of a late event row costs the stocks over event tables (docs/decisions.md,
 session 32): those stocks evaluated and stored, as a sweep does, for the days from N days back to
-the warehouse's last evaluation and the month ends between (kpis.evaluate.stock_carried).
+the warehouse's last evaluation and the month ends between (kpis.evaluate.stock_carried). And
+what the sweep's own run of each restated_by since the last sweep costs
+(kpis.day_store.restated_days, from the last sweep's ETL run and as_of).
 
     python bench/bench_stock_carry.py --data-dir COPY [--days-back 4 29] [--rounds 2]
 
@@ -32,6 +34,7 @@ def main() -> None:
     from etl.contract import load_contract  # noqa: PLC0415
     from etl.rules import ARCHIVES, table_rules  # noqa: PLC0415
     from etl.settings import load_settings  # noqa: PLC0415  (reads DATA_DIR)
+    from kpis import day_store  # noqa: PLC0415
     from kpis.dependencies import tables_read  # noqa: PLC0415
     from kpis.evaluate import evaluate_and_store, stock_carried  # noqa: PLC0415
     from kpis.registry import load_registry  # noqa: PLC0415
@@ -43,7 +46,16 @@ def main() -> None:
     stocks = [k for k in registry.kpis.values() if k.shape == "stock" and tables_read(k) & dated]
     con = duckdb.connect(str(load_settings().warehouse_path))
     con.execute("SET threads = 2")
-    as_of = con.execute("SELECT last_eval_at FROM kpi_eval_state WHERE id = 1").fetchone()[0]
+    as_of, swept, run = con.execute(
+        "SELECT last_eval_at, last_sweep_at, COALESCE(last_past_run_id, last_dirty_run_id) "
+        "FROM kpi_eval_state WHERE id = 1").fetchone()
+    restated = [k for k in registry.kpis.values() if k.restated_by]
+    for r in range(args.rounds):
+        t0 = time.perf_counter()
+        days = [day_store.restated_days(con, k, [run], [swept], as_of) for k in restated]
+        print(f"round {r + 1}: restated_by of {len(restated)} KPIs since the last sweep "
+              f"({swept}, run {run}): {time.perf_counter() - t0:.3f} s wall, "
+              f"{sum(len(d or ()) for d in days)} days named")
     print(f"{len(stocks)} stocks over event tables, as of {as_of}: {', '.join(k.id for k in stocks)}")
     for r in range(args.rounds):
         for back in args.days_back:

@@ -756,7 +756,7 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
             # moved to an order accepted last month restates that day; its dirty dates are its
             # own): the store asks it only of the months a pass evaluates (kpis/day_store.py)
             for d in day_store.restated_days(con, k, [past_run], [last_sweep], as_of) or ():
-                if as_of.date() - timedelta(days=800) <= d <= as_of.date():
+                if d is not None and as_of.date() - timedelta(days=800) <= d <= as_of.date():
                     periods |= {day(d), month(d.year, d.month)}
         if sweep and carried_forward(k):
             dated = [p.ws for ps in opened_by.values() for p in ps if p.grain == "daily"]
