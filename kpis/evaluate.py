@@ -751,13 +751,6 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
                 tables = [t for t, ps in opened_by.items() if p in ps]
                 if len(tables) == 1 and tables[0] in imaged and images.eligible(k, tables[0]):
                     judged.append((k, tables[0], p.ws.date()))
-        if sweep and k.restated_by and past_run is not None and last_sweep is not None:
-            # the days its restated_by names since the last sweep, of closed months too (a task
-            # moved to an order accepted last month restates that day; its dirty dates are its
-            # own): the store asks it only of the months a pass evaluates (kpis/day_store.py)
-            for d in day_store.restated_days(con, k, [past_run], [last_sweep], as_of) or ():
-                if d is not None and as_of.date() - timedelta(days=800) <= d <= as_of.date():
-                    periods |= {day(d), month(d.year, d.month)}
         if sweep and carried_forward(k):
             dated = [p.ws for ps in opened_by.values() for p in ps if p.grain == "daily"]
             if dated:
@@ -771,6 +764,16 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
     # kept between passes: only the keys whose inputs this pass's ETL merged are re-derived
     # (before the judgement below, whose facts read them as the pass does)
     kept = refresh_on_demand(con, on_demand_tables(k for k, _ in wanted))
+    if sweep and past_run is not None and last_sweep is not None:
+        # the days a restated_by names since the last sweep, of closed months too (a task moved
+        # to an order accepted last month restates that day; its dirty dates are its own): the
+        # store asks it only of the months a pass evaluates (kpis/day_store.py). After the
+        # refresh: it reads the kept tables (k_task) as this pass's runs left them.
+        for k, periods in wanted:
+            for d in (day_store.restated_days(con, k, [past_run], [last_sweep], as_of)
+                      if k.restated_by else None) or ():
+                if d is not None and as_of.date() - timedelta(days=800) <= d <= as_of.date():
+                    periods |= {day(d), month(d.year, d.month)}
     same_days = images.unchanged(con, judged, state[0], top, as_of) if judged else set()
     plan = [(k, periods_for(k, sorted(p for p in periods
                                       if p.grain != "daily" or (k.id, p.ws.date()) not in same_days),
