@@ -165,12 +165,12 @@ def restated_params(k: KpiDef, run: int, after: datetime, as_of: datetime) -> di
 
 
 def restated_days(con: duckdb.DuckDBPyConnection, k: KpiDef, runs: Sequence[int | None],
-              ats: Sequence[datetime | None], as_of: datetime) -> set[date] | None:
+                  ats: Sequence[datetime | None], as_of: datetime) -> set[date] | None:
     """The stored days of a KPI with restated_by that may differ now (None: all of them): its
     SQL run from the earliest ETL run and as_of the days were stored at. The store asks it of
-    the months a pass evaluates; a sweep of the days before them (kpis/evaluate.py). All when one is
-    unknown, or when a run after it merged rows into a table the SQL names without recording
-    their keys (etl_keys: a huge load, a reconciliation)."""
+    the months a pass evaluates; a sweep of the days before them (kpis/evaluate.py). All when
+    one is unknown, or when a run after it merged rows into a table the SQL names without
+    recording their keys (etl_keys: a huge load, a reconciliation)."""
     if not runs or any(r is None for r in runs) or any(a is None for a in ats):
         return None
     run = min(runs)

@@ -770,8 +770,9 @@ def evaluate_incremental(con: duckdb.DuckDBPyConnection, registry: Registry,
         # store asks it only of the months a pass evaluates (kpis/day_store.py). After the
         # refresh: it reads the kept tables (k_task) as this pass's runs left them.
         for k, periods in wanted:
-            for d in (day_store.restated_days(con, k, [past_run], [last_sweep], as_of)
-                      if k.restated_by else None) or ():
+            if not k.restated_by:
+                continue
+            for d in day_store.restated_days(con, k, [past_run], [last_sweep], as_of) or ():
                 if d is not None and as_of.date() - timedelta(days=800) <= d <= as_of.date():
                     periods |= {day(d), month(d.year, d.month)}
     same_days = images.unchanged(con, judged, state[0], top, as_of) if judged else set()
