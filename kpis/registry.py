@@ -200,9 +200,10 @@ def day_additive_blockers(k: KpiDef) -> list[str]:
     if k.resolved_or_due and not k.settles_when_none_pending:
         out.append("resolved_or_due")
     words = _period_words(k)
-    window = {"we", "pending"} if k.settles_after or k.restated_by else set()
     lifted = ({"as_of"} if k.settles_after or k.restated_by else set()) | (
         {"as_of", "pending"} if k.settles_when_none_pending else set())
+    # pending items beside settles_after or restated_by alone: a window that closes later
+    window = ({"we", "pending"} if k.settles_after or k.restated_by else set()) - lifted
     named = sorted(set(words) & {"we", "grain", "hours", "as_of", "pending"} - lifted - window)
     if named:
         out.append("names " + ", ".join(named))
@@ -305,14 +306,16 @@ def settles_when_none_pending_valid(parsed: list[Located]) -> list[Issue]:
 
 
 def restated_by_valid(parsed: list[Located]) -> list[Issue]:
-    """restated_by: on a flow whose SQL reads as_of (what it stands in for), as the one rule of
-    when its days settle."""
+    """restated_by: on a flow whose SQL reads as_of (what it stands in for), not beside
+    settles_after (which says when a day stops moving by the clock alone). Beside
+    settles_when_none_pending it adds the days a change restates that the dirty dates miss (a
+    repair task moved to an order accepted on another day): a day is reused only when nothing
+    of it was pending and it is not among them."""
     return _set_but_wrong(
         parsed, "restated_by",
         lambda k: ([] if "as_of" in _period_words(k) else ["the KPI's SQL does not read as_of"]) + (
-            [f"it also says settles_after: {k.settles_after}"] if k.settles_after else []) + (
-            ["it also says settles_when_none_pending"] if k.settles_when_none_pending else []),
-        "a flow that reads as_of and no other settle rule")
+            [f"it also says settles_after: {k.settles_after}"] if k.settles_after else []),
+        "a flow that reads as_of and no settles_after")
 
 
 def as_of_moves_valid(parsed: list[Located]) -> list[Issue]:

@@ -80,6 +80,9 @@ class KpiDef(BaseModel):
     # after it, from etl_keys of the tables it names as quoted literals) and $after / $as_of
     # (the earliest as_of up to which they were checked, and the pass's). Lifts the day store's
     # "names as_of" blocker (kpis/day_store.py); tests/kpis/test_day_store.py holds each claim.
+    # Beside settles_when_none_pending (which covers what as_of passing moves) it names only the
+    # days changed rows restate that their dirty dates miss (a repair task moved to an order
+    # accepted on another day): tests/kpis/test_incremental.py.
     restated_by: str | None = None
     # Beside settles_after: SQL returning the rows of one table the KPI reads (SELECT * of it)
     # whose facts may differ between $after and $as_of (a reading whose success_time falls in

@@ -949,7 +949,9 @@ def test_a_sweep_restates_the_closed_days_a_restated_by_names(tmp_path, monkeypa
     evaluates, so the closed day kept its old mean for good. After live minutes with random
     edits (test_prelude_follow.change_sources: tasks relinked each step) and a sweep, every stored
     day and month of the KPIs with restated_by that read no register (whose updates count from
-    their own day, docs/decisions.md session 31) equals a direct evaluation now."""
+    their own day, docs/decisions.md session 31) equals a direct evaluation now. The on-time
+    arrival rates (resolved-or-due, settling when none pending) have the same gap: 27 rows
+    differed before they named their changed tasks' days (session 33)."""
     pytest.importorskip("simulator")
     from simulator import live, state
 
@@ -968,7 +970,9 @@ def test_a_sweep_restates_the_closed_days_a_restated_by_names(tmp_path, monkeypa
     side = tmp_path / "side"
     registry = load_registry()
     kpis = [k for k in registry.kpis.values() if k.restated_by and not tables_read(k) & ARCHIVES]
-    assert {"repair.arrival_minutes_avg_urban", "repair.arrival_minutes_avg_rural"} <= {k.id for k in kpis}
+    # the mean arrival times, and the on-time arrival rates, which settle when none pending too
+    assert {"repair.arrival_minutes_avg_urban", "repair.arrival_minutes_avg_rural",
+            "repair.arrival_ontime_rate", "repair.arrival_ontime_rate_urban"} <= {k.id for k in kpis}
     rng = random.Random(7)
 
     def clock() -> datetime:

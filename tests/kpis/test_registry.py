@@ -184,9 +184,12 @@ def test_settles_when_none_pending_only_on_resolved_or_due_flows_with_pending(tm
             + item.format(id="newconn.good", extra=rod, pending=pending)
             + item.format(id="newconn.not_due", extra="", pending=pending)
             + item.format(id="newconn.no_pending", extra=rod, pending="")
-            + item.format(id="newconn.both", extra=rod + "    settles_after: 9 hours\n", pending=pending))
+            + item.format(id="newconn.both", extra=rod + "    settles_after: 9 hours\n", pending=pending)
+            # restated_by beside it names what changed rows restate (repair.arrival_ontime_rate)
+            + item.format(id="newconn.restated", pending=pending, extra=rod + (
+                "    restated_by: SELECT CAST(accept_time AS DATE) AS day FROM mis_app\n")))
     message = _load_errors(tmp_path, text)
-    assert "newconn.good" not in message
+    assert "newconn.good" not in message and "newconn.restated" not in message
     assert ("[newconn.not_due]: settles_when_none_pending: true, but the KPI is not resolved_or_due"
             in message)
     assert "[newconn.no_pending]: settles_when_none_pending: true, but its facts have no pending column" in message
