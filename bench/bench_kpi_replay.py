@@ -2,7 +2,7 @@
 simulator, evaluated again on copies of the warehouse, with its slowest statements.
 
 Usage: python bench/bench_kpi_replay.py --data-dir DIR [--run R] [--rounds 3] [--top 25]
-                                         [--profile N] [--keep-fingerprints]
+                                         [--profile N [--operators M]] [--keep-fingerprints]
 DIR holds a warehouse.duckdb in which ordinary passes ran after live ETL runs (as
 `bench_kpis.py --data-dir DIR --minutes N` or the worker leave it); it is only read. R is the
 ETL run whose pass is replayed (default: the newest, whose pass was the last one evaluated).
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="one more round, profiled: the N slowest statements with their operators")
+    ap.add_argument("--operators", type=int, default=10, help="operators shown per profiled statement")
     ap.add_argument("--keep-fingerprints", action="store_true",
                     help="keep the small tables' fingerprints the replayed pass recorded")
     args = ap.parse_args()
@@ -139,7 +140,7 @@ def main() -> None:
                 evaluate_incremental(prof, registry, as_of)
                 con.close()
                 print(f"profiled round (not timed), the {args.profile} slowest statements:")
-                print_profiles(prof, args.profile, 10)
+                print_profiles(prof, args.profile, args.operators)
                 break
             timed = PerStatement(con)
             start = load()
