@@ -24,7 +24,8 @@ PRELUDE_PATH = Path(__file__).resolve().parent / "sql" / "prelude.sql"
 ON_DEMAND = frozenset({"k_settle_tg", "k_settle_mp", "k_bill", "k_payment", "k_rc_event", "k_wo",
                        "k_task", "k_cust_grp", "k_cust_stock_grp", "k_cust_check",
                        "k_cust_area_grp", "k_tg_cust_grp", "k_settle_grp", "k_unit_book_ev",
-                       "k_unit_book_n", "k_cust_check_grp", "k_clock_off", "k_cust_sensitive"})
+                       "k_unit_book_n", "k_cust_check_grp", "k_clock_off", "k_cust_sensitive",
+                       "k_cust_important"})
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ FOLLOW = {
                            row_per_base=False),
     # the customers flagged service-sensitive: a changed customer is re-derived alone
     "k_cust_sensitive": Follow("cons_no", "mis_customer", "cons_no", "cons_no", "cons_no",
+                               row_per_base=False),
+    # the customers flagged important or sensitive: a changed customer is re-derived alone
+    "k_cust_important": Follow("cons_no", "mis_customer", "cons_no", "cons_no", "cons_no",
                                row_per_base=False),
 }
 

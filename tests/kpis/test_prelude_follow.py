@@ -431,7 +431,7 @@ def test_a_changed_definition_or_a_lost_state_rebuilds(sim) -> None:
                           "k_cust_area_grp": "unchanged", "k_tg_cust_grp": "unchanged",
                           "k_settle_grp": "unchanged", "k_unit_book_ev": "unchanged",
                           "k_unit_book_n": "unchanged", "k_cust_check_grp": "unchanged", "k_clock_off": "unchanged",
-                          "k_cust_sensitive": "unchanged"}
+                          "k_cust_sensitive": "unchanged", "k_cust_important": "unchanged"}
     con.execute("UPDATE kpi_prelude_state SET sql_hash = 'other' WHERE name = 'k_settle_mp'")
     assert _pass(sim)["k_settle_mp"] == "full"
 
@@ -629,7 +629,7 @@ CUSTOMER_KEPT = ("k_cust_grp", "k_cust_stock_grp", "k_cust_check", "k_cust_check
 def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(sim) -> None:
     """A customer column none of them reads (sensitive_flag) leaves k_cust_grp,
     k_cust_stock_grp, k_cust_check, k_cust_check_grp and the book (k_unit_book_ev, _n) as they are (and
-    re-derives the customer in k_cust_sensitive, which now holds it; a code it does not read
+    re-derives the customer in k_cust_sensitive and k_cust_important, which now hold it; a code they do not read
     leaves it); a cancellation brings them up to date, by difference but for the book's running
     sum, the counts move to the cancelled groups and the customer leaves the books; a deleted
     code rebuilds those that read mis_code (the class look-up of k_cust_stock_grp, the voltage
@@ -649,11 +649,13 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=1), sensitive_flag=1)
     how = _pass(sim)
     assert all(how[n] == "unchanged" for n in CUSTOMER_KEPT), how
-    # the flag is what k_cust_sensitive keeps: the customer re-derived (FOLLOW), now in it
-    assert how["k_cust_sensitive"] == "delta", how
-    assert con.execute("SELECT COUNT(*) FROM k_cust_sensitive WHERE cons_no = $c",
-                       {"c": cons}).fetchone()[0] == 1
-    assert _fresh_differs(sim.con, "k_cust_sensitive") == 0
+    # the flag is what k_cust_sensitive and k_cust_important keep: the customer re-derived
+    # (FOLLOW), now in both
+    for name in ("k_cust_sensitive", "k_cust_important"):
+        assert how[name] == "delta", how
+        assert con.execute(f"SELECT COUNT(*) FROM {name} WHERE cons_no = $c",
+                           {"c": cons}).fetchone()[0] == 1, name
+        assert _fresh_differs(sim.con, name) == 0, name
     with _source(sim, "mis") as mis:
         _set(mis, "mis_customer", "cons_no", cons, END + timedelta(minutes=2),
              cancel_date=str(END.date()), status_code="04")
@@ -662,12 +664,13 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
     # the customer's check is re-derived alone (FOLLOW) and its groups and the point groups by
     # difference from the refreshes (OVER_KEPT); the book's events by difference too, their
     # running sum rebuilt over them
-    assert {n: how[n] for n in (*CUSTOMER_KEPT, *OVER_IMAGED, "k_settle_grp", "k_cust_sensitive")} == {
+    assert {n: how[n] for n in (*CUSTOMER_KEPT, *OVER_IMAGED, "k_settle_grp", "k_cust_sensitive",
+                                "k_cust_important")} == {
         "k_cust_grp": "delta", "k_cust_stock_grp": "delta", "k_cust_area_grp": "delta",
         "k_tg_cust_grp": "delta", "k_settle_grp": "delta", "k_cust_check": "delta",
         "k_cust_check_grp": "delta", "k_unit_book_ev": "delta", "k_unit_book_n": "full",
-        "k_cust_sensitive": "delta"}, how
-    for name in (*CUSTOMER_KEPT, *OVER_IMAGED, "k_settle_grp"):
+        "k_cust_sensitive": "delta", "k_cust_important": "delta"}, how
+    for name in (*CUSTOMER_KEPT, *OVER_IMAGED, "k_settle_grp", "k_cust_important"):
         assert _fresh_differs(sim.con, name) == 0, name
     assert con.execute(cancelled).fetchone() == tuple(n + 1 for n in before)
     # cancelled on END's day: off the books at the end of that day
@@ -678,10 +681,10 @@ def test_kept_customer_tables_are_rebuilt_only_when_a_column_they_read_changed(s
         mis.execute("UPDATE mis_code SET is_deleted = 1, updated_at = ? WHERE code_type = ? "
                     "AND code_value = ?", [_stamp(END + timedelta(minutes=3)), *code])
     how = _pass(sim)
-    assert {n: how[n] for n in (*CUSTOMER_KEPT, "k_cust_sensitive")} == {
+    assert {n: how[n] for n in (*CUSTOMER_KEPT, "k_cust_sensitive", "k_cust_important")} == {
         "k_cust_grp": "unchanged", "k_cust_stock_grp": "full", "k_cust_check": "full",
         "k_cust_check_grp": "full", "k_unit_book_ev": "unchanged", "k_unit_book_n": "unchanged",
-        "k_cust_sensitive": "unchanged"}, how
+        "k_cust_sensitive": "unchanged", "k_cust_important": "unchanged"}, how
     for name in CUSTOMER_KEPT:
         assert _fresh_differs(sim.con, name) == 0, name
 
