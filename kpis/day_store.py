@@ -251,7 +251,7 @@ def plan(con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[int, KpiDef, Se
         if k.restated_by and k.id not in restated:
             mine = [(checked_of[key], computed_as_of[key]) for key in run_of if key[0] == k.id]
             runs, ats = [r for r, _ in mine], [a for _, a in mine]
-            known = mine and None not in runs and None not in ats
+            known = bool(mine) and None not in runs and None not in ats
             if not known:
                 restated[k.id] = restated_days(con, k, runs, ats, as_of)
                 continue
